@@ -1,0 +1,354 @@
+//! The crate's one error type.
+//!
+//! [`Error`] is an opaque, cheaply cloneable struct: the cache hands the *same* error to every
+//! caller that waited on a failed fetch, so it is reference counted. Ask it what went wrong with
+//! [`Error::kind`], and whether trying again later may help with [`Error::is_transient`].
+//!
+//! No error ever contains the password or a token: server messages are cleaned of the password
+//! before they are stored, and the parser reports *what* was wrong with a token, never its value.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// A boxed error as used by Tower (`tower::BoxError`).
+pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// What went wrong, as a plain enum to `match` on.
+///
+/// New kinds may be added in minor releases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// `400 Bad Request`: the server rejected the grant (the request shape or grant type).
+    InvalidGrant,
+    /// `401 Unauthorized`: wrong password, or the account's validity has expired.
+    AuthenticationFailed,
+    /// `403 Forbidden`: the account may not obtain tokens.
+    Forbidden,
+    /// `404 Not Found`: the server knows no user with this user name.
+    UnknownUser,
+    /// `429 Too Many Requests`: the login endpoint is rate limiting us.
+    RateLimited,
+    /// A `5xx` answer, or any other unexpected status.
+    Server,
+    /// The login did not complete within its timeout.
+    Timeout,
+    /// The login endpoint could not be reached, or the connection broke.
+    Transport,
+    /// The server answered `200` with a body that is not a usable token response.
+    InvalidResponse,
+    /// The configuration was refused, for example an `http://` URL to a remote host.
+    Config,
+    /// The token would be sent to a plain `http://` URL on a non-loopback host.
+    InsecureTransport,
+    /// The cache was used outside a Tokio runtime, its runtime shut down, or a token source
+    /// panicked.
+    Runtime,
+}
+
+impl ErrorKind {
+    /// Whether trying again later may succeed without anyone changing anything.
+    ///
+    /// Transient: [`RateLimited`](Self::RateLimited), [`Server`](Self::Server),
+    /// [`Timeout`](Self::Timeout), [`Transport`](Self::Transport), [`Runtime`](Self::Runtime) and
+    /// [`InvalidResponse`](Self::InvalidResponse) (a proxy's error page or a half-sent body looks
+    /// like one). Everything else needs a person to act.
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            Self::RateLimited
+                | Self::Server
+                | Self::Timeout
+                | Self::Transport
+                | Self::Runtime
+                | Self::InvalidResponse
+        )
+    }
+
+    /// A short stable name, for metrics and logs (`"authentication_failed"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidGrant => "invalid_grant",
+            Self::AuthenticationFailed => "authentication_failed",
+            Self::Forbidden => "forbidden",
+            Self::UnknownUser => "unknown_user",
+            Self::RateLimited => "rate_limited",
+            Self::Server => "server",
+            Self::Timeout => "timeout",
+            Self::Transport => "transport",
+            Self::InvalidResponse => "invalid_response",
+            Self::Config => "config",
+            Self::InsecureTransport => "insecure_transport",
+            Self::Runtime => "runtime",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of every fallible operation in this crate.
+///
+/// Cloning is cheap (one reference count). The `Display` is one lowercase sentence that says
+/// what to do; [`source`](StdError::source) gives the underlying cause where there is one.
+#[derive(Clone)]
+pub struct Error {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kind: ErrorKind,
+    user: Option<String>,
+    status: Option<StatusCode>,
+    detail: Option<String>,
+    retry_after: Option<Duration>,
+    source: Option<BoxError>,
+}
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind) -> Self {
+        Error {
+            inner: Arc::new(Inner {
+                kind,
+                user: None,
+                status: None,
+                detail: None,
+                retry_after: None,
+                source: None,
+            }),
+        }
+    }
+
+    fn inner_mut(&mut self) -> &mut Inner {
+        Arc::get_mut(&mut self.inner).expect("an Error is only built before it is shared")
+    }
+
+    pub(crate) fn with_user(mut self, user: &str) -> Self {
+        self.inner_mut().user = Some(user.to_owned());
+        self
+    }
+
+    pub(crate) fn with_status(mut self, status: StatusCode) -> Self {
+        self.inner_mut().status = Some(status);
+        self
+    }
+
+    /// A human-readable detail. Callers must make sure it holds no secret.
+    pub(crate) fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.inner_mut().detail = Some(detail.into());
+        self
+    }
+
+    pub(crate) fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
+        self.inner_mut().retry_after = retry_after;
+        self
+    }
+
+    pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.inner_mut().source = Some(source.into());
+        self
+    }
+
+    /// An invalid token response, saying what was wrong with it.
+    pub(crate) fn invalid_response(detail: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidResponse).with_detail(detail)
+    }
+
+    /// A refused configuration, saying what was wrong with it.
+    pub(crate) fn config(detail: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Config).with_detail(detail)
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
+    }
+
+    /// Whether trying again later may succeed; see [`ErrorKind::is_transient`].
+    pub fn is_transient(&self) -> bool {
+        self.inner.kind.is_transient()
+    }
+
+    /// The HTTP status the login endpoint answered with, if it answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        self.inner.status
+    }
+
+    /// How long the server asked us to wait (`Retry-After`), for [`ErrorKind::RateLimited`].
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.inner.retry_after
+    }
+
+    /// The server's own message, or what was wrong with its response.
+    ///
+    /// For [`ErrorKind::UnknownUser`] this is the server's text, such as
+    /// `"No user found with username: alice"`. Never contains the password or a token.
+    pub fn detail(&self) -> Option<&str> {
+        self.inner.detail.as_deref()
+    }
+
+    /// The user name the failed login was for, if known.
+    pub fn user(&self) -> Option<&str> {
+        self.inner.user.as_deref()
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.inner.kind);
+        if let Some(user) = &self.inner.user {
+            d.field("user", user);
+        }
+        if let Some(status) = &self.inner.status {
+            d.field("status", status);
+        }
+        if let Some(detail) = &self.inner.detail {
+            d.field("detail", detail);
+        }
+        if let Some(retry_after) = &self.inner.retry_after {
+            d.field("retry_after", retry_after);
+        }
+        if let Some(source) = &self.inner.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &*self.inner;
+        let user = UserSuffix(inner.user.as_deref());
+        match inner.kind {
+            ErrorKind::InvalidGrant => write!(
+                f,
+                "login{user} rejected as an invalid grant (400): check the request shape the endpoint expects"
+            )?,
+            ErrorKind::AuthenticationFailed => write!(
+                f,
+                "authentication failed{user}: check the password or the account's validity"
+            )?,
+            ErrorKind::Forbidden => write!(
+                f,
+                "access denied{user} (403): the account is not allowed to obtain tokens"
+            )?,
+            ErrorKind::UnknownUser => {
+                write!(f, "unknown user{user}: check the user name")?;
+            }
+            ErrorKind::RateLimited => {
+                write!(f, "login{user} rate limited (429)")?;
+                match inner.retry_after {
+                    Some(wait) => write!(f, ": retry after {} s", wait.as_secs_f64().ceil())?,
+                    None => f.write_str(": retry later")?,
+                }
+            }
+            ErrorKind::Server => match inner.status {
+                Some(status) => write!(
+                    f,
+                    "login endpoint failed with {}: retry later or contact the API provider",
+                    status.as_u16()
+                )?,
+                None => f.write_str("login endpoint failed: retry later")?,
+            },
+            ErrorKind::Timeout => f.write_str(
+                "login timed out: the endpoint is slow or unreachable, retry later or raise the timeout",
+            )?,
+            ErrorKind::Transport => f.write_str(
+                "could not reach the login endpoint: check the URL and the network",
+            )?,
+            ErrorKind::InvalidResponse => {
+                f.write_str("the login endpoint sent an unusable token response")?
+            }
+            ErrorKind::Config => f.write_str("invalid configuration")?,
+            ErrorKind::InsecureTransport => f.write_str(
+                "refusing to send credentials or a token over plain http to a non-loopback host: use https or opt in with allow_insecure_http",
+            )?,
+            ErrorKind::Runtime => f.write_str("token cache unavailable")?,
+        }
+        if let Some(detail) = &inner.detail {
+            write!(f, " ({detail})")?;
+        }
+        Ok(())
+    }
+}
+
+struct UserSuffix<'a>(Option<&'a str>);
+
+impl fmt::Display for UserSuffix<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(user) => write!(f, " for user '{user}'"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.inner
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_and_permanent_kinds_are_told_apart() {
+        for kind in [
+            ErrorKind::RateLimited,
+            ErrorKind::Server,
+            ErrorKind::Timeout,
+            ErrorKind::Transport,
+        ] {
+            assert!(kind.is_transient(), "{kind} should be transient");
+        }
+        for kind in [
+            ErrorKind::InvalidGrant,
+            ErrorKind::AuthenticationFailed,
+            ErrorKind::Forbidden,
+            ErrorKind::UnknownUser,
+            ErrorKind::Config,
+            ErrorKind::InsecureTransport,
+        ] {
+            assert!(!kind.is_transient(), "{kind} should be permanent");
+        }
+    }
+
+    #[test]
+    fn display_is_lowercase_and_says_what_to_do() {
+        let err = Error::new(ErrorKind::AuthenticationFailed).with_user("alice");
+        assert_eq!(
+            err.to_string(),
+            "authentication failed for user 'alice': check the password or the account's validity"
+        );
+        let err = Error::new(ErrorKind::RateLimited).with_retry_after(Some(Duration::from_secs(7)));
+        assert_eq!(err.to_string(), "login rate limited (429): retry after 7 s");
+        let err = Error::new(ErrorKind::UnknownUser)
+            .with_user("bob")
+            .with_detail("No user found with username: bob");
+        assert!(err.to_string().contains("No user found with username: bob"));
+        for kind in [ErrorKind::Server, ErrorKind::Timeout, ErrorKind::Transport] {
+            let text = Error::new(kind).to_string();
+            assert!(text.starts_with(char::is_lowercase), "{text}");
+        }
+    }
+
+    #[test]
+    fn clones_share_one_allocation() {
+        let err = Error::new(ErrorKind::Timeout);
+        let clone = err.clone();
+        assert!(Arc::ptr_eq(&err.inner, &clone.inner));
+    }
+}

@@ -1,0 +1,266 @@
+//! The token model: a bearer token, what the server said about it, and how long we may use it.
+
+mod parse;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::{BufMut, BytesMut};
+use http::HeaderValue;
+use tokio::time::Instant;
+
+use crate::Error;
+
+pub(crate) use parse::parse_token_response;
+
+/// The longest lifetime we believe. A server that claims more is misconfigured or hostile.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// The lifetime used when a token response carries no expiry at all: 5 minutes.
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(5 * 60);
+
+/// A bearer token and what we know about it.
+///
+/// Cloning is one reference count. The secret value is never shown by `Debug`; get it with
+/// [`expose_secret`](Token::expose_secret) or, ready to send, with
+/// [`header_value`](Token::header_value).
+///
+/// The lifetime is anchored to the local monotonic clock ([`tokio::time::Instant`]) at the moment
+/// the response arrived, so the server's wall clock never matters.
+#[derive(Clone)]
+pub struct Token {
+    inner: Arc<TokenInner>,
+}
+
+struct TokenInner {
+    id: u64,
+    header: HeaderValue,
+    token_type: Option<String>,
+    issued: Option<SystemTime>,
+    expires: Option<SystemTime>,
+    received_at: Instant,
+    lifetime: Duration,
+}
+
+const BEARER_PREFIX: &str = "Bearer ";
+
+/// Identifies one token instance, so that `invalidate` compares identities rather than secrets.
+fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Checks a token value and builds its sensitive `Bearer` header.
+///
+/// The value must be non-empty visible ASCII: a CR, LF or any other control character would be a
+/// header injection, and a space would split the credentials.
+fn bearer_header(value: &str) -> Result<HeaderValue, Error> {
+    if value.is_empty() {
+        return Err(Error::invalid_response("the token is empty"));
+    }
+    if let Some(position) = value.bytes().position(|b| !(0x21..=0x7e).contains(&b)) {
+        let what = match value.as_bytes()[position] {
+            b'\r' | b'\n' => "a line break (header injection)",
+            b' ' | b'\t' => "whitespace",
+            b if b.is_ascii_control() => "a control character",
+            _ => "a non-ASCII character",
+        };
+        return Err(Error::invalid_response(format!(
+            "the token contains {what} at byte {position}"
+        )));
+    }
+    let mut bytes = BytesMut::with_capacity(BEARER_PREFIX.len() + value.len());
+    bytes.put_slice(BEARER_PREFIX.as_bytes());
+    bytes.put_slice(value.as_bytes());
+    let mut header = HeaderValue::from_maybe_shared(bytes.freeze())
+        .map_err(|_| Error::invalid_response("the token is not a valid header value"))?;
+    header.set_sensitive(true);
+    Ok(header)
+}
+
+fn check_lifetime(lifetime: Duration) -> Result<Duration, Error> {
+    if lifetime.is_zero() {
+        return Err(Error::invalid_response("the token's lifetime is zero"));
+    }
+    if lifetime > MAX_LIFETIME {
+        return Err(Error::invalid_response(format!(
+            "the token's lifetime of {} s is over a year",
+            lifetime.as_secs()
+        )));
+    }
+    Ok(lifetime)
+}
+
+impl Token {
+    /// A token with the given secret `value`, valid for `lifetime` from now.
+    ///
+    /// For [`TokenSource`](crate::TokenSource) implementations. Fails if the value is empty or
+    /// not visible ASCII (a CR/LF would be a header injection), or if the lifetime is zero or
+    /// over a year.
+    pub fn new(value: impl AsRef<str>, lifetime: Duration) -> Result<Token, Error> {
+        Self::from_parts(
+            value.as_ref(),
+            lifetime,
+            Instant::now(),
+            None,
+            None,
+            None,
+        )
+    }
+
+    /// Parses a `/authtoken` response body, as [`AuthTokenSource`](crate::AuthTokenSource) does.
+    ///
+    /// Lenient in format (numbers or strings, many timestamp formats, unknown fields ignored),
+    /// strict in meaning (a usable token and a believable lifetime). `default_lifetime` applies
+    /// when the response carries no expiry at all. The lifetime is anchored to now.
+    pub fn from_response_body(body: &[u8], default_lifetime: Duration) -> Result<Token, Error> {
+        parse_token_response(body, default_lifetime, Instant::now())
+    }
+
+    pub(crate) fn from_parts(
+        value: &str,
+        lifetime: Duration,
+        received_at: Instant,
+        token_type: Option<String>,
+        issued: Option<SystemTime>,
+        expires: Option<SystemTime>,
+    ) -> Result<Token, Error> {
+        let header = bearer_header(value)?;
+        let lifetime = check_lifetime(lifetime)?;
+        Ok(Token {
+            inner: Arc::new(TokenInner {
+                id: next_id(),
+                header,
+                token_type,
+                issued,
+                expires,
+                received_at,
+                lifetime,
+            }),
+        })
+    }
+
+    /// The secret token value. Handle with care: never log it.
+    pub fn expose_secret(&self) -> &str {
+        let bytes = &self.inner.header.as_bytes()[BEARER_PREFIX.len()..];
+        // Checked to be visible ASCII when the token was built.
+        std::str::from_utf8(bytes).expect("token values are ASCII")
+    }
+
+    /// The ready-made `Bearer <token>` header value, marked sensitive. Cloning it is a reference
+    /// count, so it costs nothing per request.
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.inner.header
+    }
+
+    /// The token `type` the server reported, such as `"Bearer"`.
+    pub fn token_type(&self) -> Option<&str> {
+        self.inner.token_type.as_deref()
+    }
+
+    /// When the server says it issued the token (its wall clock).
+    pub fn issued(&self) -> Option<SystemTime> {
+        self.inner.issued
+    }
+
+    /// When the server says the token expires (its wall clock). Informational: the cache uses
+    /// [`expires_at`](Token::expires_at), which does not depend on the server's clock.
+    pub fn expires(&self) -> Option<SystemTime> {
+        self.inner.expires
+    }
+
+    /// How long the token is valid, measured from [`received_at`](Token::received_at).
+    pub fn lifetime(&self) -> Duration {
+        self.inner.lifetime
+    }
+
+    /// When the response carrying this token arrived, on the local monotonic clock.
+    pub fn received_at(&self) -> Instant {
+        self.inner.received_at
+    }
+
+    /// When the token expires, on the local monotonic clock.
+    pub fn expires_at(&self) -> Instant {
+        self.inner.received_at + self.inner.lifetime
+    }
+
+    /// An identity for this token instance, unique within the process.
+    pub(crate) fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// Whether two tokens carry the same secret value.
+    pub(crate) fn same_value(&self, other: &Token) -> bool {
+        self.inner.header == other.inner.header
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("value", &"[redacted]")
+            .field("token_type", &self.inner.token_type)
+            .field("issued", &self.inner.issued)
+            .field("expires", &self.inner.expires)
+            .field("lifetime", &self.inner.lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    #[test]
+    fn header_is_bearer_and_sensitive() {
+        let token = Token::new("abc.def-ghi", Duration::from_secs(60)).unwrap();
+        assert_eq!(token.header_value(), "Bearer abc.def-ghi");
+        assert!(token.header_value().is_sensitive());
+        assert_eq!(token.expose_secret(), "abc.def-ghi");
+    }
+
+    #[test]
+    fn debug_never_shows_the_value() {
+        let token = Token::new("super-secret-token", Duration::from_secs(60)).unwrap();
+        let debug = format!("{token:?} {token:#?}");
+        assert!(!debug.contains("super-secret-token"), "{debug}");
+        assert!(debug.contains("redacted"));
+    }
+
+    #[test]
+    fn control_characters_and_empty_values_are_refused() {
+        for bad in [
+            "",
+            "abc\r\nX-Evil: 1",
+            "abc\n",
+            "a\tb",
+            "a b",
+            "a\u{7f}",
+            "é",
+            "a\0",
+        ] {
+            let err = Token::new(bad, Duration::from_secs(60)).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidResponse, "{bad:?}");
+            assert!(!err.to_string().contains(bad) || bad.is_empty());
+        }
+    }
+
+    #[test]
+    fn lifetime_must_be_positive_and_believable() {
+        assert!(Token::new("t", Duration::ZERO).is_err());
+        assert!(Token::new("t", MAX_LIFETIME + Duration::from_secs(1)).is_err());
+        assert!(Token::new("t", MAX_LIFETIME).is_ok());
+    }
+
+    #[test]
+    fn every_token_has_its_own_identity() {
+        let a = Token::new("same", Duration::from_secs(60)).unwrap();
+        let b = Token::new("same", Duration::from_secs(60)).unwrap();
+        assert_ne!(a.id(), b.id());
+        assert!(a.same_value(&b));
+        assert_eq!(a.id(), a.clone().id());
+    }
+}
