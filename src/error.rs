@@ -103,17 +103,29 @@ pub struct Error {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 struct Inner {
     kind: ErrorKind,
     user: Option<String>,
     status: Option<StatusCode>,
     detail: Option<String>,
     retry_after: Option<Duration>,
-    source: Option<BoxError>,
+    source: Option<Arc<dyn StdError + Send + Sync>>,
 }
 
 impl Error {
-    pub(crate) fn new(kind: ErrorKind) -> Self {
+    /// An error of `kind`, for [`TokenSource`](crate::TokenSource) implementations. Add what is
+    /// known with the `with_*` methods.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_authtoken::{Error, ErrorKind};
+    ///
+    /// let error = Error::new(ErrorKind::RateLimited).with_retry_after(Some(Duration::from_secs(30)));
+    /// assert!(error.is_transient());
+    /// assert_eq!(error.to_string(), "login rate limited (429): retry after 30 s");
+    /// ```
+    pub fn new(kind: ErrorKind) -> Self {
         Error {
             inner: Arc::new(Inner {
                 kind,
@@ -127,32 +139,37 @@ impl Error {
     }
 
     fn inner_mut(&mut self) -> &mut Inner {
-        Arc::get_mut(&mut self.inner).expect("an Error is only built before it is shared")
+        Arc::make_mut(&mut self.inner)
     }
 
-    pub(crate) fn with_user(mut self, user: &str) -> Self {
+    /// Names the user the failed login was for.
+    pub fn with_user(mut self, user: &str) -> Self {
         self.inner_mut().user = Some(user.to_owned());
         self
     }
 
-    pub(crate) fn with_status(mut self, status: StatusCode) -> Self {
+    /// Records the HTTP status the login endpoint answered with.
+    pub fn with_status(mut self, status: StatusCode) -> Self {
         self.inner_mut().status = Some(status);
         self
     }
 
-    /// A human-readable detail. Callers must make sure it holds no secret.
-    pub(crate) fn with_detail(mut self, detail: impl Into<String>) -> Self {
+    /// Adds a human-readable detail, shown in parentheses after the message. It must hold no
+    /// secret: never put a password or a token in it.
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.inner_mut().detail = Some(detail.into());
         self
     }
 
-    pub(crate) fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
+    /// Records how long the server asked us to wait before trying again.
+    pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
         self.inner_mut().retry_after = retry_after;
         self
     }
 
-    pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
-        self.inner_mut().source = Some(source.into());
+    /// Records the underlying cause, returned by [`source`](StdError::source).
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.inner_mut().source = Some(Arc::from(source.into()));
         self
     }
 

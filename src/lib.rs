@@ -4,8 +4,11 @@
 #![deny(unsafe_code, unreachable_pub)]
 #![warn(missing_docs, rust_2018_idioms, clippy::await_holding_lock)]
 
+mod cache;
 mod credentials;
 mod error;
+pub mod layer;
+mod loopback;
 mod source;
 pub mod token;
 
@@ -17,7 +20,11 @@ mod client;
 pub mod testing;
 
 #[doc(inline)]
+pub use cache::{CacheStats, TokenCache, TokenCacheBuilder};
+#[doc(inline)]
 pub use credentials::Credentials;
+#[doc(inline)]
+pub use layer::{BearerAuth, BearerAuthLayer};
 #[doc(inline)]
 pub use error::{Error, ErrorKind};
 #[doc(inline)]

@@ -34,9 +34,9 @@ pub struct Token {
     inner: Arc<TokenInner>,
 }
 
-struct TokenInner {
-    id: u64,
-    header: HeaderValue,
+pub(crate) struct TokenInner {
+    pub(crate) id: u64,
+    pub(crate) header: HeaderValue,
     token_type: Option<String>,
     issued: Option<SystemTime>,
     expires: Option<SystemTime>,
@@ -189,6 +189,39 @@ impl Token {
     /// An identity for this token instance, unique within the process.
     pub(crate) fn id(&self) -> u64 {
         self.inner.id
+    }
+
+    /// This token, but expiring no later than `expires_at`; `None` if that leaves nothing.
+    pub(crate) fn capped(&self, expires_at: Instant) -> Option<Token> {
+        if expires_at >= self.expires_at() {
+            return Some(self.clone());
+        }
+        let lifetime = expires_at.checked_duration_since(self.inner.received_at)?;
+        if lifetime.is_zero() {
+            return None;
+        }
+        let inner = &*self.inner;
+        Some(Token {
+            inner: Arc::new(TokenInner {
+                id: next_id(),
+                header: inner.header.clone(),
+                token_type: inner.token_type.clone(),
+                issued: inner.issued,
+                expires: inner.expires,
+                received_at: inner.received_at,
+                lifetime,
+            }),
+        })
+    }
+
+    /// The shared allocation, for the cache's lock-free slot.
+    pub(crate) fn as_arc(&self) -> &Arc<TokenInner> {
+        &self.inner
+    }
+
+    /// A token from the cache's slot.
+    pub(crate) fn from_arc(inner: Arc<TokenInner>) -> Token {
+        Token { inner }
     }
 
     /// Whether two tokens carry the same secret value.

@@ -1,0 +1,316 @@
+//! [`BearerAuthLayer`] and [`BearerAuth`]: the Tower pair that authorizes every request.
+//!
+//! The service sets `Authorization: Bearer <token>`, marked sensitive, replacing any existing
+//! value. With a warm token, `call` does one lock-free load, one header clone (a reference count)
+//! and calls the inner service, returning its future without boxing. When the cache has no token
+//! yet, the request waits for the cache's single-flight fetch.
+//!
+//! When the upstream answers `401`, the token that request carried is
+//! [invalidated](crate::TokenCache::invalidate), so the next request gets a fresh one. With
+//! [`retry_on_unauthorized`](BearerAuthLayer::retry_on_unauthorized), the request is also replayed
+//! once with the renewed token, if it can be replayed and its method is idempotent.
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//! use http::{Request, Response, header::AUTHORIZATION};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_authtoken::{BearerAuthLayer, Error, Token, TokenCache, TokenSource};
+//!
+//! struct Fixed;
+//! impl TokenSource for Fixed {
+//!     async fn fetch(&self) -> Result<Token, Error> {
+//!         Token::new("opaque", Duration::from_secs(3600))
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! let echo = service_fn(|req: Request<()>| async move {
+//!     let header = req.headers()[AUTHORIZATION].clone();
+//!     Ok::<_, Infallible>(Response::new(header))
+//! });
+//! let client = ServiceBuilder::new()
+//!     .layer(BearerAuthLayer::new(TokenCache::new(Fixed)))
+//!     .service(echo);
+//! let response = client.oneshot(Request::new(())).await?;
+//! assert_eq!(response.body(), "Bearer opaque");
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod future;
+mod request;
+
+use std::fmt;
+use std::mem;
+use std::task::{Context, Poll};
+
+use http::Method;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::error::BoxError;
+use crate::{Error, ErrorKind, TokenCache};
+use future::{ReplayFn, ResponseFuture, RetryFuture};
+pub use request::{AuthorizeRequest, ReplayableRequest, StatusResponse};
+
+/// Marks a [`BearerAuth`] that does not replay requests (the default).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoReplay;
+
+/// Marks a [`BearerAuth`] that replays a request once after a `401`; see
+/// [`BearerAuthLayer::retry_on_unauthorized`].
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayOnUnauthorized {
+    any_method: bool,
+}
+
+impl ReplayOnUnauthorized {
+    fn allows(&self, method: &Method) -> bool {
+        self.any_method || method.is_idempotent()
+    }
+}
+
+/// Layer that wraps a service in [`BearerAuth`].
+///
+/// See the [module docs](self) for an example.
+#[derive(Clone)]
+pub struct BearerAuthLayer<P = NoReplay> {
+    cache: TokenCache,
+    policy: P,
+}
+
+impl BearerAuthLayer {
+    /// A layer that authorizes every request with a token from `cache`.
+    pub fn new(cache: TokenCache) -> Self {
+        BearerAuthLayer {
+            cache,
+            policy: NoReplay,
+        }
+    }
+}
+
+impl<P> BearerAuthLayer<P> {
+    /// Replays a request once, with the renewed token, when the upstream answers `401`.
+    ///
+    /// Only requests that can be replayed are: an `http::Request` whose body type is `Clone`,
+    /// or a `reqwest::Request` whose [`try_clone`](reqwest::Request::try_clone) succeeds. Only
+    /// idempotent methods (`GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`, `DELETE`) are replayed,
+    /// because replaying a `POST` may repeat its side effect; see
+    /// [`retry_on_unauthorized_any_method`](Self::retry_on_unauthorized_any_method). If no new
+    /// token can be had, the original `401` response is returned. Default: off.
+    pub fn retry_on_unauthorized(self) -> BearerAuthLayer<ReplayOnUnauthorized> {
+        BearerAuthLayer {
+            cache: self.cache,
+            policy: ReplayOnUnauthorized { any_method: false },
+        }
+    }
+
+    /// Like [`retry_on_unauthorized`](Self::retry_on_unauthorized), but replays requests of any
+    /// method. Use it only when your non-idempotent endpoints tolerate a repeat, since the
+    /// server may have acted on the first request before it answered `401`.
+    pub fn retry_on_unauthorized_any_method(self) -> BearerAuthLayer<ReplayOnUnauthorized> {
+        BearerAuthLayer {
+            cache: self.cache,
+            policy: ReplayOnUnauthorized { any_method: true },
+        }
+    }
+
+    /// The cache the layer takes tokens from.
+    pub fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
+}
+
+impl<S, P: Clone> Layer<S> for BearerAuthLayer<P> {
+    type Service = BearerAuth<S, P>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BearerAuth {
+            inner,
+            cache: self.cache.clone(),
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+impl<P: fmt::Debug> fmt::Debug for BearerAuthLayer<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BearerAuthLayer")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Middleware that sets `Authorization: Bearer <token>` on every request.
+///
+/// It implements `Service<http::Request<B>>` for any inner service of `http` requests (hyper-util's
+/// client, tonic channels, ...) and, with the `reqwest` feature, `Service<reqwest::Request>` for
+/// [`reqwest::Client`]. Its error is [`tower::BoxError`]; token failures downcast to
+/// [`tower_authtoken::Error`](crate::Error).
+///
+/// It refuses, before sending, to attach the token to an absolute `http://` URL whose host is not
+/// loopback, unless the cache was built with
+/// [`allow_insecure_http`](crate::TokenCacheBuilder::allow_insecure_http).
+#[derive(Clone)]
+pub struct BearerAuth<S, P = NoReplay> {
+    inner: S,
+    cache: TokenCache,
+    policy: P,
+}
+
+impl<S> BearerAuth<S> {
+    /// Wraps `inner`, authorizing its requests with tokens from `cache`.
+    pub fn new(inner: S, cache: TokenCache) -> Self {
+        BearerAuthLayer::new(cache).layer(inner)
+    }
+
+    /// A [`BearerAuthLayer`] over `cache`.
+    pub fn layer(cache: TokenCache) -> BearerAuthLayer {
+        BearerAuthLayer::new(cache)
+    }
+}
+
+impl<S, P> BearerAuth<S, P> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The cache the service takes tokens from.
+    pub fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
+
+    /// Authorizes `req` and calls the inner service, or waits for a token first.
+    #[inline]
+    fn authorize<Req>(&mut self, mut req: Req) -> ResponseFuture<S::Future, S, Req>
+    where
+        S: Service<Req> + Clone,
+        Req: AuthorizeRequest,
+    {
+        if req.is_insecure_target() && !self.cache.allows_insecure_http() {
+            return ResponseFuture::failed(Error::new(ErrorKind::InsecureTransport));
+        }
+        match self.cache.current_header() {
+            Some((value, id)) => {
+                req.set_authorization(value);
+                ResponseFuture::called(self.inner.call(req), self.cache.clone(), id)
+            }
+            None => {
+                // Call the service that `poll_ready` prepared, once the token is here; leave a
+                // fresh clone in its place for the next request.
+                let clone = self.inner.clone();
+                let inner = mem::replace(&mut self.inner, clone);
+                ResponseFuture::fetching(inner, req, self.cache.clone())
+            }
+        }
+    }
+}
+
+impl<S: fmt::Debug, P: fmt::Debug> fmt::Debug for BearerAuth<S, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BearerAuth")
+            .field("inner", &self.inner)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, Req> Service<Req> for BearerAuth<S, NoReplay>
+where
+    S: Service<Req> + Clone,
+    S::Response: StatusResponse,
+    S::Error: Into<BoxError>,
+    Req: AuthorizeRequest,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, S, Req>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.authorize(req)
+    }
+}
+
+impl<S, Req> Service<Req> for BearerAuth<S, ReplayOnUnauthorized>
+where
+    S: Service<Req> + Clone + Send + 'static,
+    S::Response: StatusResponse + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    Req: ReplayableRequest + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = RetryFuture<S::Future, S, Req, S::Response>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let replay = self
+            .policy
+            .allows(req.request_method())
+            .then(|| req.try_replay())
+            .flatten()
+            .map(|copy| {
+                let inner = self.inner.clone();
+                let cache = self.cache.clone();
+                Box::new(move |first: S::Response| -> future::BoxReplay<S::Response> {
+                    Box::pin(replay_once(inner, cache, copy, first))
+                }) as ReplayFn<S::Response>
+            });
+        RetryFuture::new(self.authorize(req), replay)
+    }
+}
+
+/// Sends `req` again with a renewed token; returns `first` if no token can be had.
+async fn replay_once<S, Req>(
+    inner: S,
+    cache: TokenCache,
+    mut req: Req,
+    first: S::Response,
+) -> Result<S::Response, BoxError>
+where
+    S: Service<Req>,
+    S::Response: StatusResponse,
+    S::Error: Into<BoxError>,
+    Req: AuthorizeRequest,
+{
+    let token = match cache.token().await {
+        Ok(token) => token,
+        Err(error) => {
+            tracing::debug!(error_kind = error.kind().as_str(), "no renewed token to replay with");
+            return Ok(first);
+        }
+    };
+    drop(first);
+    tracing::debug!("replaying a request rejected with 401 with the renewed token");
+    req.set_authorization(token.header_value().clone());
+    let response = inner.oneshot(req).await.map_err(Into::into)?;
+    if response.response_status() == http::StatusCode::UNAUTHORIZED {
+        cache.invalidate(&token);
+    }
+    Ok(response)
+}

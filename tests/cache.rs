@@ -1,0 +1,353 @@
+//! `TokenCache` behaviour, with tokio's paused clock controlling every timer.
+
+mod support;
+
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep, sleep_until};
+use tower_authtoken::{ErrorKind, TokenCache};
+
+use support::{Next, ScriptedSource, error, now_or_never};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// A cache without jitter, so that every instant below is exact.
+fn cache(source: &ScriptedSource) -> TokenCache {
+    TokenCache::builder(source.clone())
+        .jitter(Duration::ZERO)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn cold_storm_of_ten_thousand_callers_makes_one_fetch() {
+    let source = ScriptedSource::new(3600 * SECOND).with_delay(Duration::from_millis(50));
+    let cache = cache(&source);
+    let started = Instant::now();
+    let callers: Vec<_> = (0..10_000)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.token().await })
+        })
+        .collect();
+    let mut values = std::collections::HashSet::new();
+    for caller in callers {
+        let token = caller.await.unwrap().unwrap();
+        values.insert(token.expose_secret().to_owned());
+    }
+    assert_eq!(source.fetches(), 1);
+    assert_eq!(values.len(), 1, "everyone shares the one token");
+    assert_eq!(started.elapsed(), Duration::from_millis(50), "one fetch, not a queue");
+}
+
+#[tokio::test(start_paused = true)]
+async fn renewal_runs_before_expiry_while_callers_keep_the_current_token() {
+    let source = ScriptedSource::new(100 * SECOND).with_delay(Duration::from_millis(200));
+    let cache = cache(&source);
+    let first = cache.token().await.unwrap();
+    let t0 = first.received_at();
+
+    // A 100 s token renews at half its life. While that renewal is in flight, callers get the
+    // current token at once: the first poll is ready.
+    sleep_until(t0 + 50 * SECOND + Duration::from_millis(100)).await;
+    assert_eq!(source.fetches(), 2, "the renewal is in flight");
+    let during = now_or_never(cache.token())
+        .expect("no caller waits for a renewal while its token is valid")
+        .unwrap();
+    assert_eq!(during.expose_secret(), first.expose_secret());
+
+    sleep(Duration::from_millis(200)).await;
+    let renewed = cache.token().await.unwrap();
+    assert_ne!(renewed.expose_secret(), first.expose_secret());
+    assert_eq!(source.fetches(), 2);
+    assert_eq!(cache.stats().renewals, 1);
+    assert!(renewed.expires_at() > Instant::now() + 90 * SECOND);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_token_is_handed_out_past_its_hard_margin() {
+    let source = ScriptedSource::new(100 * SECOND);
+    source.then(Next::Token);
+    source.otherwise(Next::Fail(error(ErrorKind::Server)));
+    let cache = cache(&source);
+    let token = cache.token().await.unwrap();
+    let t0 = token.received_at();
+
+    // Every renewal fails; the default margin of a 100 s token is 10 s.
+    sleep_until(t0 + 90 * SECOND - Duration::from_millis(1)).await;
+    assert_eq!(cache.current().unwrap().expose_secret(), token.expose_secret());
+    sleep_until(t0 + 90 * SECOND).await;
+    tokio::task::yield_now().await;
+    assert!(
+        cache.current().is_none(),
+        "the driver's timer took the token out of service at its deadline"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelled_trigger_leaves_its_fetch_to_the_other_callers() {
+    let source = ScriptedSource::new(3600 * SECOND).with_delay(SECOND);
+    let cache = cache(&source);
+
+    // The first caller starts the fetch, then gives up.
+    let mut trigger = Box::pin(cache.token());
+    assert!(now_or_never(trigger.as_mut()).is_none());
+    drop(trigger);
+    let timed_out = tokio::time::timeout(Duration::from_millis(100), cache.token()).await;
+    assert!(timed_out.is_err());
+
+    let started = Instant::now();
+    let token = cache.token().await.unwrap();
+    assert_eq!(token.expose_secret(), "token-1");
+    assert_eq!(source.fetches(), 1, "the fetch was reused, not restarted");
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(900),
+        "the waiter got the fetch the cancelled caller started"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_renewal_keeps_the_valid_token() {
+    let source = ScriptedSource::new(100 * SECOND);
+    source.then(Next::Token);
+    source.otherwise(Next::Fail(error(ErrorKind::Server)));
+    let cache = cache(&source);
+    let token = cache.token().await.unwrap();
+    let t0 = token.received_at();
+
+    sleep_until(t0 + 80 * SECOND).await;
+    let still = cache.token().await.unwrap();
+    assert_eq!(still.expose_secret(), token.expose_secret());
+    let stats = cache.stats();
+    assert!(stats.failures >= 4, "renewals retried with backoff: {stats:?}");
+    assert!(stats.failures <= 6, "exponential, not a storm: {stats:?}");
+    assert_eq!(stats.last_error, Some(ErrorKind::Server));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_error_of_a_failed_fetch_reaches_every_waiter() {
+    let source = ScriptedSource::new(3600 * SECOND).with_delay(SECOND);
+    source.then(Next::Fail(error(ErrorKind::Server)));
+    let cache = cache(&source);
+    let waiters: Vec<_> = (0..100)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.token().await })
+        })
+        .collect();
+    for waiter in waiters {
+        let err = waiter.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Server);
+    }
+    assert_eq!(source.fetches(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn wrong_credentials_back_off_so_logins_stay_bounded() {
+    let source = ScriptedSource::new(3600 * SECOND);
+    source.otherwise(Next::Fail(error(ErrorKind::AuthenticationFailed)));
+    let cache = cache(&source);
+    // Ten minutes of ten callers a second.
+    for _ in 0..600 {
+        for _ in 0..10 {
+            let err = cache.token().await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::AuthenticationFailed);
+        }
+        sleep(SECOND).await;
+    }
+    // A permanent error backs off to the 60 s maximum: one login a minute, not 6,000.
+    assert!(source.fetches() <= 11, "{} logins", source.fetches());
+    assert!(source.fetches() >= 10, "{} logins", source.fetches());
+}
+
+#[tokio::test(start_paused = true)]
+async fn callers_during_a_backoff_fail_at_once_with_the_last_error() {
+    let source = ScriptedSource::new(3600 * SECOND);
+    source.then(Next::Fail(error(ErrorKind::Forbidden)));
+    let cache = cache(&source);
+    assert_eq!(
+        cache.token().await.unwrap_err().kind(),
+        ErrorKind::Forbidden
+    );
+    let immediate = now_or_never(cache.token()).expect("no waiting during a backoff");
+    assert_eq!(immediate.unwrap_err().kind(), ErrorKind::Forbidden);
+    assert_eq!(source.fetches(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limit_waits_for_retry_after() {
+    let source = ScriptedSource::new(3600 * SECOND);
+    source.then(Next::Fail(
+        error(ErrorKind::RateLimited).with_retry_after(Some(7 * SECOND)),
+    ));
+    let cache = cache(&source);
+    let t0 = Instant::now();
+    let err = cache.token().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::RateLimited);
+    assert_eq!(err.retry_after(), Some(7 * SECOND));
+
+    sleep_until(t0 + 7 * SECOND - Duration::from_millis(1)).await;
+    let err = cache.token().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::RateLimited);
+    assert_eq!(source.fetches(), 1, "no login before Retry-After");
+
+    sleep_until(t0 + 7 * SECOND).await;
+    cache.token().await.unwrap();
+    assert_eq!(source.fetches(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fifty_invalidations_of_one_token_cause_one_renewal() {
+    let source = ScriptedSource::new(3600 * SECOND).with_delay(Duration::from_millis(10));
+    let cache = cache(&source);
+    let rejected = cache.token().await.unwrap();
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let cache = cache.clone();
+            let rejected = rejected.clone();
+            tokio::spawn(async move {
+                cache.invalidate(&rejected);
+                cache.token().await.unwrap()
+            })
+        })
+        .collect();
+    for task in tasks {
+        let token = task.await.unwrap();
+        assert_ne!(token.expose_secret(), rejected.expose_secret());
+    }
+    assert_eq!(source.fetches(), 2);
+    assert_eq!(cache.stats().invalidations, 1);
+    // A late invalidation of the old token changes nothing.
+    cache.invalidate(&rejected);
+    assert!(cache.current().is_some());
+    assert_eq!(cache.stats().invalidations, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_every_handle_stops_the_driver() {
+    let source = ScriptedSource::new(100 * SECOND);
+    let cache = cache(&source);
+    let clone = cache.clone();
+    cache.token().await.unwrap();
+    assert_eq!(source.handles(), 2, "the test's and the cache's");
+    drop(cache);
+    sleep(Duration::from_millis(1)).await;
+    assert_eq!(source.handles(), 2, "a clone is still alive");
+    drop(clone);
+    sleep(Duration::from_millis(1)).await;
+    assert_eq!(source.handles(), 1, "the driver released the cache's state");
+    sleep(3600 * SECOND).await;
+    assert_eq!(source.fetches(), 1, "no renewal after the last handle dropped");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_fetch_fails_with_a_timeout() {
+    let source = ScriptedSource::new(3600 * SECOND);
+    source.then(Next::Hang);
+    let cache = TokenCache::builder(source.clone())
+        .fetch_timeout(5 * SECOND)
+        .min_backoff(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let err = cache.token().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert_eq!(t0.elapsed(), 5 * SECOND);
+    sleep(SECOND).await;
+    cache.token().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_source_is_an_error_not_a_dead_cache() {
+    let source = ScriptedSource::new(3600 * SECOND);
+    source.then(Next::Panic);
+    let cache = cache(&source);
+    let err = cache.token().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Runtime);
+    sleep(SECOND).await;
+    assert_eq!(cache.token().await.unwrap().expose_secret(), "token-2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_renewal_returning_the_same_token_backs_off_instead_of_spinning() {
+    let source = ScriptedSource::new(100 * SECOND);
+    source.then(Next::Token).then(Next::SameToken).then(Next::SameToken);
+    let cache = cache(&source);
+    let first = cache.token().await.unwrap();
+    let t0 = first.received_at();
+
+    sleep_until(t0 + 50 * SECOND + Duration::from_millis(500)).await;
+    assert_eq!(source.fetches(), 2);
+    let current = cache.current().unwrap();
+    assert_eq!(
+        current.expires_at(),
+        first.expires_at(),
+        "the same token's clock was not restarted"
+    );
+    sleep_until(t0 + 52 * SECOND + Duration::from_millis(500)).await;
+    assert_eq!(source.fetches(), 3, "backed off 1 s, then 2 s");
+    sleep_until(t0 + 55 * SECOND).await;
+    assert_eq!(source.fetches(), 4);
+    assert_ne!(
+        cache.token().await.unwrap().expose_secret(),
+        first.expose_secret()
+    );
+}
+
+#[test]
+fn using_a_cache_outside_a_runtime_is_a_clear_error() {
+    let source = ScriptedSource::new(3600 * SECOND);
+    let cache = cache(&source);
+    let err = now_or_never(cache.token())
+        .expect("fails at once")
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Runtime);
+    assert!(err.to_string().contains("Tokio runtime"), "{err}");
+    // And it works lazily once inside one.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async { cache.token().await.unwrap() });
+    assert_eq!(source.fetches(), 1);
+}
+
+#[test]
+fn a_runtime_shutdown_takes_the_token_out_until_a_new_driver_guards_it() {
+    let source = ScriptedSource::new(3600 * SECOND);
+    let cache = cache(&source);
+    let first_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let token = first_runtime.block_on(cache.token()).unwrap();
+    drop(first_runtime);
+    assert!(
+        cache.current().is_none(),
+        "no live timer guards the deadline, so nothing is handed out"
+    );
+    let second_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let again = second_runtime.block_on(cache.token()).unwrap();
+    assert_eq!(again.expose_secret(), token.expose_secret(), "nothing lost");
+    assert_eq!(source.fetches(), 1);
+}
+
+#[test]
+fn builder_checks_its_inputs() {
+    let source = ScriptedSource::new(SECOND);
+    let err = TokenCache::builder(source.clone())
+        .fetch_timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    let err = TokenCache::builder(source)
+        .min_backoff(10 * SECOND)
+        .max_backoff(SECOND)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+}
