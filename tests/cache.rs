@@ -37,7 +37,11 @@ async fn cold_storm_of_ten_thousand_callers_makes_one_fetch() {
     }
     assert_eq!(source.fetches(), 1);
     assert_eq!(values.len(), 1, "everyone shares the one token");
-    assert_eq!(started.elapsed(), Duration::from_millis(50), "one fetch, not a queue");
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(50),
+        "one fetch, not a queue"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -75,7 +79,10 @@ async fn no_token_is_handed_out_past_its_hard_margin() {
 
     // Every renewal fails; the default margin of a 100 s token is 10 s.
     sleep_until(t0 + 90 * SECOND - Duration::from_millis(1)).await;
-    assert_eq!(cache.current().unwrap().expose_secret(), token.expose_secret());
+    assert_eq!(
+        cache.current().unwrap().expose_secret(),
+        token.expose_secret()
+    );
     sleep_until(t0 + 90 * SECOND).await;
     tokio::task::yield_now().await;
     assert!(
@@ -120,7 +127,10 @@ async fn failed_renewal_keeps_the_valid_token() {
     let still = cache.token().await.unwrap();
     assert_eq!(still.expose_secret(), token.expose_secret());
     let stats = cache.stats();
-    assert!(stats.failures >= 4, "renewals retried with backoff: {stats:?}");
+    assert!(
+        stats.failures >= 4,
+        "renewals retried with backoff: {stats:?}"
+    );
     assert!(stats.failures <= 6, "exponential, not a storm: {stats:?}");
     assert_eq!(stats.last_error, Some(ErrorKind::Server));
 }
@@ -238,7 +248,11 @@ async fn dropping_every_handle_stops_the_driver() {
     sleep(Duration::from_millis(1)).await;
     assert_eq!(source.handles(), 1, "the driver released the cache's state");
     sleep(3600 * SECOND).await;
-    assert_eq!(source.fetches(), 1, "no renewal after the last handle dropped");
+    assert_eq!(
+        source.fetches(),
+        1,
+        "no renewal after the last handle dropped"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -272,7 +286,10 @@ async fn a_panicking_source_is_an_error_not_a_dead_cache() {
 #[tokio::test(start_paused = true)]
 async fn a_renewal_returning_the_same_token_backs_off_instead_of_spinning() {
     let source = ScriptedSource::new(100 * SECOND);
-    source.then(Next::Token).then(Next::SameToken).then(Next::SameToken);
+    source
+        .then(Next::Token)
+        .then(Next::SameToken)
+        .then(Next::SameToken);
     let cache = cache(&source);
     let first = cache.token().await.unwrap();
     let t0 = first.received_at();

@@ -63,7 +63,9 @@ impl Drop for ExitGuard {
         if control.demand {
             shared.publish(
                 &mut control,
-                Err(runtime_error("the runtime running the token cache shut down")),
+                Err(runtime_error(
+                    "the runtime running the token cache shut down",
+                )),
             );
         }
     }

@@ -100,7 +100,9 @@ where
                         Err(error) => return Poll::Ready(Err(error.into())),
                     };
                     let mut req = req.take().expect("ResponseFuture polled after completion");
-                    let mut inner = inner.take().expect("ResponseFuture polled after completion");
+                    let mut inner = inner
+                        .take()
+                        .expect("ResponseFuture polled after completion");
                     req.set_authorization(token.header_value().clone());
                     let fut = inner.call(req);
                     let cache = cache.clone();
@@ -118,7 +120,9 @@ where
                     return Poll::Ready(Ok(response));
                 }
                 StateProj::Failed { error } => {
-                    let error = error.take().expect("ResponseFuture polled after completion");
+                    let error = error
+                        .take()
+                        .expect("ResponseFuture polled after completion");
                     return Poll::Ready(Err(error.into()));
                 }
             }
@@ -217,6 +221,8 @@ impl<F, S, Req, R> fmt::Debug for RetryFuture<F, S, Req, R> {
             RetryState::First { .. } => "first",
             RetryState::Replaying { .. } => "replaying",
         };
-        f.debug_struct("RetryFuture").field("state", &state).finish()
+        f.debug_struct("RetryFuture")
+            .field("state", &state)
+            .finish()
     }
 }

@@ -277,9 +277,11 @@ where
             .map(|copy| {
                 let inner = self.inner.clone();
                 let cache = self.cache.clone();
-                Box::new(move |first: S::Response| -> future::BoxReplay<S::Response> {
-                    Box::pin(replay_once(inner, cache, copy, first))
-                }) as ReplayFn<S::Response>
+                Box::new(
+                    move |first: S::Response| -> future::BoxReplay<S::Response> {
+                        Box::pin(replay_once(inner, cache, copy, first))
+                    },
+                ) as ReplayFn<S::Response>
             });
         RetryFuture::new(self.authorize(req), replay)
     }
@@ -301,7 +303,10 @@ where
     let token = match cache.token().await {
         Ok(token) => token,
         Err(error) => {
-            tracing::debug!(error_kind = error.kind().as_str(), "no renewed token to replay with");
+            tracing::debug!(
+                error_kind = error.kind().as_str(),
+                "no renewed token to replay with"
+            );
             return Ok(first);
         }
     };

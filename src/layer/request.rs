@@ -48,8 +48,7 @@ impl<B> AuthorizeRequest for http::Request<B> {
     #[inline]
     fn is_insecure_target(&self) -> bool {
         let uri = self.uri();
-        uri.scheme() == Some(&http::uri::Scheme::HTTP)
-            && !uri.host().is_some_and(is_loopback_host)
+        uri.scheme() == Some(&http::uri::Scheme::HTTP) && !uri.host().is_some_and(is_loopback_host)
     }
 
     #[inline]

@@ -100,14 +100,7 @@ impl Token {
     /// not visible ASCII (a CR/LF would be a header injection), or if the lifetime is zero or
     /// over a year.
     pub fn new(value: impl AsRef<str>, lifetime: Duration) -> Result<Token, Error> {
-        Self::from_parts(
-            value.as_ref(),
-            lifetime,
-            Instant::now(),
-            None,
-            None,
-            None,
-        )
+        Self::from_parts(value.as_ref(), lifetime, Instant::now(), None, None, None)
     }
 
     /// Parses a `/authtoken` response body, as [`AuthTokenSource`](crate::AuthTokenSource) does.

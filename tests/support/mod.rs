@@ -14,7 +14,10 @@ use tower_authtoken::{Error, ErrorKind, Token, TokenSource};
 /// Polls `future` once, without a runtime's waker.
 pub fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
     let mut future = pin!(future);
-    match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
         Poll::Ready(output) => Some(output),
         Poll::Pending => None,
     }

@@ -1,0 +1,309 @@
+//! `BearerAuth` against in-process inner services.
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::header::AUTHORIZATION;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt, service_fn};
+use tower_authtoken::{BearerAuth, BearerAuthLayer, Error, ErrorKind, TokenCache};
+
+use support::{Next, ScriptedSource};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn cache(source: &ScriptedSource) -> TokenCache {
+    TokenCache::builder(source.clone())
+        .jitter(Duration::ZERO)
+        .build()
+        .unwrap()
+}
+
+/// What the inner service saw.
+#[derive(Clone, Default)]
+struct Seen {
+    headers: Arc<Mutex<Vec<HeaderValue>>>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Seen {
+    fn last(&self) -> HeaderValue {
+        self.headers.lock().unwrap().last().cloned().unwrap()
+    }
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+/// An inner service that records the Authorization header and, with `reject_first_token`,
+/// answers `401` to the first token it saw.
+fn upstream<B: Send + 'static>(
+    seen: Seen,
+    reject_first_token: bool,
+) -> impl Service<Request<B>, Response = Response<()>, Error = Infallible, Future: Send> + Clone {
+    service_fn(move |req: Request<B>| {
+        let seen = seen.clone();
+        async move {
+            let header = req.headers().get(AUTHORIZATION).cloned().unwrap();
+            // Answer a moment later, so that concurrent requests are all in flight at once.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let mut headers = seen.headers.lock().unwrap();
+            let first = headers.first().cloned().unwrap_or_else(|| header.clone());
+            headers.push(header.clone());
+            seen.calls.fetch_add(1, Ordering::SeqCst);
+            let status = if reject_first_token && header == first {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::OK
+            };
+            let mut response = Response::new(());
+            *response.status_mut() = status;
+            Ok::<_, Infallible>(response)
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_header_is_bearer_sensitive_and_replaces_any_existing_value() {
+    let source = ScriptedSource::new(HOUR);
+    let seen = Seen::default();
+    let service = BearerAuth::new(upstream::<()>(seen.clone(), false), cache(&source));
+    let mut request = Request::new(());
+    request
+        .headers_mut()
+        .insert(AUTHORIZATION, HeaderValue::from_static("Basic old"));
+    service.oneshot(request).await.unwrap();
+    let header = seen.last();
+    assert_eq!(header, "Bearer token-1");
+    assert!(header.is_sensitive(), "the header must be marked sensitive");
+}
+
+#[tokio::test(start_paused = true)]
+async fn composes_with_service_builder_and_shares_one_token() {
+    let source = ScriptedSource::new(HOUR).with_delay(Duration::from_millis(50));
+    let seen = Seen::default();
+    let service = ServiceBuilder::new()
+        .layer(BearerAuthLayer::new(cache(&source)))
+        .concurrency_limit(64)
+        .service(upstream::<()>(seen.clone(), false));
+    let tasks: Vec<_> = (0..200)
+        .map(|_| tokio::spawn(service.clone().oneshot(Request::new(()))))
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(source.fetches(), 1);
+    assert_eq!(seen.calls(), 200);
+    assert!(
+        seen.headers
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|h| h == "Bearer token-1")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_plain_http_target_on_a_remote_host_is_refused_before_sending() {
+    let source = ScriptedSource::new(HOUR);
+    let seen = Seen::default();
+    let service = BearerAuth::new(upstream::<()>(seen.clone(), false), cache(&source));
+    let request = Request::get("http://api.example.com/cars")
+        .body(())
+        .unwrap();
+    let err = service.clone().oneshot(request).await.unwrap_err();
+    let err = err.downcast::<Error>().expect("a tower_authtoken::Error");
+    assert_eq!(err.kind(), ErrorKind::InsecureTransport);
+    assert_eq!(seen.calls(), 0, "nothing was sent");
+
+    for allowed in [
+        "https://api.example.com/cars",
+        "http://127.0.0.1:8080/cars",
+        "http://localhost/cars",
+        "/relative",
+    ] {
+        let request = Request::get(allowed).body(()).unwrap();
+        service.clone().oneshot(request).await.unwrap();
+    }
+    assert_eq!(seen.calls(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn allow_insecure_http_lets_the_token_go_to_plain_http() {
+    let source = ScriptedSource::new(HOUR);
+    let seen = Seen::default();
+    let cache = TokenCache::builder(source.clone())
+        .allow_insecure_http(true)
+        .build()
+        .unwrap();
+    let service = BearerAuth::new(upstream::<()>(seen.clone(), false), cache);
+    let request = Request::get("http://api.example.com/cars")
+        .body(())
+        .unwrap();
+    service.oneshot(request).await.unwrap();
+    assert_eq!(seen.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn token_failures_downcast_to_the_crate_error() {
+    let source = ScriptedSource::new(HOUR);
+    source.then(Next::Fail(
+        Error::new(ErrorKind::AuthenticationFailed).with_user("alice"),
+    ));
+    let seen = Seen::default();
+    let service = BearerAuth::new(upstream::<()>(seen.clone(), false), cache(&source));
+    let err: BoxError = service.oneshot(Request::new(())).await.unwrap_err();
+    let err = err.downcast_ref::<Error>().unwrap();
+    assert_eq!(err.kind(), ErrorKind::AuthenticationFailed);
+    assert_eq!(seen.calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_401_invalidates_the_token_that_request_carried() {
+    let source = ScriptedSource::new(HOUR);
+    let seen = Seen::default();
+    let cache = cache(&source);
+    let service = BearerAuth::new(upstream::<()>(seen.clone(), true), cache.clone());
+    let response = service.clone().oneshot(Request::new(())).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(cache.stats().invalidations, 1);
+    let response = service.oneshot(Request::new(())).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(seen.last(), "Bearer token-2");
+    assert_eq!(source.fetches(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fifty_concurrent_401s_cause_one_renewal() {
+    let source = ScriptedSource::new(HOUR).with_delay(Duration::from_millis(20));
+    let seen = Seen::default();
+    let cache = cache(&source);
+    cache.token().await.unwrap();
+    let service = BearerAuth::new(upstream::<()>(seen.clone(), true), cache.clone());
+    let tasks: Vec<_> = (0..50)
+        .map(|_| tokio::spawn(service.clone().oneshot(Request::new(()))))
+        .collect();
+    for task in tasks {
+        assert_eq!(
+            task.await.unwrap().unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(cache.token().await.unwrap().expose_secret(), "token-2");
+    assert_eq!(source.fetches(), 2, "one renewal for fifty rejections");
+    assert_eq!(cache.stats().invalidations, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_replays_an_idempotent_replayable_request_once_with_the_new_token() {
+    let source = ScriptedSource::new(HOUR);
+    let seen = Seen::default();
+    let service = ServiceBuilder::new()
+        .layer(BearerAuthLayer::new(cache(&source)).retry_on_unauthorized())
+        .service(upstream::<String>(seen.clone(), true));
+    let request = Request::get("/cars").body(String::new()).unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(seen.calls(), 2);
+    assert_eq!(seen.last(), "Bearer token-2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_never_replays_a_non_idempotent_request_by_default() {
+    let source = ScriptedSource::new(HOUR);
+    let seen = Seen::default();
+    let layer = BearerAuthLayer::new(cache(&source)).retry_on_unauthorized();
+    let service = layer.layer(upstream::<String>(seen.clone(), true));
+    let request = Request::post("/bookings")
+        .body("{\"car\":1}".to_owned())
+        .unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(seen.calls(), 1, "a POST is not repeated");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_any_method_replays_a_post_when_asked_to() {
+    let source = ScriptedSource::new(HOUR);
+    let seen = Seen::default();
+    let layer = BearerAuthLayer::new(cache(&source)).retry_on_unauthorized_any_method();
+    let service = layer.layer(upstream::<String>(seen.clone(), true));
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/bookings")
+        .body("{}".to_owned())
+        .unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(seen.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_returns_the_original_401_when_no_new_token_can_be_had() {
+    let source = ScriptedSource::new(HOUR);
+    source
+        .then(Next::Token)
+        .then(Next::Fail(Error::new(ErrorKind::Server)));
+    let seen = Seen::default();
+    let layer = BearerAuthLayer::new(cache(&source)).retry_on_unauthorized();
+    let service = layer.layer(upstream::<String>(seen.clone(), true));
+    let response = service
+        .oneshot(Request::get("/cars").body(String::new()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(seen.calls(), 1);
+}
+
+/// An inner service that is ready only once, then must be cloned: it proves the layer calls the
+/// very service `poll_ready` prepared.
+#[derive(Clone)]
+struct ReadyOnce {
+    ready: bool,
+}
+
+impl Service<Request<()>> for ReadyOnce {
+    type Response = Response<()>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<()>, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        self.ready = true;
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<()>) -> Self::Future {
+        assert!(self.ready, "poll_ready must be called first");
+        self.ready = false;
+        std::future::ready(Ok(Response::new(())))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_service_made_ready_is_the_one_called_even_when_waiting_for_a_token() {
+    let source = ScriptedSource::new(HOUR).with_delay(Duration::from_millis(10));
+    let mut service = BearerAuth::new(ReadyOnce { ready: false }, cache(&source));
+    // Cold: the call waits for the token, holding the service that was made ready.
+    service.ready().await.unwrap();
+    let cold = service.call(Request::new(()));
+    // Warm: the clone left behind is made ready and called directly.
+    cold.await.unwrap();
+    service.ready().await.unwrap();
+    service.call(Request::new(())).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn accessors_reach_the_inner_service() {
+    let source = ScriptedSource::new(HOUR);
+    let mut service = BearerAuth::new(ReadyOnce { ready: false }, cache(&source));
+    assert!(!service.get_ref().ready);
+    service.get_mut().ready = true;
+    assert!(service.into_inner().ready);
+}
