@@ -14,6 +14,8 @@ use tokio::time::Instant;
 use crate::Error;
 
 pub(crate) use parse::parse_token_response;
+#[cfg(feature = "reqwest")]
+pub(crate) use parse::{MAX_BODY, parse_timestamp};
 
 /// The longest lifetime we believe. A server that claims more is misconfigured or hostile.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 60 * 60);
@@ -182,29 +184,6 @@ impl Token {
     /// An identity for this token instance, unique within the process.
     pub(crate) fn id(&self) -> u64 {
         self.inner.id
-    }
-
-    /// This token, but expiring no later than `expires_at`; `None` if that leaves nothing.
-    pub(crate) fn capped(&self, expires_at: Instant) -> Option<Token> {
-        if expires_at >= self.expires_at() {
-            return Some(self.clone());
-        }
-        let lifetime = expires_at.checked_duration_since(self.inner.received_at)?;
-        if lifetime.is_zero() {
-            return None;
-        }
-        let inner = &*self.inner;
-        Some(Token {
-            inner: Arc::new(TokenInner {
-                id: next_id(),
-                header: inner.header.clone(),
-                token_type: inner.token_type.clone(),
-                issued: inner.issued,
-                expires: inner.expires,
-                received_at: inner.received_at,
-                lifetime,
-            }),
-        })
     }
 
     /// The shared allocation, for the cache's lock-free slot.
