@@ -1,9 +1,797 @@
-//! The `/authtoken` client. (Being written.)
+//! The `/authtoken` client: [`AuthTokenSource`] logs in with a user name and a password and
+//! returns a [`Token`]. See [`AuthTokenSource`] for the request, the status mapping and an
+//! example.
+//!
+//! Plain `http://` is accepted only to a loopback host, by the crate's one loopback rule.
 
-/// Logs in to a `/authtoken` endpoint. (Being written.)
-#[derive(Debug)]
-pub struct AuthTokenSource {}
+use std::fmt;
+use std::time::{Duration, SystemTime};
 
-/// Builds an [`AuthTokenSource`]. (Being written.)
-#[derive(Debug)]
-pub struct AuthTokenSourceBuilder {}
+use http::StatusCode;
+use http::header::{self, HeaderMap, HeaderValue};
+use reqwest::Url;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::token::{DEFAULT_LIFETIME, MAX_LIFETIME};
+use crate::{Credentials, Error, ErrorKind, Token, TokenSource};
+
+use crate::loopback::is_loopback_host;
+use crate::token::{MAX_BODY, parse_timestamp};
+
+/// The default timeout of one login: 30 seconds.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The most characters of a server message kept in [`Error::detail`].
+const MAX_MESSAGE_CHARS: usize = 200;
+
+/// What replaces the password wherever a server message echoes it.
+const REDACTED: &str = "[redacted]";
+
+/// The default `User-Agent`: `tower-authtoken/<version>`.
+const DEFAULT_USER_AGENT: &str = concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION"));
+
+/// Checks `base_url` and appends `/authtoken` to its path.
+///
+/// Refuses (with [`ErrorKind::Config`]) a URL that does not parse, is not `http` or `https`,
+/// carries user info, a query or a fragment; refuses (with [`ErrorKind::InsecureTransport`])
+/// plain `http` to a non-loopback host unless `allow_insecure_http`.
+fn authtoken_url(base_url: &str, allow_insecure_http: bool) -> Result<Url, Error> {
+    let mut url = Url::parse(base_url).map_err(|e| {
+        Error::config(format!("the base URL does not parse as a URL: {e}")).with_source(e)
+    })?;
+    if !url.username().is_empty() || url.password().is_some() {
+        // Never echo the URL here: its user info may hold a password.
+        return Err(Error::config(
+            "the base URL contains user info (user:password@): pass credentials with Credentials instead",
+        ));
+    }
+    match url.scheme() {
+        "https" => {}
+        "http" => {
+            let host = url.host_str().unwrap_or_default();
+            if !allow_insecure_http && !is_loopback_host(host) {
+                return Err(
+                    Error::new(ErrorKind::InsecureTransport).with_detail(format!(
+                        "the base URL is plain http to the non-loopback host '{host}'"
+                    )),
+                );
+            }
+        }
+        other => {
+            return Err(Error::config(format!(
+                "the base URL's scheme is '{other}': only http and https are supported"
+            )));
+        }
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(Error::config("the base URL has no host"));
+    }
+    if url.query().is_some() {
+        return Err(Error::config(
+            "the base URL must not contain a query ('?...')",
+        ));
+    }
+    if url.fragment().is_some() {
+        return Err(Error::config(
+            "the base URL must not contain a fragment ('#...')",
+        ));
+    }
+    let path = format!("{}/authtoken", url.path().trim_end_matches('/'));
+    url.set_path(&path);
+    Ok(url)
+}
+
+/// Logs in to a `/authtoken` endpoint with a user name and a password.
+///
+/// Build one with [`AuthTokenSource::new`] or [`AuthTokenSource::builder`], then call
+/// [`fetch`](TokenSource::fetch) — or hand it to the token cache, which calls it for you.
+/// Cloning is cheap-ish: the HTTP client is shared, the credentials are copied.
+///
+/// One login is one `POST {base_url}/authtoken` with the JSON body
+/// `{"userName": ..., "password": ...}` and the headers `Accept: application/json` and
+/// `Content-Type: application/json` (never an `Authorization` header). The answer is mapped to
+/// a [`Token`] or to an [`Error`] whose [`ErrorKind`] says what went wrong:
+///
+/// | Answer                         | Result                                                   |
+/// |--------------------------------|----------------------------------------------------------|
+/// | any `2xx`                      | the parsed [`Token`], or [`ErrorKind::InvalidResponse`]  |
+/// | `400`                          | [`ErrorKind::InvalidGrant`]                              |
+/// | `401`                          | [`ErrorKind::AuthenticationFailed`]                      |
+/// | `403`                          | [`ErrorKind::Forbidden`]                                 |
+/// | `404`                          | [`ErrorKind::UnknownUser`], the server's message in [`Error::detail`] |
+/// | `429`                          | [`ErrorKind::RateLimited`], `Retry-After` in [`Error::retry_after`] |
+/// | `5xx` or any other status      | [`ErrorKind::Server`]                                    |
+/// | a body over 64 KiB             | [`ErrorKind::InvalidResponse`]                           |
+/// | no answer within the timeout   | [`ErrorKind::Timeout`]                                   |
+/// | unreachable, connection broken | [`ErrorKind::Transport`]                                 |
+///
+/// Every error carries the user name ([`Error::user`]) and, once the server answered, its
+/// status ([`Error::status`]). The server's message (the JSON `message` field, or a text body)
+/// is kept in [`Error::detail`], cut to 200 characters.
+///
+/// The token's lifetime is anchored at the moment the response head arrived.
+///
+/// The password is sent in the request body only, never in a header or the URL, and it never
+/// appears in an error, a log event or a `Debug` output: a server message that echoes it has it
+/// replaced by `[redacted]`. `Debug` shows the URL, the user name and the timeout.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tower_authtoken::{AuthTokenSource, Credentials, TokenSource};
+///
+/// # async fn run() -> Result<(), tower_authtoken::Error> {
+/// let source = AuthTokenSource::builder(
+///     "https://api.example.com/v1",
+///     Credentials::new("alice", "wonderland"),
+/// )
+/// .timeout(Duration::from_secs(10))
+/// .build()?;
+/// assert_eq!(source.url(), "https://api.example.com/v1/authtoken");
+///
+/// let token = source.fetch().await?;
+/// println!("valid for {:?}", token.lifetime());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct AuthTokenSource {
+    client: reqwest::Client,
+    url: Url,
+    credentials: Credentials,
+    timeout: Duration,
+    user_agent: HeaderValue,
+    default_lifetime: Duration,
+}
+
+impl AuthTokenSource {
+    /// A source that logs in at `{base_url}/authtoken` with `credentials`, with every default
+    /// of [`AuthTokenSourceBuilder`].
+    ///
+    /// Any path prefix of `base_url` is kept: `https://h/api/v1` and `https://h/api/v1/` both
+    /// log in at `https://h/api/v1/authtoken`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`] if the URL does not parse, is not `http(s)`, or carries user info,
+    /// a query or a fragment; [`ErrorKind::InsecureTransport`] for `http://` to a host that is
+    /// not loopback (see [`AuthTokenSourceBuilder::allow_insecure_http`]).
+    pub fn new(base_url: &str, credentials: Credentials) -> Result<AuthTokenSource, Error> {
+        Self::builder(base_url, credentials).build()
+    }
+
+    /// A builder for a source that logs in at `{base_url}/authtoken` with `credentials`.
+    ///
+    /// The URL is checked by [`build`](AuthTokenSourceBuilder::build).
+    pub fn builder(base_url: &str, credentials: Credentials) -> AuthTokenSourceBuilder {
+        AuthTokenSourceBuilder {
+            base_url: base_url.to_owned(),
+            credentials,
+            timeout: DEFAULT_TIMEOUT,
+            user_agent: None,
+            client: None,
+            allow_insecure_http: false,
+            default_lifetime: DEFAULT_LIFETIME,
+        }
+    }
+
+    /// The full login URL, `{base_url}/authtoken`.
+    pub fn url(&self) -> &str {
+        self.url.as_str()
+    }
+
+    /// The user name this source logs in as.
+    pub fn user_name(&self) -> &str {
+        self.credentials.user_name()
+    }
+
+    /// Logs in once.
+    async fn login(&self) -> Result<Token, Error> {
+        let user = self.credentials.user_name();
+        let started = Instant::now();
+        let result = self.login_inner(user).await;
+        let elapsed = started.elapsed();
+        match &result {
+            Ok(_) => tracing::debug!(user, url = %self.url, ?elapsed, "login succeeded"),
+            Err(error) => tracing::debug!(
+                user,
+                url = %self.url,
+                status = error.status().map(|s| s.as_u16()),
+                kind = %error.kind(),
+                ?elapsed,
+                "login failed"
+            ),
+        }
+        result
+    }
+
+    async fn login_inner(&self, user: &str) -> Result<Token, Error> {
+        let password = self.credentials.password();
+        // The only copy of the password outside `Credentials`: it goes straight into the request
+        // body and is never logged or formatted.
+        let body = serde_json::to_vec(&LoginRequest {
+            user_name: user,
+            password,
+        })
+        .map_err(|e| {
+            Error::new(ErrorKind::Config)
+                .with_user(user)
+                .with_detail("could not encode the login request")
+                .with_source(e)
+        })?;
+
+        let request = self
+            .client
+            .post(self.url.clone())
+            .timeout(self.timeout)
+            .header(header::ACCEPT, HeaderValue::from_static("application/json"))
+            .header(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )
+            .header(header::USER_AGENT, self.user_agent.clone())
+            .body(body);
+
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| request_error(e, user, None))?;
+        // The token's lifetime runs from the moment the answer arrived.
+        let received_at = Instant::now();
+        let status = response.status();
+
+        if status.is_success() {
+            if response
+                .content_length()
+                .is_some_and(|len| len > MAX_BODY as u64)
+            {
+                return Err(too_large(user, status));
+            }
+            let body = match read_capped(&mut response, MAX_BODY).await {
+                Ok(Capped::Complete(body)) => body,
+                Ok(Capped::Overflow(_)) => return Err(too_large(user, status)),
+                Err(e) => return Err(request_error(e, user, Some(status))),
+            };
+            return crate::token::parse_token_response(&body, self.default_lifetime, received_at)
+                .map_err(|e| annotate(e, user, status));
+        }
+
+        let headers = response.headers().clone();
+        // The body of an error answer only feeds the message: read what fits, ignore failures.
+        let body = match read_capped(&mut response, MAX_BODY).await {
+            Ok(Capped::Complete(body) | Capped::Overflow(body)) => body,
+            Err(_) => Vec::new(),
+        };
+        Err(status_error(status, &headers, &body, user, password))
+    }
+}
+
+/// The login request body. Deliberately not `Debug`: it holds the password.
+#[derive(Serialize)]
+struct LoginRequest<'a> {
+    #[serde(rename = "userName")]
+    user_name: &'a str,
+    password: &'a str,
+}
+
+/// A body read with a cap.
+enum Capped {
+    /// The whole body, at most the cap.
+    Complete(Vec<u8>),
+    /// The body was longer than the cap: its first `cap` bytes.
+    Overflow(Vec<u8>),
+}
+
+/// Reads the body chunk by chunk, and stops as soon as it grows over `cap`.
+async fn read_capped(response: &mut reqwest::Response, cap: usize) -> reqwest::Result<Capped> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > cap {
+            let room = cap - body.len();
+            body.extend_from_slice(&chunk[..room]);
+            return Ok(Capped::Overflow(body));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Capped::Complete(body))
+}
+
+fn too_large(user: &str, status: StatusCode) -> Error {
+    Error::new(ErrorKind::InvalidResponse)
+        .with_user(user)
+        .with_status(status)
+        .with_detail(format!("body larger than {} KiB", MAX_BODY / 1024))
+}
+
+/// Adds the user and status to an error from the parser, which knows neither.
+///
+/// The error is rebuilt with the same kind and detail rather than changed in place, because an
+/// [`Error`] may only be changed before it is shared, and we cannot see whether it was. The
+/// parser's errors carry no source, so nothing is lost; the original is not chained as the
+/// source either, which would only repeat the same message.
+fn annotate(error: Error, user: &str, status: StatusCode) -> Error {
+    let mut fresh = Error::new(error.kind()).with_user(user).with_status(status);
+    if let Some(detail) = error.detail() {
+        fresh = fresh.with_detail(detail);
+    }
+    if let Some(retry_after) = error.retry_after() {
+        fresh = fresh.with_retry_after(Some(retry_after));
+    }
+    fresh
+}
+
+/// Maps a failed `send` or body read.
+fn request_error(error: reqwest::Error, user: &str, status: Option<StatusCode>) -> Error {
+    let kind = if error.is_timeout() {
+        ErrorKind::Timeout
+    } else if error.is_builder() {
+        ErrorKind::Config
+    } else {
+        ErrorKind::Transport
+    };
+    let mut out = Error::new(kind).with_user(user);
+    if let Some(status) = status {
+        out = out.with_status(status);
+    }
+    if kind == ErrorKind::Transport && status.is_some() {
+        out = out.with_detail("the connection broke while reading the response body");
+    }
+    // The error's URL is the login URL, which carries no secret (user info is refused).
+    out.with_source(error)
+}
+
+/// Maps a non-success status to its error.
+fn status_error(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    user: &str,
+    password: &str,
+) -> Error {
+    let kind = match status.as_u16() {
+        400 => ErrorKind::InvalidGrant,
+        401 => ErrorKind::AuthenticationFailed,
+        403 => ErrorKind::Forbidden,
+        404 => ErrorKind::UnknownUser,
+        429 => ErrorKind::RateLimited,
+        _ => ErrorKind::Server,
+    };
+    let mut error = Error::new(kind).with_user(user).with_status(status);
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    if let Some(message) = server_message(body, content_type, password) {
+        error = error.with_detail(message);
+    }
+    if kind == ErrorKind::RateLimited {
+        let retry_after = headers
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        error = error.with_retry_after(retry_after);
+    }
+    error
+}
+
+/// The server's message from an error body, safe to keep in an [`Error`].
+///
+/// That is the JSON `message` field if the body is a JSON object with one, else the body as text
+/// (unless it is HTML: a proxy's error page says nothing useful). Control characters are removed,
+/// every occurrence of `password` is replaced by `[redacted]`, and the result is cut to 200
+/// characters. `None` if nothing is left.
+fn server_message(body: &[u8], content_type: Option<&str>, password: &str) -> Option<String> {
+    let raw = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(map)) => match map.get("message") {
+            Some(serde_json::Value::String(message)) => message.clone(),
+            _ => return None,
+        },
+        Ok(serde_json::Value::String(message)) => message,
+        Ok(_) => return None,
+        Err(_) => {
+            if content_type.is_some_and(|ct| ct.to_ascii_lowercase().contains("html")) {
+                return None;
+            }
+            String::from_utf8_lossy(body).into_owned()
+        }
+    };
+    // Redact the password as it is, then again without control characters once they are
+    // removed (so that none hidden inside an echoed password defeats the redaction), and all of
+    // it before truncating, so that no prefix of the password survives.
+    let strip = |s: &str| -> String { s.chars().filter(|c| !c.is_control()).collect() };
+    let mut text = raw;
+    if !password.is_empty() {
+        text = text.replace(password, REDACTED);
+    }
+    let mut text = strip(&text);
+    let password = strip(password);
+    if !password.is_empty() {
+        text = text.replace(&password, REDACTED);
+    }
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    let mut out: String = text.chars().take(MAX_MESSAGE_CHARS).collect();
+    if out.len() < text.len() {
+        out.push('…');
+    }
+    Some(out)
+}
+
+/// Parses a `Retry-After` value: delta-seconds, or an HTTP-date (any of the three forms RFC 9110
+/// asks receivers to accept) turned into the wait from `now`, zero if the date has passed.
+/// `None` if it is neither.
+fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if value.is_empty() {
+        return None;
+    }
+    if value.bytes().all(|b| b.is_ascii_digit()) {
+        // A number too large for u64 is still "a very long time".
+        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
+    }
+    // Only a date from here on: a bare number would read as seconds since 1970.
+    if !value.bytes().any(|b| b.is_ascii_alphabetic()) {
+        return None;
+    }
+    let date = parse_timestamp(value)?;
+    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+impl TokenSource for AuthTokenSource {
+    fn fetch(&self) -> impl Future<Output = Result<Token, Error>> + Send {
+        self.login()
+    }
+}
+
+impl fmt::Debug for AuthTokenSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthTokenSource")
+            .field("url", &self.url.as_str())
+            .field("user_name", &self.credentials.user_name())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`AuthTokenSource`]; start with [`AuthTokenSource::builder`].
+///
+/// Every setter states its default. [`build`](AuthTokenSourceBuilder::build) checks everything.
+#[must_use = "call build() to get an AuthTokenSource"]
+pub struct AuthTokenSourceBuilder {
+    base_url: String,
+    credentials: Credentials,
+    timeout: Duration,
+    user_agent: Option<String>,
+    client: Option<reqwest::Client>,
+    allow_insecure_http: bool,
+    default_lifetime: Duration,
+}
+
+impl AuthTokenSourceBuilder {
+    /// The longest one login may take, from connecting until the whole response body is read.
+    ///
+    /// Default: 30 seconds. A login that takes longer fails with [`ErrorKind::Timeout`]. Must not
+    /// be zero.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The `User-Agent` header of the login request.
+    ///
+    /// Default: `tower-authtoken/<version>`, such as `tower-authtoken/0.1.0`. It is sent even
+    /// with a caller-supplied [`client`](Self::client). Must be a valid header value.
+    pub fn user_agent(mut self, user_agent: impl Into<String>) -> Self {
+        self.user_agent = Some(user_agent.into());
+        self
+    }
+
+    /// Uses your own `reqwest::Client`, for example to share its connection pool or to configure
+    /// a proxy or extra root certificates.
+    ///
+    /// Default: a client of our own that follows no redirects (a redirect of a login could carry
+    /// the password elsewhere; it fails with [`ErrorKind::Server`] instead). With your client,
+    /// its redirect policy applies; the [`timeout`](Self::timeout) and the user agent are still
+    /// applied to every login request.
+    pub fn client(mut self, client: reqwest::Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// Allows plain `http://` to a host that is not loopback.
+    ///
+    /// Default: `false`. Plain `http://` is always allowed to `localhost`, `127.0.0.0/8` and
+    /// `::1`, where the traffic never leaves the machine; anywhere else it would send the
+    /// password in clear text, so [`build`](Self::build) fails with
+    /// [`ErrorKind::InsecureTransport`] unless you opt in here.
+    pub fn allow_insecure_http(mut self, allow: bool) -> Self {
+        self.allow_insecure_http = allow;
+        self
+    }
+
+    /// The lifetime assumed for a token whose response says nothing about its expiry.
+    ///
+    /// Default: [`DEFAULT_LIFETIME`](crate::token::DEFAULT_LIFETIME), 5 minutes: a response with
+    /// only a `token` gives a token valid for 5 minutes from its arrival. Must be more than zero
+    /// and at most [`MAX_LIFETIME`](crate::token::MAX_LIFETIME).
+    pub fn default_lifetime(mut self, lifetime: Duration) -> Self {
+        self.default_lifetime = lifetime;
+        self
+    }
+
+    /// Checks the configuration and builds the source.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`] for a base URL that does not parse, is not `http(s)`, or carries
+    /// user info, a query or a fragment, for an empty user name, a zero timeout, a default
+    /// lifetime of zero or over [`MAX_LIFETIME`](crate::token::MAX_LIFETIME), an invalid user
+    /// agent, or if the HTTP client cannot be built; [`ErrorKind::InsecureTransport`] for plain
+    /// `http://` to a non-loopback host without
+    /// [`allow_insecure_http`](Self::allow_insecure_http).
+    pub fn build(self) -> Result<AuthTokenSource, Error> {
+        let url = authtoken_url(&self.base_url, self.allow_insecure_http)?;
+        if self.credentials.user_name().is_empty() {
+            return Err(Error::config("the user name is empty"));
+        }
+        if self.timeout.is_zero() {
+            return Err(Error::config("the timeout is zero"));
+        }
+        if self.default_lifetime.is_zero() || self.default_lifetime > MAX_LIFETIME {
+            return Err(Error::config(format!(
+                "the default lifetime must be more than zero and at most {} s",
+                MAX_LIFETIME.as_secs()
+            )));
+        }
+        let user_agent = match self.user_agent {
+            None => HeaderValue::from_static(DEFAULT_USER_AGENT),
+            Some(ua) => HeaderValue::try_from(ua).map_err(|e| {
+                Error::config("the user agent is not a valid header value").with_source(e)
+            })?,
+        };
+        let client = match self.client {
+            Some(client) => client,
+            None => reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| Error::config("could not build the HTTP client").with_source(e))?,
+        };
+        Ok(AuthTokenSource {
+            client,
+            url,
+            credentials: self.credentials,
+            timeout: self.timeout,
+            user_agent,
+            default_lifetime: self.default_lifetime,
+        })
+    }
+}
+
+impl fmt::Debug for AuthTokenSourceBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthTokenSourceBuilder")
+            .field("base_url", &self.base_url)
+            .field("user_name", &self.credentials.user_name())
+            .field("timeout", &self.timeout)
+            .field("user_agent", &self.user_agent)
+            .field("custom_client", &self.client.is_some())
+            .field("allow_insecure_http", &self.allow_insecure_http)
+            .field("default_lifetime", &self.default_lifetime)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url_of(base: &str) -> Result<String, Error> {
+        authtoken_url(base, false).map(|u| u.to_string())
+    }
+
+    #[test]
+    fn url_joining_keeps_the_path_prefix_without_double_slashes() {
+        for (base, expected) in [
+            ("https://h", "https://h/authtoken"),
+            ("https://h/", "https://h/authtoken"),
+            ("https://h/api/v1", "https://h/api/v1/authtoken"),
+            ("https://h/api/v1/", "https://h/api/v1/authtoken"),
+            ("https://h/api/v1//", "https://h/api/v1/authtoken"),
+            ("https://h:8443/x", "https://h:8443/x/authtoken"),
+            (
+                "HTTPS://H.Example.COM/A",
+                "https://h.example.com/A/authtoken",
+            ),
+            ("http://127.0.0.1:9000", "http://127.0.0.1:9000/authtoken"),
+            ("http://[::1]:9000/p/", "http://[::1]:9000/p/authtoken"),
+            ("  https://h/api  ", "https://h/api/authtoken"),
+        ] {
+            assert_eq!(url_of(base).unwrap(), expected, "{base}");
+        }
+    }
+
+    #[test]
+    fn bad_urls_are_refused_as_config_errors() {
+        for base in [
+            "",
+            "not a url",
+            "h/api",
+            "ftp://h/api",
+            "file:///etc/passwd",
+            "https://h/api?x=1",
+            "https://h/api?",
+            "https://h/api#frag",
+            "https://user@h/api",
+            "https://user:pw@h/api",
+            "https://:pw@h/api",
+        ] {
+            let err = url_of(base).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config, "{base}: {err}");
+            assert!(err.detail().is_some(), "{base}");
+        }
+    }
+
+    #[test]
+    fn userinfo_refusal_never_echoes_the_password() {
+        for base in [
+            "https://alice:hunter2-secret@h/api",
+            "http://alice:hunter2-secret@example.com/api",
+        ] {
+            let err = url_of(base).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config, "{base}");
+            let text = format!("{err} {err:?}");
+            assert!(!text.contains("hunter2-secret"), "{text}");
+            assert!(text.contains("user info"), "{text}");
+        }
+    }
+
+    #[test]
+    fn plain_http_is_refused_unless_loopback_or_allowed() {
+        for base in [
+            "http://example.com",
+            "http://10.0.0.1/api",
+            "http://[2001:db8::1]/",
+            "http://localhost.example.com",
+            "http://evil-localhost",
+            "http://128.0.0.1",
+        ] {
+            let err = url_of(base).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InsecureTransport, "{base}");
+            assert!(authtoken_url(base, true).is_ok(), "{base}");
+        }
+        for base in [
+            "http://localhost:8080",
+            "http://LOCALHOST",
+            "http://127.0.0.1",
+            "http://127.255.0.9/x",
+            "http://[::1]:1234",
+            "http://127.1",
+        ] {
+            assert!(url_of(base).is_ok(), "{base}");
+        }
+    }
+
+    #[test]
+    fn build_checks_its_inputs() {
+        let creds = || Credentials::new("alice", "pw");
+        let base = "https://h";
+        let kind = |b: AuthTokenSourceBuilder| b.build().unwrap_err().kind();
+        assert_eq!(
+            kind(AuthTokenSource::builder(base, Credentials::new("", "pw"))),
+            ErrorKind::Config
+        );
+        assert_eq!(
+            kind(AuthTokenSource::builder(base, creds()).timeout(Duration::ZERO)),
+            ErrorKind::Config
+        );
+        assert_eq!(
+            kind(AuthTokenSource::builder(base, creds()).default_lifetime(Duration::ZERO)),
+            ErrorKind::Config
+        );
+        assert_eq!(
+            kind(
+                AuthTokenSource::builder(base, creds())
+                    .default_lifetime(MAX_LIFETIME + Duration::from_secs(1))
+            ),
+            ErrorKind::Config
+        );
+        assert_eq!(
+            kind(AuthTokenSource::builder(base, creds()).user_agent("bad\nagent")),
+            ErrorKind::Config
+        );
+        let source = AuthTokenSource::new("https://h/api/", creds()).unwrap();
+        assert_eq!(source.url(), "https://h/api/authtoken");
+        assert_eq!(source.user_name(), "alice");
+        assert_eq!(source.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(source.default_lifetime, DEFAULT_LIFETIME);
+        assert_eq!(source.user_agent, DEFAULT_USER_AGENT);
+        assert!(DEFAULT_USER_AGENT.starts_with("tower-authtoken/"));
+    }
+
+    #[test]
+    fn debug_shows_url_user_and_timeout_but_never_the_password() {
+        let credentials = Credentials::new("alice", "s3cr3t-Pa55w0rd");
+        let builder =
+            AuthTokenSource::builder("https://h/api", credentials).timeout(Duration::from_secs(7));
+        let builder_debug = format!("{builder:?} {builder:#?}");
+        assert!(
+            !builder_debug.contains("s3cr3t-Pa55w0rd"),
+            "{builder_debug}"
+        );
+        let source = builder.build().unwrap();
+        let debug = format!("{source:?} {source:#?}");
+        assert!(debug.contains("https://h/api/authtoken"), "{debug}");
+        assert!(debug.contains("alice"), "{debug}");
+        assert!(debug.contains("7s"), "{debug}");
+        assert!(!debug.contains("s3cr3t-Pa55w0rd"), "{debug}");
+    }
+
+    #[test]
+    fn server_messages_are_cleaned_redacted_and_truncated() {
+        let json = br#"{"message":"No user found with username: bob"}"#;
+        assert_eq!(
+            server_message(json, Some("application/json"), "pw").as_deref(),
+            Some("No user found with username: bob")
+        );
+        assert_eq!(
+            server_message(b"  plain\ttext\r\n ", Some("text/plain"), "pw").as_deref(),
+            Some("plaintext")
+        );
+        assert_eq!(
+            server_message(b"bad password: hun\x07ter2!", None, "hunter2").as_deref(),
+            Some("bad password: [redacted]!")
+        );
+        assert_eq!(
+            server_message(b"echo tab\tpw and tabpw", None, "tab\tpw").as_deref(),
+            Some("echo [redacted] and [redacted]")
+        );
+        // A JSON escape does not hide the password either.
+        let escaped = br#"{"message":"echo \u0068unter2"}"#;
+        assert_eq!(
+            server_message(escaped, None, "hunter2").as_deref(),
+            Some("echo [redacted]")
+        );
+        let long = "x".repeat(1000) + "hunter2";
+        let message = server_message(long.as_bytes(), None, "hunter2").unwrap();
+        assert_eq!(message.chars().count(), MAX_MESSAGE_CHARS + 1);
+        assert!(!message.contains("hunter"));
+        assert_eq!(
+            server_message(b"<html>oops</html>", Some("text/html"), "p"),
+            None
+        );
+        assert_eq!(server_message(b"", None, "p"), None);
+        assert_eq!(server_message(br#"{"error":"x"}"#, None, "p"), None);
+        assert_eq!(
+            server_message(b"pw", None, "").as_deref(),
+            Some("pw"),
+            "an empty password redacts nothing"
+        );
+    }
+
+    #[test]
+    fn retry_after_accepts_seconds_and_http_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_714_564_800); // 2024-05-01T12:00:00Z
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 01 May 2024 12:01:30 GMT", now),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 01 May 2024 11:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            parse_retry_after("Wednesday, 01-May-24 12:01:30 GMT", now),
+            Some(Duration::from_secs(90)),
+            "the obsolete RFC 850 form"
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
+        assert_eq!(parse_retry_after("", now), None);
+    }
+}

@@ -19,6 +19,7 @@ use secrecy::{ExposeSecret, SecretString};
 #[derive(Clone)]
 pub struct Credentials {
     user_name: String,
+    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
     password: SecretString,
 }
 
@@ -37,6 +38,7 @@ impl Credentials {
     }
 
     /// The password, for the one place that must send it.
+    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
     pub(crate) fn password(&self) -> &str {
         self.password.expose_secret()
     }

@@ -1,1 +1,142 @@
-//! The embedded reference server. (Being written.)
+//! A faithful `/authtoken` reference server, for tests, examples and your own test suites.
+//!
+//! [`ReferenceServer`] is a real HTTP/1.1 server on `127.0.0.1` with a random port. It behaves
+//! like the documented `/authtoken` API:
+//!
+//! - `POST /authtoken` (or any path ending in `/authtoken`, such as `/api/v1/authtoken`) with the
+//!   JSON body `{"userName": ..., "password": ...}` answers `200` with
+//!   `{"type":"Bearer","token":...,"expiresIn":"3600","issued":...,"expires":...}`, or `400`
+//!   (`Invalid grant type`), `401` (`Authentication Failed or Account validity Expired`), `403`
+//!   (`Forbidden - Access denied`) or `404` (`No user found with username: {userName}`), each
+//!   with a JSON `{"message": ...}` body. Other methods get `405`.
+//! - Every other path is a *protected endpoint*: a request with `Authorization: Bearer <token>`
+//!   for a token this server issued, that is not revoked and not expired, gets `200`
+//!   `{"ok":true}`; anything else gets `401` with `WWW-Authenticate: Bearer error="invalid_token"`.
+//!
+//! You can add users, expire or forbid accounts, change the token lifetime and the timestamp
+//! format, slow logins down, queue failures ([`Failure`]) for the next logins, revoke tokens,
+//! and count what happened ([`ServerStats`]).
+//!
+//! Time runs on [`tokio::time`]: token expiry and delays follow Tokio's clock, so tests that
+//! pause it (`#[tokio::test(start_paused = true)]`) control them. The wall-clock `issued` and
+//! `expires` fields come from [`SystemTime::now`](std::time::SystemTime::now), with `expires`
+//! exactly `issued` plus the lifetime. The default user is `alice` with the password
+//! `wonderland`; the default token lifetime is one hour.
+//!
+//! With the paused clock, Tokio jumps to the next timer whenever every task is idle. Loopback
+//! I/O is ready at once, so a login to [`base_url`](ReferenceServer::base_url) (an IP address)
+//! does not let the clock run past a client's timeout. Avoid `localhost` in such tests: resolving
+//! it runs on a blocking thread, and the clock may jump while it does.
+//!
+//! Dropping the server stops it: the listener closes and open connections are dropped.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_authtoken::testing::{Failure, ReferenceServer};
+//! use tower_authtoken::{AuthTokenSource, ErrorKind, TokenSource};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_authtoken::Error> {
+//! let server = ReferenceServer::builder()
+//!     .token_lifetime(Duration::from_secs(600))
+//!     .start()
+//!     .await;
+//! let source = AuthTokenSource::new(&server.base_url(), server.credentials())?;
+//!
+//! // The next login fails as the server was told to...
+//! server.push_failure(Failure::Status(503));
+//! let error = source.fetch().await.unwrap_err();
+//! assert_eq!(error.kind(), ErrorKind::Server);
+//!
+//! // ...and the one after that succeeds.
+//! let token = source.fetch().await?;
+//! assert_eq!(token.lifetime(), Duration::from_secs(600));
+//! assert_eq!(server.issued_tokens(), [token.expose_secret()]);
+//! assert_eq!((server.login_attempts(), server.logins()), (2, 1));
+//! # Ok(())
+//! # }
+//! ```
+
+mod handler;
+mod server;
+
+use std::time::Duration;
+
+#[doc(inline)]
+pub use server::{ReferenceServer, ReferenceServerBuilder};
+
+/// How the reference server writes the `issued` and `expires` timestamps of a token response.
+///
+/// The default is [`Rfc3339`](TimestampFormat::Rfc3339).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum TimestampFormat {
+    /// RFC 3339 in UTC, whole seconds: `2024-05-01T12:00:00Z`.
+    #[default]
+    Rfc3339,
+    /// RFC 3339 in UTC with milliseconds: `2024-05-01T12:00:00.123Z`.
+    Rfc3339Millis,
+    /// ISO 8601 without an offset (meaning UTC): `2024-05-01T12:00:00`.
+    Iso8601NoOffset,
+    /// An HTTP date (RFC 9110): `Wed, 01 May 2024 12:00:00 GMT`.
+    HttpDate,
+    /// Seconds since the Unix epoch: `"1714564800"` (a JSON number with
+    /// [`numeric_fields`](ReferenceServerBuilder::numeric_fields)).
+    EpochSeconds,
+    /// Milliseconds since the Unix epoch: `"1714564800123"` (a JSON number with
+    /// [`numeric_fields`](ReferenceServerBuilder::numeric_fields)).
+    EpochMillis,
+}
+
+/// A failure the reference server answers the next login with, queued by
+/// [`ReferenceServer::push_failure`].
+///
+/// Each queued failure is used by exactly one `POST /authtoken`, in the order they were pushed;
+/// logins after the queue is empty are answered normally. The failure replaces the normal
+/// answer whatever the request was, except [`Delay`](Failure::Delay), which delays it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Failure {
+    /// Answer with this status and a JSON `{"message": ...}` body. `400`, `401`, `403`, `404`
+    /// and `500` carry the API's own texts (`404` names the user of the request); other
+    /// statuses carry their reason phrase.
+    Status(u16),
+    /// Answer `429 Too Many Requests` with this `Retry-After` header value, verbatim.
+    RateLimited {
+        /// The `Retry-After` header value, such as `"30"` or an HTTP date.
+        retry_after: String,
+    },
+    /// Accept the request and never answer, until the server is dropped.
+    Hang,
+    /// Answer `200` with a body that is not valid JSON.
+    MalformedJson,
+    /// Answer `200` with a `Content-Length` larger than the bytes sent, then close the
+    /// connection.
+    TruncatedBody,
+    /// Close the connection without answering.
+    CloseConnection,
+    /// Answer with exactly this status, `Content-Type` and body.
+    Body {
+        /// The status code.
+        status: u16,
+        /// The `Content-Type` header value.
+        content_type: String,
+        /// The body, sent verbatim.
+        body: String,
+    },
+    /// Answer normally, after this extra delay (on Tokio's clock).
+    Delay(Duration),
+}
+
+/// A snapshot of the reference server's counters, from [`ReferenceServer::stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Successful logins: tokens issued.
+    pub logins: u64,
+    /// Every `POST` to the login endpoint, whatever its outcome.
+    pub login_attempts: u64,
+    /// Requests to the protected endpoint accepted with `200`.
+    pub accepted: u64,
+    /// Requests to the protected endpoint refused with `401`.
+    pub rejections: u64,
+}
