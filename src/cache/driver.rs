@@ -187,11 +187,6 @@ async fn fetch(shared: &Shared) -> Result<Token, Error> {
     result
 }
 
-/// Whether `new` claims the same server-reported expiry as `last`, so it renews nothing.
-fn same_expiry(last: &Token, new: &Token) -> bool {
-    last.expires().is_some() && last.expires() == new.expires()
-}
-
 /// Applies a fetch's result and wakes everyone who waited for it.
 fn complete(shared: &Shared, result: Result<Token, Error>) {
     let now = Instant::now();
@@ -210,26 +205,18 @@ fn complete(shared: &Shared, result: Result<Token, Error>) {
                 back_off(shared, &mut control, error.clone(), now);
                 current_or(&control, error)
             }
-            Some(last) if same_expiry(&last, &token) => {
-                // A new value that expires when the old one did: use it, but no longer than the
-                // old one, and back off so that its early renewal does not spin.
-                match token.capped(last.expires_at()) {
-                    Some(capped) => match adopt(shared, &mut control, capped, now) {
-                        Ok(token) => {
-                            let error = Error::invalid_response(
-                                "the login endpoint answered the renewal with an unchanged expiry",
-                            );
-                            back_off(shared, &mut control, error, now);
-                            Ok(token)
-                        }
-                        Err(error) => {
-                            fail(shared, &mut control, error.clone(), now);
-                            current_or(&control, error)
-                        }
-                    },
-                    None => {
-                        let error =
-                            Error::invalid_response("the renewed token has already expired");
+            Some(last) if token.expires_at() <= last.expires_at() => {
+                // A new value that expires no later than the old one renews nothing: use it,
+                // but back off so that its immediate renewal does not spin.
+                match adopt(shared, &mut control, token, now) {
+                    Ok(token) => {
+                        let error = Error::invalid_response(
+                            "the login endpoint answered the renewal with an unchanged expiry",
+                        );
+                        back_off(shared, &mut control, error, now);
+                        Ok(token)
+                    }
+                    Err(error) => {
                         fail(shared, &mut control, error.clone(), now);
                         current_or(&control, error)
                     }

@@ -29,8 +29,8 @@
 //! with exponential backoff and jitter until the deadline. Without a valid token, callers during
 //! a backoff window get the last error at once rather than each starting a fetch. Permanent
 //! errors (400/401/403/404) back off to the maximum; a 429 waits for its `Retry-After`. A renewal
-//! answered with the same token, or a token with the same expiry, is not a renewal: the driver
-//! keeps the current token and backs off instead of spinning.
+//! answered with the same token, or with a token that expires no later than the one it replaces,
+//! is not a renewal: the driver backs off instead of spinning.
 //!
 //! # Lifetime
 //!

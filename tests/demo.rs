@@ -1,0 +1,34 @@
+//! The demo (the README's main job) runs end to end with short settings.
+
+#[allow(dead_code)]
+#[path = "../examples/demo.rs"]
+mod demo;
+
+use clap::Parser;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_across_renewals_without_a_rejected_request() {
+    let args = demo::Args::parse_from([
+        "demo",
+        "--duration",
+        "3",
+        "--concurrency",
+        "8",
+        "--lifetime",
+        "1",
+        "--login-delay-ms",
+        "100",
+        "--quiet",
+    ]);
+    let report = demo::run(args).await.unwrap();
+    assert!(report.sent > 100, "{report:?}");
+    assert_eq!(
+        report.rejected, 0,
+        "no request was rejected upstream: {report:?}"
+    );
+    assert_eq!(report.errors, 0, "{report:?}");
+    assert_eq!(report.ok, report.sent);
+    // 1 s tokens renew at half their life; a renewal takes 100 ms: one login every ~0.6 s.
+    assert!(report.renewals >= 3, "{report:?}");
+    assert!(report.logins <= 8, "no login storm: {report:?}");
+}
