@@ -6,7 +6,13 @@
 //! cargo run --release --example demo -- --duration 30 --concurrency 100 --lifetime 10
 //! CARRENTAL_PASSWORD=... cargo run --release --example demo -- \
 //!     --base-url https://api.example.com/v1 --user alice --resource /cars
+//! cargo run --release --example demo -- --redis redis://127.0.0.1:6379 --replicas 8
 //! ```
+//!
+//! With `--redis`, every replica (a cache with its own Redis connection, `--replicas` of them in
+//! this process) shares tokens through a `RedisTokenStore`, and the summary reports the fleet's
+//! logins per token lifetime. Processes sharing one Redis and one login endpoint need the same
+//! `--redis-key` (or `TOKEN_KEY`); without one, the demo makes one up and prints it.
 //!
 //! Without `--base-url` it starts the crate's embedded reference server on loopback, with short
 //! tokens and a slow login, so that renewals happen every few seconds. Set `RUST_LOG=info` to see
@@ -27,6 +33,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+use tower_authtoken::store::{EncryptionKey, RedisTokenStore};
 use tower_authtoken::testing::ReferenceServer;
 use tower_authtoken::{
     AuthTokenSource, BearerAuthLayer, Credentials, Error, Token, TokenCache, TokenSource,
@@ -57,6 +64,19 @@ pub struct Args {
     /// The protected path to call, relative to the base URL.
     #[arg(long, default_value = "/protected")]
     pub resource: String,
+    /// How long before expiry a renewal starts, in seconds (the cache's default is 60, so short
+    /// tokens renew at half their life).
+    #[arg(long)]
+    pub refresh_before: Option<f64>,
+    /// Share tokens between replicas and processes through this Redis.
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// The 64-hex-digit key that seals tokens in Redis (or set `TOKEN_KEY`).
+    #[arg(long, env = "TOKEN_KEY", hide_env_values = true)]
+    pub redis_key: Option<String>,
+    /// How many caches (replicas) share the work in this process.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
     /// Print only the summary.
     #[arg(long)]
     pub quiet: bool,
@@ -74,6 +94,8 @@ pub struct Report {
     pub failures: u64,
     pub elapsed: Duration,
     pub renewal_windows: usize,
+    pub replicas: usize,
+    pub token_lifetime: Duration,
     pub worst_in_renewal: Duration,
     pub worst_outside_renewal: Duration,
     pub p99_in_renewal: Duration,
@@ -103,6 +125,46 @@ impl<S: TokenSource> TokenSource for Timed<S> {
             .unwrap()
             .push((start, self.origin.elapsed()));
         result
+    }
+
+    fn user_name(&self) -> Option<&str> {
+        self.inner.user_name()
+    }
+}
+
+/// One replica: a cache, with its own Redis connection when sharing.
+fn replica(
+    args: &Args,
+    source: Timed<AuthTokenSource>,
+    key: Option<&EncryptionKey>,
+) -> Result<TokenCache, BoxError> {
+    let mut builder = TokenCache::builder(source);
+    if let Some(lead) = args.refresh_before {
+        builder = builder.refresh_before(Duration::from_secs_f64(lead));
+    }
+    if let (Some(url), Some(key)) = (&args.redis, key) {
+        builder = builder.shared(RedisTokenStore::new(
+            url,
+            "tower-authtoken-demo",
+            key.clone(),
+        )?);
+    }
+    Ok(builder.build()?)
+}
+
+/// The key that seals tokens in Redis: given, or made up and printed for the other processes.
+fn redis_key(args: &Args) -> Result<Option<EncryptionKey>, BoxError> {
+    if args.redis.is_none() {
+        return Ok(None);
+    }
+    match &args.redis_key {
+        Some(hex) => Ok(Some(EncryptionKey::from_hex(hex)?)),
+        None => {
+            let bytes: [u8; 32] = std::array::from_fn(|_| fastrand::u8(..));
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            eprintln!("no --redis-key given; for other processes of this fleet: TOKEN_KEY={hex}");
+            Ok(Some(EncryptionKey::from_bytes(bytes)))
+        }
     }
 }
 
@@ -154,27 +216,39 @@ pub async fn run(args: Args) -> Result<Report, BoxError> {
     let resource = format!("{base_url}{}", args.resource);
 
     let windows = Arc::new(Mutex::new(Vec::new()));
-    let source = Timed {
-        inner: AuthTokenSource::new(&base_url, credentials)?,
-        origin,
-        windows: Arc::clone(&windows),
-    };
-    let cache = TokenCache::new(source);
+    let key = redis_key(&args)?;
+    let mut caches = Vec::new();
+    for _ in 0..args.replicas.max(1) {
+        let source = Timed {
+            inner: AuthTokenSource::new(&base_url, credentials.clone())?,
+            origin,
+            windows: Arc::clone(&windows),
+        };
+        caches.push(replica(&args, source, key.as_ref())?);
+    }
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let service = ServiceBuilder::new()
-        .layer(BearerAuthLayer::new(cache.clone()))
-        .service(client);
+    let services: Vec<_> = caches
+        .iter()
+        .map(|cache| {
+            ServiceBuilder::new()
+                .layer(BearerAuthLayer::new(cache.clone()))
+                .service(client.clone())
+        })
+        .collect();
 
-    // Log in once before the clock starts, as a service would at start-up.
-    cache.token().await?;
+    // Log in before the clock starts, as a service would at start-up.
+    let mut token_lifetime = Duration::ZERO;
+    for cache in &caches {
+        token_lifetime = cache.token().await?.lifetime();
+    }
 
     let counters = Arc::new(Counters::default());
     let interval = Arc::new(Mutex::new(histogram()));
     let started = Instant::now();
     let end = started + Duration::from_secs_f64(args.duration);
     let workers: Vec<_> = (0..args.concurrency)
-        .map(|_| {
-            let mut service = service.clone();
+        .map(|n| {
+            let mut service = services[n % services.len()].clone();
             let counters = Arc::clone(&counters);
             let interval = Arc::clone(&interval);
             let resource = resource.clone();
@@ -222,7 +296,7 @@ pub async fn run(args: Args) -> Result<Report, BoxError> {
     let ticker = {
         let counters = Arc::clone(&counters);
         let interval = Arc::clone(&interval);
-        let cache = cache.clone();
+        let caches = caches.clone();
         let quiet = args.quiet;
         tokio::spawn(async move {
             let mut tick =
@@ -235,7 +309,7 @@ pub async fn run(args: Args) -> Result<Report, BoxError> {
                 }
                 let histogram = std::mem::replace(&mut *interval.lock().unwrap(), histogram());
                 let sent = counters.sent.load(Ordering::Relaxed);
-                let stats = cache.stats();
+                let stats = fleet_stats(&caches);
                 if !quiet {
                     println!(
                         "t={:>3.0}s  req/s={:>7}  p50={:>6.2}ms  p99={:>6.2}ms  tokens={}  renewals={}  failures={}  rejected={}",
@@ -243,7 +317,7 @@ pub async fn run(args: Args) -> Result<Report, BoxError> {
                         sent - last_sent,
                         ms(histogram.value_at_quantile(0.5)),
                         ms(histogram.value_at_quantile(0.99)),
-                        stats.fetches - stats.failures,
+                        stats.tokens,
                         stats.renewals,
                         stats.failures,
                         counters.rejected.load(Ordering::Relaxed),
@@ -278,7 +352,8 @@ pub async fn run(args: Args) -> Result<Report, BoxError> {
         let target = if overlaps { &mut inside } else { &mut outside };
         target.record(micros(sample.latency)).ok();
     }
-    let stats = cache.stats();
+    let stats = fleet_stats(&caches);
+    let logins = windows.len() as u64;
     let as_duration = |micros: u64| Duration::from_micros(micros);
     let report = Report {
         sent: counters.sent.load(Ordering::Relaxed),
@@ -287,12 +362,14 @@ pub async fn run(args: Args) -> Result<Report, BoxError> {
         errors: counters.errors.load(Ordering::Relaxed),
         logins: match &server {
             Some(server) => server.login_attempts(),
-            None => stats.fetches,
+            None => logins,
         },
         renewals: stats.renewals,
         failures: stats.failures,
         elapsed,
         renewal_windows: renewal_windows.len(),
+        replicas: caches.len(),
+        token_lifetime,
         worst_in_renewal: as_duration(inside.max()),
         worst_outside_renewal: as_duration(outside.max()),
         p99_in_renewal: as_duration(inside.value_at_quantile(0.99)),
@@ -303,6 +380,28 @@ pub async fn run(args: Args) -> Result<Report, BoxError> {
         assert_eq!(server.rejections(), report.rejected);
     }
     Ok(report)
+}
+
+/// The fleet's counters, summed over its replicas.
+struct FleetStats {
+    tokens: u64,
+    renewals: u64,
+    failures: u64,
+}
+
+fn fleet_stats(caches: &[TokenCache]) -> FleetStats {
+    caches.iter().map(TokenCache::stats).fold(
+        FleetStats {
+            tokens: 0,
+            renewals: 0,
+            failures: 0,
+        },
+        |sum, stats| FleetStats {
+            tokens: sum.tokens + stats.fetches - stats.failures,
+            renewals: sum.renewals + stats.renewals,
+            failures: sum.failures + stats.failures,
+        },
+    )
 }
 
 fn print_summary(args: &Args, report: &Report) {
@@ -320,7 +419,21 @@ fn print_summary(args: &Args, report: &Report) {
     );
     println!(
         "summary: {} /authtoken calls ({} renewals, {} failures) for {:.1} s tokens",
-        report.logins, report.renewals, report.failures, args.lifetime,
+        report.logins,
+        report.renewals,
+        report.failures,
+        report.token_lifetime.as_secs_f64(),
+    );
+    let lifetimes = (report.elapsed.as_secs_f64() / report.token_lifetime.as_secs_f64()).max(1.0);
+    println!(
+        "summary: fleet of {} replica(s){}: {:.2} logins per token lifetime",
+        report.replicas,
+        if args.redis.is_some() {
+            " sharing through redis"
+        } else {
+            ""
+        },
+        report.logins as f64 / lifetimes,
     );
     println!(
         "summary: around the {} renewals: worst {:.2} ms, p99 {:.2} ms; elsewhere: worst {:.2} ms, p99 {:.2} ms",

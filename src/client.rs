@@ -442,6 +442,10 @@ impl TokenSource for AuthTokenSource {
     fn fetch(&self) -> impl Future<Output = Result<Token, Error>> + Send {
         self.login()
     }
+
+    fn user_name(&self) -> Option<&str> {
+        Some(self.credentials.user_name())
+    }
 }
 
 impl fmt::Debug for AuthTokenSource {

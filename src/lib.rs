@@ -72,6 +72,7 @@ mod error;
 pub mod layer;
 mod loopback;
 mod source;
+pub mod store;
 pub mod token;
 
 #[cfg(feature = "reqwest")]

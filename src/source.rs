@@ -30,6 +30,13 @@ use crate::{Error, Token};
 pub trait TokenSource: Send + Sync + 'static {
     /// Log in once and return the new token.
     fn fetch(&self) -> impl Future<Output = Result<Token, Error>> + Send;
+
+    /// The user the tokens are for, if there is one. A shared
+    /// [`TokenStore`](crate::store::TokenStore) namespaces its keys with it, so that one store
+    /// can serve many credentials. Default: `None`.
+    fn user_name(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// A boxed, type-erased future of a fetch.
@@ -38,11 +45,16 @@ pub(crate) type BoxFetch<'a> = Pin<Box<dyn Future<Output = Result<Token, Error>>
 /// The object-safe form of [`TokenSource`], so that the cache is not generic.
 pub(crate) trait DynTokenSource: Send + Sync + 'static {
     fn fetch_boxed(&self) -> BoxFetch<'_>;
+    fn user_name(&self) -> Option<&str>;
 }
 
 impl<T: TokenSource> DynTokenSource for T {
     fn fetch_boxed(&self) -> BoxFetch<'_> {
         Box::pin(self.fetch())
+    }
+
+    fn user_name(&self) -> Option<&str> {
+        TokenSource::user_name(self)
     }
 }
 
@@ -52,5 +64,9 @@ pub(crate) type SharedSource = Arc<dyn DynTokenSource>;
 impl<T: TokenSource> TokenSource for Arc<T> {
     fn fetch(&self) -> impl Future<Output = Result<Token, Error>> + Send {
         (**self).fetch()
+    }
+
+    fn user_name(&self) -> Option<&str> {
+        (**self).user_name()
     }
 }

@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use super::schedule::{self, Step, View};
 use super::{Backoff, Control, Shared, runtime_error};
+use crate::store::ObtainRequest;
 use crate::{Error, ErrorKind, Token};
 
 impl Shared {
@@ -158,12 +159,29 @@ async fn fetch(shared: &Shared) -> Result<Token, Error> {
         error_kind = tracing::field::Empty,
         duration_ms = tracing::field::Empty,
     );
-    let source = Arc::clone(&shared.source);
-    let limit = shared.config.fetch_timeout;
+    let request = {
+        let mut control = shared.lock();
+        ObtainRequest {
+            source: Arc::clone(&shared.source),
+            fetch_timeout: shared.config.fetch_timeout,
+            current: control.current.as_ref().map(|(token, _)| token.clone()),
+            rejected: control.rejected.take(),
+        }
+    };
+    let store = shared.config.store.clone();
+    let limit = shared.config.attempt_limit();
     let started = Instant::now();
     let task = tokio::spawn(
-        async move { tokio::time::timeout(limit, source.fetch_boxed()).await }
-            .instrument(span.clone()),
+        async move {
+            let obtain = async {
+                match &store {
+                    Some(store) => store.obtain(&request).await,
+                    None => request.login().await,
+                }
+            };
+            tokio::time::timeout(limit, obtain).await
+        }
+        .instrument(span.clone()),
     );
     let mut task = AbortOnDrop(task);
     let result = match (&mut task.0).await {

@@ -51,6 +51,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::source::SharedSource;
+use crate::store::TokenStore;
 use crate::{Error, ErrorKind, Token, TokenSource};
 
 /// A shared, self-renewing bearer token.
@@ -123,6 +124,8 @@ struct Control {
     /// The last token we had, even once expired or invalidated, to notice a renewal that
     /// returns it again.
     last: Option<Token>,
+    /// A token the upstream rejected, for the next fetch to tell a shared store about.
+    rejected: Option<Token>,
     failures_in_row: u32,
     backoff: Option<Backoff>,
 }
@@ -133,7 +136,7 @@ struct Backoff {
     error: Error,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) refresh_before: Duration,
     pub(crate) jitter: Duration,
@@ -142,6 +145,33 @@ pub(crate) struct Config {
     pub(crate) min_backoff: Duration,
     pub(crate) max_backoff: Duration,
     pub(crate) allow_insecure_http: bool,
+    pub(crate) store: Option<Arc<dyn TokenStore>>,
+}
+
+impl Config {
+    /// The longest one attempt to obtain a token may take: a login, or with a shared store, a
+    /// wait for a peer's login followed by our own.
+    pub(crate) fn attempt_limit(&self) -> Duration {
+        match self.store {
+            None => self.fetch_timeout,
+            Some(_) => self.fetch_timeout.saturating_mul(2) + Duration::from_secs(5),
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("refresh_before", &self.refresh_before)
+            .field("jitter", &self.jitter)
+            .field("expiry_margin", &self.expiry_margin)
+            .field("fetch_timeout", &self.fetch_timeout)
+            .field("min_backoff", &self.min_backoff)
+            .field("max_backoff", &self.max_backoff)
+            .field("allow_insecure_http", &self.allow_insecure_http)
+            .field("shared_store", &self.store.is_some())
+            .finish()
+    }
 }
 
 #[derive(Default)]
@@ -328,7 +358,7 @@ impl Shared {
 
         // The fetch has its own timeout; this bound only matters if the driver died with the
         // runtime it ran on while we wait on another.
-        let limit = self.config.fetch_timeout + Duration::from_secs(1);
+        let limit = self.config.attempt_limit() + Duration::from_secs(1);
         match tokio::time::timeout(limit, outcomes.wait_for(|o| o.completed > seen)).await {
             Ok(Ok(outcome)) => outcome
                 .result
@@ -350,7 +380,7 @@ impl Shared {
             return;
         }
         self.slot.store(None);
-        control.current = None;
+        control.rejected = control.current.take().map(|(token, _)| token);
         self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
         tracing::info!("token invalidated after the server rejected it; renewing");
         // Renew now rather than on the next caller, if a driver can run.
@@ -382,6 +412,7 @@ impl TokenCacheBuilder {
             min_backoff: schedule::DEFAULT_MIN_BACKOFF,
             max_backoff: schedule::DEFAULT_MAX_BACKOFF,
             allow_insecure_http: false,
+            store: None,
         }
     }
 
@@ -438,6 +469,18 @@ impl TokenCacheBuilder {
     /// non-loopback hosts. Default: `false`, such requests fail before they are sent.
     pub fn allow_insecure_http(mut self, allow: bool) -> Self {
         self.config.allow_insecure_http = allow;
+        self
+    }
+
+    /// Shares tokens through `store`, for example a
+    /// [`RedisTokenStore`](crate::store::RedisTokenStore), so that a fleet of processes logs in
+    /// once per token lifetime instead of once per process. Default: none, each cache logs in
+    /// on its own.
+    ///
+    /// Every renewal first asks the store, which may return a token a peer fetched. The hot path
+    /// is unchanged: requests still read the token from this process's memory.
+    pub fn shared<T: TokenStore>(mut self, store: T) -> Self {
+        self.config.store = Some(Arc::new(store));
         self
     }
 

@@ -357,3 +357,7 @@ mod tests {
         assert_eq!(next_step(view(Some(p), true, None), t0), Step::Answer);
     }
 }
+
+#[cfg(test)]
+#[path = "schedule_props.rs"]
+mod props;

@@ -344,10 +344,10 @@ impl Numeric {
         if !has_digits || !all_digits(whole) || !fraction.is_none_or(all_digits) {
             return None;
         }
-        if fraction.is_none() {
-            if let Ok(int) = s.parse::<i128>() {
-                return Some(Numeric::Int(int));
-            }
+        if fraction.is_none()
+            && let Ok(int) = s.parse::<i128>()
+        {
+            return Some(Numeric::Int(int));
         }
         s.parse::<f64>()
             .ok()
