@@ -54,9 +54,13 @@ fn replica(
         .build()
         .unwrap();
     let source = AuthTokenSource::new(&server.base_url(), server.credentials()).unwrap();
+    // With 4 s tokens, a 1 s margin leaves room for the other tests and processes that load the
+    // machine while these run: the token must not expire at the server while a request is on
+    // its way.
     let cache = TokenCache::builder(source)
         .shared(store)
-        .refresh_before(Duration::from_millis(500))
+        .refresh_before(Duration::from_millis(1500))
+        .expiry_margin(Duration::from_secs(1))
         .jitter(Duration::ZERO)
         .fetch_timeout(fetch_timeout)
         .min_backoff(Duration::from_millis(100))
@@ -99,9 +103,9 @@ async fn eight_replicas_make_one_login_per_token_lifetime() {
         .map(|_| replica(&server, &url, &prefix, &key, Duration::from_secs(5)))
         .collect();
 
-    // 4 s tokens are renewed 0.5 s before they expire: logins near 0 s, 3.6 s and 7.2 s, so
-    // three tokens cover ten seconds of traffic from the whole fleet.
-    let end = Instant::now() + Duration::from_secs(10);
+    // 4 s tokens are renewed 1.5 s before they expire: logins near 0 s, 2.6 s and 5.2 s, so
+    // three tokens cover seven seconds of traffic from the whole fleet.
+    let end = Instant::now() + Duration::from_secs(7);
     let workers: Vec<_> = replicas
         .iter()
         .map(|replica| {
@@ -111,28 +115,29 @@ async fn eight_replicas_make_one_login_per_token_lifetime() {
                 let client = ServiceBuilder::new()
                     .layer(BearerAuthLayer::new(cache))
                     .service(Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
-                let (mut ok, mut sent) = (0u64, 0u64);
+                let mut statuses = Vec::new();
                 while Instant::now() < end {
                     let request = http::Request::get(&server_url).body(Empty::new()).unwrap();
                     let response = client.clone().oneshot(request).await.unwrap();
-                    sent += 1;
-                    if response.status().is_success() {
-                        ok += 1;
-                    }
+                    statuses.push(response.status());
                     response.into_body().collect().await.unwrap();
                     sleep(Duration::from_millis(5)).await;
                 }
-                (sent, ok)
+                statuses
             })
         })
         .collect();
     let mut total = 0;
     for worker in workers {
-        let (sent, ok) = worker.await.unwrap();
-        assert_eq!(sent, ok, "every request carried a valid token");
-        total += sent;
+        let statuses = worker.await.unwrap();
+        let failed: Vec<_> = statuses.iter().filter(|s| !s.is_success()).collect();
+        assert!(
+            failed.is_empty(),
+            "every request carried a valid token: {failed:?}"
+        );
+        total += statuses.len();
     }
-    assert!(total > 1000, "{total} requests");
+    assert!(total > 500, "{total} requests");
     assert_eq!(server.rejections(), 0);
     assert_eq!(
         server.login_attempts(),
@@ -427,9 +432,9 @@ async fn three_demo_processes_share_one_login_per_lifetime() {
             "{stdout}"
         );
     }
-    // 4 s tokens renewed 0.5 s ahead: logins near 0 s, 3.6 s and 7.2 s for the three processes
+    // 4 s tokens renewed 1.5 s ahead: logins near 0 s, 2.6 s and 5.2 s for the three processes
     // together (each process logs in at start-up; all but the first adopt that token).
     assert_eq!(server.login_attempts(), 3);
     assert_eq!(server.rejections(), 0);
-    assert!(server.accepted() > 300);
+    assert!(server.accepted() > 100);
 }

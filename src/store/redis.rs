@@ -496,14 +496,28 @@ impl RedisTokenStore {
         owner: &str,
         request: &ObtainRequest,
     ) -> Result<Token, Error> {
-        let result = request.login().await;
-        if let Ok(token) = &result {
-            match self.publish(keys, token).await {
-                Ok(()) => tracing::debug!("token shared with the fleet"),
-                Err(Miss::Down(why)) => self.mark_down(&why),
-                Err(Miss::Empty) => {}
+        // A peer may have stored a token and released the lock between our last look and our
+        // taking the lock: look again before logging in.
+        let result = match self.fresher(keys, request).await {
+            Ok(token) => {
+                tracing::debug!("adopted the token a peer fetched just before we took the lock");
+                Ok(token)
             }
-        }
+            Err(miss) => {
+                if let Miss::Down(why) = miss {
+                    self.mark_down(&why);
+                }
+                let result = request.login().await;
+                if let Ok(token) = &result {
+                    match self.publish(keys, token).await {
+                        Ok(()) => tracing::debug!("token shared with the fleet"),
+                        Err(Miss::Down(why)) => self.mark_down(&why),
+                        Err(Miss::Empty) => {}
+                    }
+                }
+                result
+            }
+        };
         if let Err(Miss::Down(why)) = self.unlock(keys, owner).await {
             // The lock expires on its own.
             tracing::debug!(reason = why, "could not release the renewal lock");
