@@ -253,7 +253,7 @@ impl AuthTokenSource {
                 Err(e) => return Err(request_error(e, user, Some(status))),
             };
             return crate::token::parse_token_response(&body, self.default_lifetime, received_at)
-                .map_err(|e| annotate(e, user, status));
+                .map_err(|e| e.with_user(user).with_status(status));
         }
 
         let headers = response.headers().clone();
@@ -301,23 +301,6 @@ fn too_large(user: &str, status: StatusCode) -> Error {
         .with_user(user)
         .with_status(status)
         .with_detail(format!("body larger than {} KiB", MAX_BODY / 1024))
-}
-
-/// Adds the user and status to an error from the parser, which knows neither.
-///
-/// The error is rebuilt with the same kind and detail rather than changed in place, because an
-/// [`Error`] may only be changed before it is shared, and we cannot see whether it was. The
-/// parser's errors carry no source, so nothing is lost; the original is not chained as the
-/// source either, which would only repeat the same message.
-fn annotate(error: Error, user: &str, status: StatusCode) -> Error {
-    let mut fresh = Error::new(error.kind()).with_user(user).with_status(status);
-    if let Some(detail) = error.detail() {
-        fresh = fresh.with_detail(detail);
-    }
-    if let Some(retry_after) = error.retry_after() {
-        fresh = fresh.with_retry_after(Some(retry_after));
-    }
-    fresh
 }
 
 /// Maps a failed `send` or body read.
