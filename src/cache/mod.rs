@@ -40,9 +40,10 @@
 mod driver;
 pub(crate) mod schedule;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -93,6 +94,8 @@ struct Handle {
 
 /// State shared between the handles and the driver.
 pub(crate) struct Shared {
+    /// Finds this cache in the [registry](REGISTRY).
+    key: u64,
     /// The token handed out, present only between its arrival and its deadline.
     slot: ArcSwapOption<crate::token::TokenInner>,
     control: Mutex<Control>,
@@ -217,7 +220,9 @@ impl TokenCache {
     fn from_config(source: SharedSource, config: Config) -> TokenCache {
         let (closed_tx, closed_rx) = watch::channel(());
         let (outcomes, _) = watch::channel(Outcome::default());
+        let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::new(Shared {
+            key,
             slot: ArcSwapOption::empty(),
             control: Mutex::new(Control::default()),
             wake: Notify::new(),
@@ -227,6 +232,7 @@ impl TokenCache {
             config,
             counters: Counters::default(),
         });
+        registry().insert(key, Arc::downgrade(&shared));
         TokenCache {
             handle: Arc::new(Handle {
                 shared,
@@ -283,18 +289,17 @@ impl TokenCache {
             .map(|inner| Token::from_arc(Arc::clone(inner)))
     }
 
-    /// The hot path: the current header value and the identity of its token.
-    #[inline]
-    pub(crate) fn current_header(&self) -> Option<(HeaderValue, u64)> {
-        let guard = self.shared().slot.load();
-        guard
-            .as_deref()
-            .map(|inner| (inner.header.clone(), inner.id))
+    /// The key that finds this cache in the registry.
+    pub(crate) fn key(&self) -> u64 {
+        self.shared().key
     }
 
-    /// Takes the token with this identity out of service, if it is still current.
-    pub(crate) fn invalidate_id(&self, id: u64) {
-        self.shared().invalidate(id);
+    /// A reader of the current token for one service clone: the hot path.
+    pub(crate) fn reader(&self) -> SlotReader {
+        SlotReader {
+            key: self.shared().key,
+            cache: arc_swap::Cache::new(SlotRef(Arc::clone(self.shared()))),
+        }
     }
 
     /// Whether the cache may send tokens over plain `http://` to non-loopback hosts.
@@ -389,6 +394,78 @@ impl Shared {
             drop(control);
             self.wake.notify_one();
         }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        registry().remove(&self.key);
+    }
+}
+
+/// The source of cache keys.
+static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
+
+/// Every live cache by key, so that a response future that saw a `401` can reach its cache while
+/// carrying nothing but two integers on the hot path.
+static REGISTRY: Mutex<BTreeMap<u64, Weak<Shared>>> = Mutex::new(BTreeMap::new());
+
+fn registry() -> MutexGuard<'static, BTreeMap<u64, Weak<Shared>>> {
+    REGISTRY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Takes the token `id` out of service in the cache `key`, if both still exist and the token is
+/// still current. For the rare `401`.
+pub(crate) fn invalidate(key: u64, id: u64) {
+    // Upgrade under the registry lock, act after releasing it: dropping the last strong
+    // reference runs `Shared::drop`, which takes the lock again.
+    let shared = registry().get(&key).and_then(Weak::upgrade);
+    if let Some(shared) = shared {
+        shared.invalidate(id);
+    }
+}
+
+/// Lets an [`arc_swap::Cache`] reach the slot inside the shared state.
+#[derive(Clone)]
+pub(crate) struct SlotRef(Arc<Shared>);
+
+impl std::ops::Deref for SlotRef {
+    type Target = ArcSwapOption<crate::token::TokenInner>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0.slot
+    }
+}
+
+/// One service clone's view of the current token.
+///
+/// It keeps the `Arc` of the token it last saw and, on each request, compares it with the slot's
+/// pointer: one relaxed atomic load while the token is unchanged, a full load when it changed or
+/// was withdrawn. It therefore never hands out a token the driver has withdrawn. The price is that
+/// a replaced token's memory is released on the next request through this clone rather than at
+/// once; the cache itself keeps the last token for as long anyway.
+#[derive(Clone)]
+pub(crate) struct SlotReader {
+    key: u64,
+    cache: arc_swap::Cache<SlotRef, Option<Arc<crate::token::TokenInner>>>,
+}
+
+impl SlotReader {
+    /// The current header value and the identity of its token.
+    #[inline]
+    pub(crate) fn current(&mut self) -> Option<(HeaderValue, u64)> {
+        self.cache
+            .load()
+            .as_deref()
+            .map(|inner| (inner.header.clone(), inner.id))
+    }
+
+    /// The key of the cache this reader reads.
+    #[inline]
+    pub(crate) fn cache_key(&self) -> u64 {
+        self.key
     }
 }
 

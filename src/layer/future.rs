@@ -28,19 +28,17 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F, S, Req> {
-        // No token was ready: wait for one, then call the service that `poll_ready` prepared.
-        Fetching {
-            token: BoxFetch<'static>,
-            inner: Option<S>,
-            req: Option<Req>,
-            cache: TokenCache,
-        },
-        // The request went out with the token `id`.
+        // The request went out with the token `id` of the cache `key`.
         Called {
             #[pin]
             fut: F,
-            cache: TokenCache,
+            key: u64,
             id: u64,
+        },
+        // No token was ready: wait for one, then call the service that `poll_ready` prepared.
+        // Boxed, so that the warm path's future stays as small as the inner one.
+        Fetching {
+            fetching: Box<Fetching<S, Req>>,
         },
         // Refused before sending.
         Failed {
@@ -49,10 +47,18 @@ pin_project! {
     }
 }
 
+/// The cold path's state: the fetch to wait for, and what to send once it is done.
+struct Fetching<S, Req> {
+    token: BoxFetch<'static>,
+    /// The service `poll_ready` prepared and the request, until the token arrives.
+    ready: Option<(S, Req)>,
+    cache: TokenCache,
+}
+
 impl<F, S, Req> ResponseFuture<F, S, Req> {
-    pub(super) fn called(fut: F, cache: TokenCache, id: u64) -> Self {
+    pub(super) fn called(fut: F, key: u64, id: u64) -> Self {
         ResponseFuture {
-            state: State::Called { fut, cache, id },
+            state: State::Called { fut, key, id },
         }
     }
 
@@ -60,10 +66,11 @@ impl<F, S, Req> ResponseFuture<F, S, Req> {
         let owned = cache.clone();
         ResponseFuture {
             state: State::Fetching {
-                token: Box::pin(async move { owned.token().await }),
-                inner: Some(inner),
-                req: Some(req),
-                cache,
+                fetching: Box::new(Fetching {
+                    token: Box::pin(async move { owned.token().await }),
+                    ready: Some((inner, req)),
+                    cache,
+                }),
             },
         }
     }
@@ -85,39 +92,39 @@ where
 {
     type Output = Result<R, BoxError>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let mut this = self.as_mut().project();
             match this.state.as_mut().project() {
-                StateProj::Fetching {
-                    token,
-                    inner,
-                    req,
-                    cache,
-                } => {
-                    let token = match ready!(token.as_mut().poll(cx)) {
+                StateProj::Fetching { fetching } => {
+                    let token = match ready!(fetching.token.as_mut().poll(cx)) {
                         Ok(token) => token,
                         Err(error) => return Poll::Ready(Err(error.into())),
                     };
-                    let mut req = req.take().expect("ResponseFuture polled after completion");
-                    let mut inner = inner
+                    let (mut inner, mut req) = fetching
+                        .ready
                         .take()
                         .expect("ResponseFuture polled after completion");
                     req.set_authorization(token.header_value().clone());
                     let fut = inner.call(req);
-                    let cache = cache.clone();
+                    let key = fetching.cache.key();
                     this.state.set(State::Called {
                         fut,
-                        cache,
+                        key,
                         id: token.id(),
                     });
                 }
-                StateProj::Called { fut, cache, id } => {
-                    let response = ready!(fut.poll(cx)).map_err(Into::into)?;
-                    if response.response_status() == StatusCode::UNAUTHORIZED {
-                        cache.invalidate_id(*id);
-                    }
-                    return Poll::Ready(Ok(response));
+                StateProj::Called { fut, key, id } => {
+                    return match ready!(fut.poll(cx)) {
+                        Ok(response) => {
+                            if response.response_status() == StatusCode::UNAUTHORIZED {
+                                crate::cache::invalidate(*key, *id);
+                            }
+                            Poll::Ready(Ok(response))
+                        }
+                        Err(error) => Poll::Ready(Err(error.into())),
+                    };
                 }
                 StateProj::Failed { error } => {
                     let error = error
@@ -193,6 +200,7 @@ where
 {
     type Output = Result<R, BoxError>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let mut this = self.as_mut().project();

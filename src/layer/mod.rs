@@ -1,8 +1,10 @@
 //! [`BearerAuthLayer`] and [`BearerAuth`]: the Tower pair that authorizes every request.
 //!
 //! The service sets `Authorization: Bearer <token>`, marked sensitive, replacing any existing
-//! value. With a warm token, `call` does one lock-free load, one header clone (a reference count)
-//! and calls the inner service, returning its future without boxing. When the cache has no token
+//! value. With a warm token, `call` checks with one relaxed atomic load that the token it holds is
+//! still the cache's current one, clones the header (a reference count) and calls the inner
+//! service, returning its future without boxing. The future carries two integers to find the
+//! cache again should the upstream answer `401`. When the cache has no token
 //! yet, the request waits for the cache's single-flight fetch.
 //!
 //! When the upstream answers `401`, the token that request carried is
@@ -51,6 +53,7 @@ use std::task::{Context, Poll};
 use http::Method;
 use tower::{Layer, Service, ServiceExt};
 
+use crate::cache::SlotReader;
 use crate::error::BoxError;
 use crate::{Error, ErrorKind, TokenCache};
 use future::{ReplayFn, ResponseFuture, RetryFuture};
@@ -130,6 +133,7 @@ impl<S, P: Clone> Layer<S> for BearerAuthLayer<P> {
     fn layer(&self, inner: S) -> Self::Service {
         BearerAuth {
             inner,
+            reader: self.cache.reader(),
             cache: self.cache.clone(),
             policy: self.policy.clone(),
         }
@@ -158,6 +162,7 @@ impl<P: fmt::Debug> fmt::Debug for BearerAuthLayer<P> {
 pub struct BearerAuth<S, P = NoReplay> {
     inner: S,
     cache: TokenCache,
+    reader: SlotReader,
     policy: P,
 }
 
@@ -204,10 +209,10 @@ impl<S, P> BearerAuth<S, P> {
         if req.is_insecure_target() && !self.cache.allows_insecure_http() {
             return ResponseFuture::failed(Error::new(ErrorKind::InsecureTransport));
         }
-        match self.cache.current_header() {
+        match self.reader.current() {
             Some((value, id)) => {
                 req.set_authorization(value);
-                ResponseFuture::called(self.inner.call(req), self.cache.clone(), id)
+                ResponseFuture::called(self.inner.call(req), self.reader.cache_key(), id)
             }
             None => {
                 // Call the service that `poll_ready` prepared, once the token is here; leave a

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use bytes::{BufMut, BytesMut};
+use bytes::Bytes;
 use http::HeaderValue;
 use tokio::time::Instant;
 
@@ -73,10 +73,10 @@ fn bearer_header(value: &str) -> Result<HeaderValue, Error> {
             "the token contains {what} at byte {position}"
         )));
     }
-    let mut bytes = BytesMut::with_capacity(BEARER_PREFIX.len() + value.len());
-    bytes.put_slice(BEARER_PREFIX.as_bytes());
-    bytes.put_slice(value.as_bytes());
-    let mut header = HeaderValue::from_maybe_shared(bytes.freeze())
+    // An owner-backed `Bytes`: every clone is one reference count, and the first one does not
+    // allocate (a `Vec`-backed one would, to become shareable).
+    let bytes = Bytes::from_owner(format!("{BEARER_PREFIX}{value}"));
+    let mut header = HeaderValue::from_maybe_shared(bytes)
         .map_err(|_| Error::invalid_response("the token is not a valid header value"))?;
     header.set_sensitive(true);
     Ok(header)
