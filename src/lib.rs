@@ -42,7 +42,8 @@
 //!
 //! # Guarantees
 //!
-//! - **Fast hot path.** A request with a warm token costs one `ArcSwap` load, one header clone
+//! - **Fast hot path.** A request with a warm token costs one atomic pointer check against the
+//!   `ArcSwap` holding the token, one header clone
 //!   (a reference count) and no allocation, lock or clock read; the inner future is not boxed.
 //! - **No stalls.** Renewal starts ahead of expiry (60 s by default, half the life of short
 //!   tokens) in the background; requests keep using the current token meanwhile.
