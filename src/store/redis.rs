@@ -42,7 +42,7 @@ impl EncryptionKey {
     }
 
     /// A key from 64 hexadecimal digits, as stored in an environment variable or a secret
-    /// manager. Fails with [`ErrorKind::Config`] on anything else.
+    /// manager. Fails with [`ErrorKind::Config`](crate::ErrorKind::Config) on anything else.
     pub fn from_hex(hex: &str) -> Result<Self, Error> {
         let hex = hex.trim();
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
