@@ -555,10 +555,24 @@ impl AuthTokenSourceBuilder {
     }
 }
 
+/// A base URL fit to print: without any user info, which may hold a password; not at all when it
+/// does not parse, since then we cannot tell what in it is secret.
+fn redacted_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            format!("{parsed} (user info redacted)")
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "[not a valid URL]".to_owned(),
+    }
+}
+
 impl fmt::Debug for AuthTokenSourceBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthTokenSourceBuilder")
-            .field("base_url", &self.base_url)
+            .field("base_url", &redacted_url(&self.base_url))
             .field("user_name", &self.credentials.user_name())
             .field("timeout", &self.timeout)
             .field("user_agent", &self.user_agent)

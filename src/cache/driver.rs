@@ -21,13 +21,16 @@ use crate::{Error, ErrorKind, Token};
 impl Shared {
     /// Starts the driver on the current runtime unless it is running.
     pub(super) fn ensure_driver(self: &Arc<Self>, control: &mut Control) -> Result<(), Error> {
-        if control.driver_alive {
+        if control
+            .driver
+            .as_ref()
+            .is_some_and(|driver| !driver.is_finished())
+        {
             return Ok(());
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             runtime_error("no Tokio runtime: use the token cache from within a Tokio runtime")
         })?;
-        control.driver_alive = true;
         // A token kept from a driver that stopped (its runtime shut down) is served again only
         // now that a live timer guards its deadline.
         if let Some((token, plan)) = &control.current {
@@ -37,7 +40,11 @@ impl Shared {
                 control.current = None;
             }
         }
-        runtime.spawn(run(Arc::clone(self)));
+        // The handle, not a flag: a driver dropped before its first poll (its runtime shut down
+        // at once) never runs its exit guard, and must still be replaced.
+        control.generation += 1;
+        let generation = control.generation;
+        control.driver = Some(runtime.spawn(run(Arc::clone(self), generation)));
         Ok(())
     }
 
@@ -52,14 +59,21 @@ impl Shared {
 }
 
 /// Empties the slot when the driver stops for any reason, so that a token is never handed out
-/// without a live timer to take it back at its deadline.
-struct ExitGuard(Arc<Shared>);
+/// without a live timer to take it back at its deadline. Does nothing if a newer driver has
+/// already taken over.
+struct ExitGuard {
+    shared: Arc<Shared>,
+    generation: u64,
+}
 
 impl Drop for ExitGuard {
     fn drop(&mut self) {
-        let shared = &self.0;
+        let shared = &self.shared;
         let mut control = shared.lock();
-        control.driver_alive = false;
+        if control.generation != self.generation {
+            return;
+        }
+        control.driver = None;
         shared.slot.store(None);
         if control.demand {
             shared.publish(
@@ -81,8 +95,11 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-async fn run(shared: Arc<Shared>) {
-    let _exit = ExitGuard(Arc::clone(&shared));
+async fn run(shared: Arc<Shared>, generation: u64) {
+    let _exit = ExitGuard {
+        shared: Arc::clone(&shared),
+        generation,
+    };
     let mut closed = shared.closed.clone();
     loop {
         let step = {
@@ -98,10 +115,34 @@ async fn run(shared: Arc<Shared>) {
             Step::Expire => expire(&shared),
             Step::Answer => answer(&shared),
             Step::Fetch => {
-                tokio::select! {
-                    biased;
-                    _ = closed.changed() => return,
-                    result = fetch(&shared) => complete(&shared, result),
+                // The current token's deadline keeps its timer while the fetch runs: a hung
+                // renewal must not keep an expiring token in service.
+                let mut deadline = shared
+                    .lock()
+                    .current
+                    .as_ref()
+                    .map(|(_, plan)| plan.deadline);
+                let fetch = fetch(&shared);
+                tokio::pin!(fetch);
+                loop {
+                    let timer = async {
+                        match deadline {
+                            Some(at) => sleep_until(at).await,
+                            None => pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        biased;
+                        _ = closed.changed() => return,
+                        result = &mut fetch => {
+                            complete(&shared, result);
+                            break;
+                        }
+                        _ = timer => {
+                            expire(&shared);
+                            deadline = None;
+                        }
+                    }
                 }
             }
             Step::Sleep(until) => {
@@ -315,12 +356,16 @@ fn fail(shared: &Shared, control: &mut Control, error: Error, now: Instant) {
 fn back_off(shared: &Shared, control: &mut Control, error: Error, now: Instant) {
     let config = &shared.config;
     control.failures_in_row = control.failures_in_row.saturating_add(1);
+    let min = schedule::min_backoff(
+        config.min_backoff,
+        control.current.as_ref().map(|(token, _)| token.lifetime()),
+    );
     let delay = schedule::backoff(
         control.failures_in_row,
         error.kind(),
         error.retry_after(),
-        config.min_backoff,
-        config.max_backoff,
+        min,
+        config.max_backoff.max(min),
         fastrand::f64(),
     );
     tracing::warn!(

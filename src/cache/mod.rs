@@ -122,7 +122,10 @@ struct Outcome {
 /// Everything off the hot path, behind a plain mutex that is never held across an `.await`.
 #[derive(Default)]
 struct Control {
-    driver_alive: bool,
+    /// The running driver, if any.
+    driver: Option<tokio::task::JoinHandle<()>>,
+    /// Counts the drivers started, so that a stopping driver knows whether it is still the one.
+    generation: u64,
     demand: bool,
     /// The current token and its plan (mirrors `slot`).
     current: Option<(Token, schedule::Plan)>,
@@ -532,6 +535,10 @@ impl TokenCacheBuilder {
 
     /// The first wait after a transient failure, doubled on each further failure.
     /// Default: 1 s (then 2 s, 4 s, ... up to [`max_backoff`](Self::max_backoff)).
+    ///
+    /// While a still-valid token is being renewed, the first wait is at most a tenth of that
+    /// token's lifetime, so that a short token gets retries before its deadline: a 1 s token
+    /// whose renewal fails is retried after 100 ms.
     pub fn min_backoff(mut self, min: Duration) -> Self {
         self.config.min_backoff = min;
         self

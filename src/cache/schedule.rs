@@ -109,6 +109,16 @@ fn unit(fraction: f64) -> f64 {
     }
 }
 
+/// The first backoff: `configured`, but while a token is still valid at most a tenth of its
+/// lifetime (and at least a millisecond), so that a short token gets several retries before its
+/// deadline. A 1 s token whose renewal fails is retried after 100 ms, not after a whole second.
+pub(crate) fn min_backoff(configured: Duration, current_lifetime: Option<Duration>) -> Duration {
+    match current_lifetime {
+        Some(lifetime) => configured.min(lifetime / 10).max(Duration::from_millis(1)),
+        None => configured,
+    }
+}
+
 /// What the driver does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Step {
@@ -237,6 +247,17 @@ mod tests {
         let p = plan(t0, 3600 * S, S, Duration::ZERO, Some(30 * S), 0.0);
         assert_eq!(p.renew_at, p.deadline);
         assert_eq!(p.deadline, t0 + 3570 * S);
+    }
+
+    #[test]
+    fn a_valid_short_token_shortens_the_first_backoff() {
+        assert_eq!(min_backoff(S, None), S);
+        assert_eq!(min_backoff(S, Some(3600 * S)), S);
+        assert_eq!(min_backoff(S, Some(S)), S / 10);
+        assert_eq!(
+            min_backoff(S, Some(Duration::from_millis(5))),
+            Duration::from_millis(1)
+        );
     }
 
     #[test]
