@@ -43,6 +43,17 @@ pub(super) struct State {
     pub(super) default_user: String,
     pub(super) token_lifetime: Duration,
     pub(super) login_delay: Duration,
+    /// Up to this much extra delay, drawn uniformly from `rng` for each login.
+    pub(super) login_delay_jitter: Duration,
+    /// The share of logins, drawn from `rng`, answered `500` when no failure is queued.
+    pub(super) login_failure_rate: f64,
+    /// Draws the jitter and the random failures, two draws per login in arrival order.
+    pub(super) rng: fastrand::Rng,
+    /// Logins answered `500` by `login_failure_rate`.
+    pub(super) injected_failures: u64,
+    /// Login requests being answered right now, and the most there ever were at once.
+    pub(super) logins_in_flight: u64,
+    pub(super) max_logins_in_flight: u64,
     pub(super) timestamp_format: TimestampFormat,
     pub(super) numeric_fields: bool,
     pub(super) jwt_tokens: bool,
@@ -74,6 +85,21 @@ pub(super) struct IssuedToken {
     pub(super) revoked: bool,
 }
 
+/// Records `token` as issued now and valid for `lifetime` on Tokio's clock.
+pub(super) fn record_token(state: &mut State, token: String, lifetime: Duration) {
+    let expires_at = Instant::now()
+        .checked_add(lifetime)
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 24 * 60 * 60));
+    state.tokens.insert(
+        token.clone(),
+        IssuedToken {
+            expires_at,
+            revoked: false,
+        },
+    );
+    state.issued.push(token);
+}
+
 impl Shared {
     pub(super) fn new(state: State) -> Shared {
         Shared {
@@ -96,6 +122,8 @@ impl fmt::Debug for State {
             .field("users", &users)
             .field("token_lifetime", &self.token_lifetime)
             .field("login_delay", &self.login_delay)
+            .field("login_delay_jitter", &self.login_delay_jitter)
+            .field("login_failure_rate", &self.login_failure_rate)
             .field("timestamp_format", &self.timestamp_format)
             .field("numeric_fields", &self.numeric_fields)
             .field("jwt_tokens", &self.jwt_tokens)
@@ -187,6 +215,7 @@ pub(super) async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> A
 }
 
 async fn login(shared: &Shared, request: Request<Incoming>) -> Answer {
+    let _in_flight = InFlight::enter(shared);
     let (parts, body) = request.into_parts();
     // A body that breaks off or is too large is answered like any other bad grant.
     let body = Limited::new(body, MAX_REQUEST_BODY)
@@ -199,7 +228,18 @@ async fn login(shared: &Shared, request: Request<Incoming>) -> Answer {
         let mut state = shared.lock();
         state.stats.login_attempts += 1;
         state.last_login_headers = Some(parts.headers);
-        (state.failures.pop_front(), state.login_delay)
+        // Two draws for every login, whatever is queued, so that a seed fixes the whole sequence.
+        let roll = state.rng.f64();
+        let jitter = state.login_delay_jitter.mul_f64(state.rng.f64());
+        let queued = state.failures.pop_front();
+        let failure = match queued {
+            None if roll < state.login_failure_rate => {
+                state.injected_failures += 1;
+                Some(Failure::Status(500))
+            }
+            queued => queued,
+        };
+        (failure, state.login_delay.saturating_add(jitter))
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -268,6 +308,25 @@ async fn login(shared: &Shared, request: Request<Incoming>) -> Answer {
             response.headers_mut().insert(header::CONTENT_TYPE, value);
             Ok(response)
         }
+    }
+}
+
+/// Counts a login request as in flight until it is answered or dropped (a [`Failure::Hang`]
+/// ends when its connection does).
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared) -> InFlight<'a> {
+        let mut state = shared.lock();
+        state.logins_in_flight += 1;
+        state.max_logins_in_flight = state.max_logins_in_flight.max(state.logins_in_flight);
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.lock().logins_in_flight -= 1;
     }
 }
 
@@ -364,17 +423,7 @@ fn issue_token(state: &mut State, user_name: &str) -> Vec<u8> {
     };
     let body = serde_json::to_vec(&body).expect("a token response always serializes");
 
-    let expires_at = Instant::now()
-        .checked_add(lifetime)
-        .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 24 * 60 * 60));
-    state.tokens.insert(
-        token.clone(),
-        IssuedToken {
-            expires_at,
-            revoked: false,
-        },
-    );
-    state.issued.push(token);
+    record_token(state, token, lifetime);
     state.stats.logins += 1;
     body
 }

@@ -14,7 +14,8 @@
 //!   `{"ok":true}`; anything else gets `401` with `WWW-Authenticate: Bearer error="invalid_token"`.
 //!
 //! You can add users, expire or forbid accounts, change the token lifetime and the timestamp
-//! format, slow logins down, queue failures ([`Failure`]) for the next logins, revoke tokens,
+//! format, slow logins down, queue failures ([`Failure`]) for the next logins, make a share of
+//! logins fail at random with a jittered delay (seeded, for reproducible runs), revoke tokens,
 //! and count what happened ([`ServerStats`]).
 //!
 //! Time runs on [`tokio::time`]: token expiry and delays follow Tokio's clock, so tests that

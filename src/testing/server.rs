@@ -41,6 +41,9 @@ impl ReferenceServer {
             users: Vec::new(),
             token_lifetime: DEFAULT_TOKEN_LIFETIME,
             login_delay: Duration::ZERO,
+            login_delay_jitter: Duration::ZERO,
+            login_failure_rate: 0.0,
+            seed: None,
             timestamp_format: TimestampFormat::default(),
             numeric_fields: false,
             jwt_tokens: false,
@@ -141,6 +144,23 @@ impl ReferenceServer {
         self.shared.lock().login_delay = delay;
     }
 
+    /// Adds up to this much random delay (on Tokio's clock) to each login, drawn uniformly
+    /// from the server's random generator; see [`ReferenceServerBuilder::login_delay_jitter`].
+    /// Default: none.
+    pub fn set_login_delay_jitter(&self, jitter: Duration) {
+        self.shared.lock().login_delay_jitter = jitter;
+    }
+
+    /// Answers this share of logins (`0.0` to `1.0`) with `500`, at random; see
+    /// [`ReferenceServerBuilder::login_failure_rate`]. Default: `0.0`.
+    ///
+    /// # Panics
+    ///
+    /// If `rate` is not within `0.0..=1.0`.
+    pub fn set_login_failure_rate(&self, rate: f64) {
+        self.shared.lock().login_failure_rate = checked_rate(rate);
+    }
+
     /// The format of `issued` and `expires` in token responses from now on.
     pub fn set_timestamp_format(&self, format: TimestampFormat) {
         self.shared.lock().timestamp_format = format;
@@ -183,6 +203,16 @@ impl ReferenceServer {
         }
     }
 
+    /// Makes the protected endpoint accept `token` for `lifetime` from now (on Tokio's clock),
+    /// as if this server had issued it, and lists it in [`issued_tokens`](Self::issued_tokens).
+    /// It does not count as a login.
+    ///
+    /// For tests that write a token response of their own with [`Failure::Body`] and still want
+    /// its token to be accepted.
+    pub fn register_token(&self, token: &str, lifetime: Duration) {
+        handler::record_token(&mut self.shared.lock(), token.to_owned(), lifetime);
+    }
+
     /// Revokes every token issued so far.
     pub fn revoke_all(&self) {
         for issued in self.shared.lock().tokens.values_mut() {
@@ -213,6 +243,18 @@ impl ReferenceServer {
     /// Requests to the protected endpoint refused with `401`.
     pub fn rejections(&self) -> u64 {
         self.shared.lock().stats.rejections
+    }
+
+    /// Logins answered `500` at random by the [login failure
+    /// rate](ReferenceServerBuilder::login_failure_rate), not counting queued failures.
+    pub fn injected_failures(&self) -> u64 {
+        self.shared.lock().injected_failures
+    }
+
+    /// The most login requests the server was ever answering at once: `1` for a client that
+    /// never has two logins in flight.
+    pub fn max_concurrent_logins(&self) -> u64 {
+        self.shared.lock().max_logins_in_flight
     }
 
     /// Every token issued, in order. For tests that check a token never leaks into a log or an
@@ -250,6 +292,9 @@ pub struct ReferenceServerBuilder {
     users: Vec<(String, String)>,
     token_lifetime: Duration,
     login_delay: Duration,
+    login_delay_jitter: Duration,
+    login_failure_rate: f64,
+    seed: Option<u64>,
     timestamp_format: TimestampFormat,
     numeric_fields: bool,
     jwt_tokens: bool,
@@ -273,6 +318,39 @@ impl ReferenceServerBuilder {
     /// Sleeps this long (on Tokio's clock) before answering each login. Default: no delay.
     pub fn login_delay(mut self, delay: Duration) -> Self {
         self.login_delay = delay;
+        self
+    }
+
+    /// Adds up to this much random delay (on Tokio's clock) to each login, on top of
+    /// [`login_delay`](Self::login_delay). Default: none.
+    ///
+    /// With `login_delay(100 ms)` and `login_delay_jitter(200 ms)`, each login takes between
+    /// 100 ms and 300 ms, drawn uniformly.
+    pub fn login_delay_jitter(mut self, jitter: Duration) -> Self {
+        self.login_delay_jitter = jitter;
+        self
+    }
+
+    /// Answers this share of logins (`0.0` to `1.0`) with `500 Internal Server Error`, at
+    /// random, as a flaky login endpoint would. Default: `0.0`.
+    ///
+    /// Failures queued with [`ReferenceServer::push_failure`] come first; the dice decide only
+    /// logins with nothing queued. [`ReferenceServer::injected_failures`] counts them.
+    ///
+    /// # Panics
+    ///
+    /// If `rate` is not within `0.0..=1.0`.
+    pub fn login_failure_rate(mut self, rate: f64) -> Self {
+        self.login_failure_rate = checked_rate(rate);
+        self
+    }
+
+    /// Seeds the server's random generator, which draws the [login delay
+    /// jitter](Self::login_delay_jitter) and the [random failures](Self::login_failure_rate),
+    /// two draws per login in the order logins arrive. With a seed, a client that logs in one
+    /// login at a time sees the same delays and failures on every run. Default: a random seed.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
         self
     }
 
@@ -324,6 +402,15 @@ impl ReferenceServerBuilder {
             default_user,
             token_lifetime: self.token_lifetime,
             login_delay: self.login_delay,
+            login_delay_jitter: self.login_delay_jitter,
+            login_failure_rate: self.login_failure_rate,
+            rng: match self.seed {
+                Some(seed) => fastrand::Rng::with_seed(seed),
+                None => fastrand::Rng::new(),
+            },
+            injected_failures: 0,
+            logins_in_flight: 0,
+            max_logins_in_flight: 0,
             timestamp_format: self.timestamp_format,
             numeric_fields: self.numeric_fields,
             jwt_tokens: self.jwt_tokens,
@@ -352,11 +439,23 @@ impl fmt::Debug for ReferenceServerBuilder {
             .field("users", &users)
             .field("token_lifetime", &self.token_lifetime)
             .field("login_delay", &self.login_delay)
+            .field("login_delay_jitter", &self.login_delay_jitter)
+            .field("login_failure_rate", &self.login_failure_rate)
+            .field("seed", &self.seed)
             .field("timestamp_format", &self.timestamp_format)
             .field("numeric_fields", &self.numeric_fields)
             .field("jwt_tokens", &self.jwt_tokens)
             .finish()
     }
+}
+
+/// `rate` if it is a share, `0.0..=1.0`.
+fn checked_rate(rate: f64) -> f64 {
+    assert!(
+        (0.0..=1.0).contains(&rate),
+        "ReferenceServer: the login failure rate must be within 0.0..=1.0, not {rate}"
+    );
+    rate
 }
 
 /// Accepts connections until the server is dropped, one task per connection.
@@ -427,6 +526,131 @@ mod tests {
     #[should_panic(expected = "there is no user 'nobody'")]
     async fn flagging_an_unknown_user_panics_with_a_clear_message() {
         ReferenceServer::start().await.set_forbidden("nobody", true);
+    }
+
+    /// Sends one login for `alice` over a raw socket and returns the status code.
+    async fn raw_login(addr: SocketAddr) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let body = r#"{"userName":"alice","password":"wonderland"}"#;
+        let request = format!(
+            "POST /authtoken HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        let text = String::from_utf8_lossy(&response);
+        text.split(' ').nth(1).unwrap().parse().unwrap()
+    }
+
+    /// The statuses of `n` logins in a row.
+    async fn statuses(server: &ReferenceServer, n: usize) -> Vec<u16> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(raw_login(server.addr()).await);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_seeded_failure_rate_fails_the_same_logins_on_every_run() {
+        let start = || {
+            ReferenceServer::builder()
+                .login_failure_rate(0.3)
+                .seed(7)
+                .start()
+        };
+        let (a, b) = (start().await, start().await);
+        let first = statuses(&a, 40).await;
+        assert_eq!(first, statuses(&b, 40).await);
+        let failed = first.iter().filter(|&&s| s == 500).count() as u64;
+        assert!((1..40).contains(&failed), "{first:?}");
+        assert!(first.iter().all(|&s| s == 200 || s == 500), "{first:?}");
+        assert_eq!(a.injected_failures(), failed);
+        assert_eq!(a.logins(), 40 - failed);
+    }
+
+    #[tokio::test]
+    async fn queued_failures_come_before_random_ones_and_rates_can_change() {
+        let server = ReferenceServer::builder()
+            .login_failure_rate(1.0)
+            .start()
+            .await;
+        server.push_failure(Failure::Status(403));
+        assert_eq!(statuses(&server, 3).await, [403, 500, 500]);
+        assert_eq!(server.injected_failures(), 2);
+        server.set_login_failure_rate(0.0);
+        assert_eq!(statuses(&server, 2).await, [200, 200]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn jittered_logins_take_between_the_delay_and_the_delay_plus_the_jitter() {
+        let server = ReferenceServer::builder()
+            .login_delay(Duration::from_millis(100))
+            .login_delay_jitter(Duration::from_millis(200))
+            .seed(1)
+            .start()
+            .await;
+        let mut took = Vec::new();
+        for _ in 0..20 {
+            let started = tokio::time::Instant::now();
+            assert_eq!(raw_login(server.addr()).await, 200);
+            took.push(started.elapsed());
+        }
+        let (min, max) = (Duration::from_millis(100), Duration::from_millis(300));
+        assert!(took.iter().all(|t| (min..=max).contains(t)), "{took:?}");
+        assert!(took.iter().any(|t| *t != took[0]), "jittered: {took:?}");
+        server.set_login_delay_jitter(Duration::ZERO);
+        server.set_login_delay(Duration::ZERO);
+        let started = tokio::time::Instant::now();
+        raw_login(server.addr()).await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_logins_are_counted_at_their_peak() {
+        let server = ReferenceServer::builder()
+            .login_delay(Duration::from_millis(50))
+            .start()
+            .await;
+        raw_login(server.addr()).await;
+        assert_eq!(server.max_concurrent_logins(), 1);
+        let addr = server.addr();
+        let logins: Vec<_> = (0..3).map(|_| tokio::spawn(raw_login(addr))).collect();
+        for login in logins {
+            assert_eq!(login.await.unwrap(), 200);
+        }
+        assert_eq!(server.max_concurrent_logins(), 3);
+        assert_eq!(server.shared.lock().logins_in_flight, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn registered_tokens_are_accepted_until_their_lifetime_ends() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let server = ReferenceServer::start().await;
+        server.register_token("hand-made-token", Duration::from_secs(10));
+        assert_eq!(server.issued_tokens(), ["hand-made-token"]);
+        assert_eq!(server.logins(), 0);
+        let status = || async {
+            let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+            stream
+                .write_all(b"GET /protected HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer hand-made-token\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.unwrap();
+            response[9..12].to_owned()
+        };
+        assert_eq!(status().await, "200");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(status().await, "401");
+    }
+
+    #[test]
+    #[should_panic(expected = "must be within 0.0..=1.0")]
+    fn a_failure_rate_outside_zero_to_one_panics() {
+        let _ = ReferenceServer::builder().login_failure_rate(1.5);
     }
 
     #[tokio::test]
