@@ -7,17 +7,9 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep, sleep_until};
 use tower_authtoken::{ErrorKind, TokenCache};
 
-use support::{Next, ScriptedSource, error, now_or_never};
+use support::{Next, ScriptedSource, cache, error, now_or_never};
 
 const SECOND: Duration = Duration::from_secs(1);
-
-/// A cache without jitter, so that every instant below is exact.
-fn cache(source: &ScriptedSource) -> TokenCache {
-    TokenCache::builder(source.clone())
-        .jitter(Duration::ZERO)
-        .build()
-        .unwrap()
-}
 
 #[tokio::test(start_paused = true)]
 async fn cold_storm_of_ten_thousand_callers_makes_one_fetch() {

@@ -16,9 +16,8 @@
 
 mod support;
 
-use std::cell::Cell;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -31,7 +30,7 @@ use tower_authtoken::{
     AuthTokenSource, BearerAuth, BearerAuthLayer, Error, ErrorKind, Token, TokenCache, TokenSource,
 };
 
-use support::{ScriptedSource, now_or_never};
+use support::{ScriptedSource, assert_no_panics, count_panics, now_or_never};
 
 const SECOND: Duration = Duration::from_secs(1);
 const MS: Duration = Duration::from_millis(1);
@@ -51,26 +50,6 @@ fn seeds() -> Vec<u64> {
 
 // ---------------------------------------------------------------------------------------------
 // Panics anywhere on the test's thread
-
-thread_local! {
-    static PANICS: Cell<usize> = const { Cell::new(0) };
-}
-
-fn count_panics() {
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            PANICS.with(|count| count.set(count.get() + 1));
-            previous(info);
-        }));
-    });
-    PANICS.with(|count| count.set(0));
-}
-
-fn assert_no_panics() {
-    assert_eq!(PANICS.with(Cell::get), 0, "something panicked");
-}
 
 // ---------------------------------------------------------------------------------------------
 // A source that counts logins in flight

@@ -19,9 +19,7 @@
 
 mod support;
 
-use std::cell::Cell;
 use std::sync::Arc;
-use std::sync::Once;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -33,7 +31,7 @@ use tower_authtoken::{
     AuthTokenSource, BearerAuth, BearerAuthLayer, Error, ErrorKind, Token, TokenCache, TokenSource,
 };
 
-use support::now_or_never;
+use support::{assert_no_panics, count_panics, now_or_never};
 
 const SECOND: Duration = Duration::from_secs(1);
 const MS: Duration = Duration::from_millis(1);
@@ -51,31 +49,6 @@ const MIN_BACKOFF: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------------
 // Panics anywhere on the test's thread
-
-thread_local! {
-    static PANICS: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Counts panics on this thread from now on, including those Tokio catches in spawned tasks.
-fn count_panics() {
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            PANICS.with(|count| count.set(count.get() + 1));
-            previous(info);
-        }));
-    });
-    PANICS.with(|count| count.set(0));
-}
-
-fn assert_no_panics() {
-    assert_eq!(
-        PANICS.with(Cell::get),
-        0,
-        "something panicked (see the output above)"
-    );
-}
 
 // ---------------------------------------------------------------------------------------------
 // The rig: a server, a source, a cache and a layer

@@ -12,16 +12,9 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_authtoken::{BearerAuth, BearerAuthLayer, Error, ErrorKind, TokenCache};
 
-use support::{Next, ScriptedSource};
+use support::{Next, ScriptedSource, cache};
 
 const HOUR: Duration = Duration::from_secs(3600);
-
-fn cache(source: &ScriptedSource) -> TokenCache {
-    TokenCache::builder(source.clone())
-        .jitter(Duration::ZERO)
-        .build()
-        .unwrap()
-}
 
 /// What the inner service saw.
 #[derive(Clone, Default)]

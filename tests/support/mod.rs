@@ -1,15 +1,16 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tower_authtoken::{Error, ErrorKind, Token, TokenSource};
+use tower_authtoken::{Error, ErrorKind, Token, TokenCache, TokenSource};
 
 /// Polls `future` once, without a runtime's waker.
 pub fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
@@ -92,6 +93,14 @@ impl ScriptedSource {
     }
 }
 
+/// A cache over `source` without jitter, so that every instant in a test is exact.
+pub fn cache(source: &ScriptedSource) -> TokenCache {
+    TokenCache::builder(source.clone())
+        .jitter(Duration::ZERO)
+        .build()
+        .unwrap()
+}
+
 pub fn error(kind: ErrorKind) -> Error {
     Error::new(kind)
 }
@@ -126,4 +135,31 @@ impl TokenSource for ScriptedSource {
             Next::Panic => panic!("scripted panic in a token source"),
         }
     }
+}
+
+thread_local! {
+    static PANICS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Counts panics on this thread from now on, including those Tokio catches in spawned tasks
+/// (with a current-thread runtime they run on this thread).
+pub fn count_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.with(|count| count.set(count.get() + 1));
+            previous(info);
+        }));
+    });
+    PANICS.with(|count| count.set(0));
+}
+
+/// Fails if anything counted by [`count_panics`] panicked.
+pub fn assert_no_panics() {
+    assert_eq!(
+        PANICS.with(Cell::get),
+        0,
+        "something panicked (see the output above)"
+    );
 }
