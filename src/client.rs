@@ -481,6 +481,9 @@ impl AuthTokenSourceBuilder {
     /// the password elsewhere; it fails with [`ErrorKind::Server`] instead). With your client,
     /// its redirect policy applies; the [`timeout`](Self::timeout) and the user agent are still
     /// applied to every login request.
+    ///
+    /// Do not pass a client built with `connection_verbose(true)`: it logs the raw bytes of
+    /// every request and response at `TRACE`, the password and the token among them.
     pub fn client(mut self, client: reqwest::Client) -> Self {
         self.client = Some(client);
         self
