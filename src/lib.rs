@@ -62,7 +62,7 @@
 //!
 //! - `reqwest` (default): [`AuthTokenSource`] and `Service<reqwest::Request>` for
 //!   [`BearerAuth`]. TLS is reqwest's default rustls backend.
-//! - `test-util`: [`testing`], an embedded reference server for your own tests.
+//! - `test-util`: `testing`, an embedded reference server for your own tests.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code, unreachable_pub)]
 #![warn(missing_docs, rust_2018_idioms, clippy::await_holding_lock)]

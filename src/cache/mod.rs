@@ -559,7 +559,7 @@ impl TokenCacheBuilder {
     }
 
     /// Shares tokens through `store`, for example a
-    /// [`RedisTokenStore`](crate::store::RedisTokenStore), so that a fleet of processes logs in
+    /// `RedisTokenStore` (feature `redis`), so that a fleet of processes logs in
     /// once per token lifetime instead of once per process. Default: none, each cache logs in
     /// on its own.
     ///
