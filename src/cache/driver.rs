@@ -31,15 +31,6 @@ impl Shared {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             runtime_error("no Tokio runtime: use the token cache from within a Tokio runtime")
         })?;
-        // A token kept from a driver that stopped (its runtime shut down) is served again only
-        // now that a live timer guards its deadline.
-        if let Some((token, plan)) = &control.current {
-            if Instant::now() < plan.deadline {
-                self.slot.store(Some(Arc::clone(token.as_arc())));
-            } else {
-                control.current = None;
-            }
-        }
         // The handle, not a flag: a driver dropped before its first poll (its runtime shut down
         // at once) never runs its exit guard, and must still be replaced.
         control.generation += 1;
@@ -100,6 +91,7 @@ async fn run(shared: Arc<Shared>, generation: u64) {
         shared: Arc::clone(&shared),
         generation,
     };
+    restore(&shared);
     let mut closed = shared.closed.clone();
     loop {
         let step = {
@@ -159,6 +151,19 @@ async fn run(shared: Arc<Shared>, generation: u64) {
                     _ = timer => {}
                 }
             }
+        }
+    }
+}
+
+/// Serves again a token kept from a driver that stopped (its runtime shut down), now that this
+/// driver's timer guards its deadline; drops it if the deadline has passed.
+fn restore(shared: &Shared) {
+    let mut control = shared.lock();
+    if let Some((token, plan)) = &control.current {
+        if Instant::now() < plan.deadline {
+            shared.slot.store(Some(Arc::clone(token.as_arc())));
+        } else {
+            control.current = None;
         }
     }
 }

@@ -287,11 +287,7 @@ impl TokenCache {
 
     /// The current token, if one is being handed out. Never waits, never fetches.
     pub fn current(&self) -> Option<Token> {
-        self.shared()
-            .slot
-            .load()
-            .as_ref()
-            .map(|inner| Token::from_arc(Arc::clone(inner)))
+        self.shared().current_token()
     }
 
     /// The key that finds this cache in the registry.
@@ -356,11 +352,9 @@ impl Shared {
             {
                 return Err(backoff.error.clone());
             }
+            // A new driver puts back a token kept from one that stopped, and answers the demand
+            // with it.
             self.ensure_driver(&mut control)?;
-            // A new driver may have put back a token kept from one that stopped.
-            if let Some(token) = self.current_token() {
-                return Ok(token);
-            }
             control.demand = true;
             outcomes.borrow_and_update().completed
         };
