@@ -54,9 +54,11 @@ impl ErrorKind {
     /// Whether trying again later may succeed without anyone changing anything.
     ///
     /// Transient: [`RateLimited`](Self::RateLimited), [`Server`](Self::Server),
-    /// [`Timeout`](Self::Timeout), [`Transport`](Self::Transport), [`Runtime`](Self::Runtime) and
+    /// [`Timeout`](Self::Timeout), [`Transport`](Self::Transport) and
     /// [`InvalidResponse`](Self::InvalidResponse) (a proxy's error page or a half-sent body looks
-    /// like one). Everything else needs a person to act.
+    /// like one). Everything else needs a person to act, including [`Runtime`](Self::Runtime):
+    /// code running outside a Tokio runtime, or a token source that panics, does not mend itself
+    /// by waiting.
     pub fn is_transient(self) -> bool {
         matches!(
             self,
@@ -64,7 +66,6 @@ impl ErrorKind {
                 | Self::Server
                 | Self::Timeout
                 | Self::Transport
-                | Self::Runtime
                 | Self::InvalidResponse
         )
     }
@@ -338,6 +339,7 @@ mod tests {
             ErrorKind::UnknownUser,
             ErrorKind::Config,
             ErrorKind::InsecureTransport,
+            ErrorKind::Runtime,
         ] {
             assert!(!kind.is_transient(), "{kind} should be permanent");
         }

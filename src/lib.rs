@@ -84,7 +84,7 @@ mod client;
 pub mod testing;
 
 #[doc(inline)]
-pub use cache::{CacheStats, TokenCache, TokenCacheBuilder};
+pub use cache::{CacheStats, LoginBudget, TokenCache, TokenCacheBuilder};
 #[doc(inline)]
 pub use credentials::Credentials;
 #[doc(inline)]

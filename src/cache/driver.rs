@@ -1,9 +1,14 @@
-//! The driver: the one background task per cache that fetches, renews and expires tokens.
+//! The driver: the background task that fetches, renews and expires tokens on time.
 //!
 //! It holds the shared state and the receiving end of the handles' close signal, never a handle
 //! itself, so it stops as soon as the last handle is dropped. It runs every fetch on a task of
 //! its own under the fetch timeout: a panicking token source becomes an error, never a dead
 //! driver.
+//!
+//! The driver is a convenience for timing, not what correctness rests on: readers refuse a token
+//! past its deadline by themselves, the slow path expires it on the clock, and a caller whose
+//! runtime runs replaces a driver whose runtime does not (see `Shared::wait`). Each driver has a
+//! generation; one that was replaced stops at its next step and its results are ignored.
 
 use std::future::pending;
 use std::sync::Arc;
@@ -13,18 +18,18 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 
-use super::schedule::{self, Step, View};
-use super::{Backoff, Control, Shared, runtime_error};
+use super::schedule::{self, Renewal, Step, View};
+use super::{Backoff, Control, Driver, Entry, Shared, runtime_error};
 use crate::store::ObtainRequest;
 use crate::{Error, ErrorKind, Token};
 
 impl Shared {
-    /// Starts the driver on the current runtime unless it is running.
+    /// Starts the driver on the current runtime unless one is running.
     pub(super) fn ensure_driver(self: &Arc<Self>, control: &mut Control) -> Result<(), Error> {
         if control
             .driver
             .as_ref()
-            .is_some_and(|driver| !driver.is_finished())
+            .is_some_and(|driver| !driver.join.is_finished())
         {
             return Ok(());
         }
@@ -35,23 +40,54 @@ impl Shared {
         // at once) never runs its exit guard, and must still be replaced.
         control.generation += 1;
         let generation = control.generation;
-        control.driver = Some(runtime.spawn(run(Arc::clone(self), generation)));
+        control.driver = Some(Driver {
+            join: runtime.spawn(run(Arc::clone(self), generation)),
+            runtime,
+            generation,
+        });
         Ok(())
     }
 
     /// Publishes a result to every caller waiting on the current fetch. Call with the lock held.
-    fn publish(&self, control: &mut Control, result: Result<Token, Error>) {
+    fn publish(&self, control: &mut Control, result: Option<Result<(), Error>>) {
         control.demand = false;
         self.outcomes.send_modify(|outcome| {
             outcome.completed += 1;
-            outcome.result = Some(result);
+            outcome.result = result;
         });
+    }
+
+    /// Takes the current token out of service if `now` is past its deadline. A token the server
+    /// replaces only once it expires leaves a login due at its expiry.
+    pub(super) fn expire_due(&self, control: &mut Control, now: Instant) -> bool {
+        let due = control
+            .current
+            .as_ref()
+            .is_some_and(|(_, plan)| now >= plan.deadline);
+        if !due {
+            return false;
+        }
+        self.slot.store(None);
+        if let Some((_, plan)) = control.current.take() {
+            match plan.renewal {
+                Renewal::AtExpiry => {
+                    control.due_at = Some(plan.renew_at);
+                    tracing::debug!(
+                        "token withdrawn just before its expiry; the next login is due at expiry"
+                    );
+                }
+                Renewal::Early => tracing::warn!(
+                    "token reached its expiry margin without a renewal; no longer handed out"
+                ),
+            }
+        }
+        true
     }
 }
 
-/// Empties the slot when the driver stops for any reason, so that a token is never handed out
-/// without a live timer to take it back at its deadline. Does nothing if a newer driver has
-/// already taken over.
+/// Lets the next stalled driver be noticed when this one stops for any reason (its runtime shut
+/// down): readers ask again for the renewal, and waiting callers go round again on their own
+/// runtimes. Does nothing if a newer driver has already taken over.
 struct ExitGuard {
     shared: Arc<Shared>,
     generation: u64,
@@ -65,14 +101,11 @@ impl Drop for ExitGuard {
             return;
         }
         control.driver = None;
-        shared.slot.store(None);
+        if let Some(entry) = shared.slot.load().as_deref() {
+            entry.poked.store(false, Ordering::Relaxed);
+        }
         if control.demand {
-            shared.publish(
-                &mut control,
-                Err(runtime_error(
-                    "the runtime running the token cache shut down",
-                )),
-            );
+            shared.publish(&mut control, None);
         }
     }
 }
@@ -91,29 +124,41 @@ async fn run(shared: Arc<Shared>, generation: u64) {
         shared: Arc::clone(&shared),
         generation,
     };
-    restore(&shared);
     let mut closed = shared.closed.clone();
     loop {
         let step = {
             let control = shared.lock();
+            if control.generation != generation {
+                return;
+            }
+            let now = Instant::now();
             let view = View {
                 plan: control.current.as_ref().map(|(_, plan)| *plan),
                 demand: control.demand,
                 backoff_until: control.backoff.as_ref().map(|b| b.until),
+                due_at: control.due_at,
+                budget_at: Some(shared.config.budget.ready_at(now)),
             };
-            schedule::next_step(view, Instant::now())
+            schedule::next_step(view, now)
         };
         match step {
-            Step::Expire => expire(&shared),
+            Step::Expire => {
+                let mut control = shared.lock();
+                shared.expire_due(&mut control, Instant::now());
+            }
             Step::Answer => answer(&shared),
             Step::Fetch => {
+                if shared.config.budget.try_spend(Instant::now()).is_err() {
+                    // A budget shared with another cache was spent meanwhile: decide again.
+                    continue;
+                }
                 // The current token's deadline keeps its timer while the fetch runs: a hung
                 // renewal must not keep an expiring token in service.
-                let mut deadline = shared
-                    .lock()
-                    .current
-                    .as_ref()
-                    .map(|(_, plan)| plan.deadline);
+                let mut deadline = {
+                    let mut control = shared.lock();
+                    control.due_at = None;
+                    control.current.as_ref().map(|(_, plan)| plan.deadline)
+                };
                 let fetch = fetch(&shared);
                 tokio::pin!(fetch);
                 loop {
@@ -127,11 +172,12 @@ async fn run(shared: Arc<Shared>, generation: u64) {
                         biased;
                         _ = closed.changed() => return,
                         result = &mut fetch => {
-                            complete(&shared, result);
+                            complete(&shared, generation, result);
                             break;
                         }
                         _ = timer => {
-                            expire(&shared);
+                            let mut control = shared.lock();
+                            shared.expire_due(&mut control, Instant::now());
                             deadline = None;
                         }
                     }
@@ -155,44 +201,17 @@ async fn run(shared: Arc<Shared>, generation: u64) {
     }
 }
 
-/// Serves again a token kept from a driver that stopped (its runtime shut down), now that this
-/// driver's timer guards its deadline; drops it if the deadline has passed.
-fn restore(shared: &Shared) {
-    let mut control = shared.lock();
-    if let Some((token, plan)) = &control.current {
-        if Instant::now() < plan.deadline {
-            shared.slot.store(Some(Arc::clone(token.as_arc())));
-        } else {
-            control.current = None;
-        }
-    }
-}
-
-/// Takes the current token out of service at its deadline.
-fn expire(shared: &Shared) {
-    let mut control = shared.lock();
-    let now = Instant::now();
-    if control
-        .current
-        .as_ref()
-        .is_some_and(|(_, plan)| now >= plan.deadline)
-    {
-        shared.slot.store(None);
-        control.current = None;
-        tracing::warn!("token reached its expiry margin without a renewal; no longer handed out");
-    }
-}
-
 /// Answers waiting callers without a fetch: with the current token, or the last error while
 /// backing off.
 fn answer(shared: &Shared) {
     let mut control = shared.lock();
+    let now = Instant::now();
     let result = match (&control.current, &control.backoff) {
-        (Some((token, _)), _) => Ok(token.clone()),
-        (None, Some(backoff)) => Err(backoff.error.clone()),
+        (Some(_), _) => Ok(()),
+        (None, Some(backoff)) => Err(backoff.error_at(now)),
         (None, None) => Err(runtime_error("nothing to answer with")),
     };
-    shared.publish(&mut control, result);
+    shared.publish(&mut control, Some(result));
 }
 
 /// Runs one fetch on a task of its own, under the fetch timeout.
@@ -251,88 +270,86 @@ async fn fetch(shared: &Shared) -> Result<Token, Error> {
     result
 }
 
-/// Applies a fetch's result and wakes everyone who waited for it.
-fn complete(shared: &Shared, result: Result<Token, Error>) {
-    let now = Instant::now();
-    let mut control = shared.lock();
-    let outcome = match result {
-        Err(error) => {
-            fail(shared, &mut control, error.clone(), now);
-            current_or(&control, error)
-        }
-        Ok(token) => match control.last.clone() {
-            Some(last) if last.same_value(&token) => {
-                // Keep serving the current token if it is this one; never restart its clock.
-                let error = Error::invalid_response(
-                    "the login endpoint answered the renewal with the same token",
-                );
-                back_off(shared, &mut control, error.clone(), now);
-                current_or(&control, error)
-            }
-            Some(last) if token.expires_at() <= last.expires_at() => {
-                // A new value that expires no later than the old one renews nothing: use it,
-                // but back off so that its immediate renewal does not spin.
-                match adopt(shared, &mut control, token, now) {
-                    Ok(token) => {
-                        let error = Error::invalid_response(
-                            "the login endpoint answered the renewal with an unchanged expiry",
-                        );
-                        back_off(shared, &mut control, error, now);
-                        Ok(token)
-                    }
-                    Err(error) => {
-                        fail(shared, &mut control, error.clone(), now);
-                        current_or(&control, error)
-                    }
-                }
-            }
-            _ => match adopt(shared, &mut control, token, now) {
-                Ok(token) => Ok(token),
-                Err(error) => {
-                    fail(shared, &mut control, error.clone(), now);
-                    current_or(&control, error)
-                }
-            },
-        },
-    };
-    shared.publish(&mut control, outcome);
+/// What became of a fetched token.
+enum Adopted {
+    /// It is being handed out.
+    Yes,
+    /// It is valid but already inside the margin of a token the server replaces only at
+    /// expiry: the login is due again at its expiry, and waiting callers wait for that one.
+    AtItsExpiry,
 }
 
-/// The token to hand waiters after a failed fetch: the current one if it is still valid.
-fn current_or(control: &Control, error: Error) -> Result<Token, Error> {
-    match &control.current {
-        Some((token, _)) => Ok(token.clone()),
-        None => Err(error),
+/// Applies a fetch's result and wakes everyone who waited for it, unless a newer driver took
+/// over meanwhile.
+fn complete(shared: &Shared, generation: u64, result: Result<Token, Error>) {
+    let now = Instant::now();
+    let mut control = shared.lock();
+    if control.generation != generation {
+        return;
     }
+    let outcome = match result.and_then(|token| adopt(shared, &mut control, token, now)) {
+        Ok(Adopted::Yes) => Ok(()),
+        Ok(Adopted::AtItsExpiry) => return,
+        Err(error) => {
+            fail(shared, &mut control, error.clone(), now);
+            match control.current {
+                Some(_) => Ok(()),
+                None => Err(error),
+            }
+        }
+    };
+    shared.publish(&mut control, Some(outcome));
 }
 
 /// Puts a freshly fetched token into service and plans its renewal.
+///
+/// A token that expires no later than the last one renews nothing: the server hands out a
+/// replacement only once its token expires. It is still the server's answer, so it is served for
+/// the life the server reports, and from then on the cache logs in at each expiry rather than
+/// before it.
 fn adopt(
     shared: &Shared,
     control: &mut Control,
     token: Token,
     now: Instant,
-) -> Result<Token, Error> {
-    let config = &shared.config;
+) -> Result<Adopted, Error> {
+    if let Some((expires_at, lifetime)) = control.last
+        && !schedule::extends(expires_at, lifetime, token.expires_at())
+        && control.renewal == Renewal::Early
+    {
+        control.renewal = Renewal::AtExpiry;
+        tracing::info!(
+            "the login endpoint answered a renewal with a token that expires no later than the \
+             last one: it replaces tokens only once they expire, so logins now happen at expiry"
+        );
+    }
     let plan = schedule::plan(
         token.received_at(),
         token.lifetime(),
-        config.refresh_before,
-        config.jitter,
-        config.expiry_margin,
+        shared.config.lead(),
+        control.renewal,
         fastrand::f64(),
     );
     if now >= plan.deadline {
+        if plan.renewal == Renewal::AtExpiry && now < plan.expires_at {
+            control.due_at = Some(plan.expires_at);
+            control.last = Some((token.expires_at(), token.lifetime()));
+            return Ok(Adopted::AtItsExpiry);
+        }
         return Err(Error::invalid_response(
             "the token arrived too close to its expiry to be used",
         ));
     }
     let renewed = control.current.is_some();
-    shared.slot.store(Some(Arc::clone(token.as_arc())));
+    shared
+        .slot
+        .store(Some(Arc::new(Entry::new(&token, &plan, now))));
+    control.last = Some((token.expires_at(), token.lifetime()));
     control.current = Some((token.clone(), plan));
-    control.last = Some(token.clone());
+    control.first_401 = None;
     control.failures_in_row = 0;
     control.backoff = None;
+    control.due_at = None;
     if renewed {
         shared.counters.renewals.fetch_add(1, Ordering::Relaxed);
     }
@@ -345,23 +362,18 @@ fn adopt(
     tracing::debug!(
         renew_in_s = plan.renew_at.saturating_duration_since(now).as_secs_f64(),
         deadline_in_s = plan.deadline.saturating_duration_since(now).as_secs_f64(),
+        at_expiry = plan.renewal == Renewal::AtExpiry,
         "renewal scheduled"
     );
-    Ok(token)
+    Ok(Adopted::Yes)
 }
 
 /// Records a failed fetch and starts a backoff.
 fn fail(shared: &Shared, control: &mut Control, error: Error, now: Instant) {
     shared.counters.failures.fetch_add(1, Ordering::Relaxed);
-    back_off(shared, control, error, now);
-}
-
-/// Starts a backoff; a fetch that returned a token that renews nothing calls this directly,
-/// without counting a failure.
-fn back_off(shared: &Shared, control: &mut Control, error: Error, now: Instant) {
     let config = &shared.config;
     control.failures_in_row = control.failures_in_row.saturating_add(1);
-    let min = schedule::min_backoff(
+    let first = schedule::first_retry(
         config.min_backoff,
         control.current.as_ref().map(|(token, _)| token.lifetime()),
     );
@@ -369,8 +381,9 @@ fn back_off(shared: &Shared, control: &mut Control, error: Error, now: Instant) 
         control.failures_in_row,
         error.kind(),
         error.retry_after(),
-        min,
-        config.max_backoff.max(min),
+        first,
+        config.min_backoff,
+        config.max_backoff.max(config.min_backoff),
         fastrand::f64(),
     );
     tracing::warn!(

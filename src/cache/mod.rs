@@ -3,48 +3,91 @@
 //! # How it works
 //!
 //! The current token lives in an [`arc_swap::ArcSwapOption`]. Reading it is the hot path of every
-//! request: no lock, no allocation, no clock read, nothing to wait for. [`TokenCache::current`]
-//! does one `load`; each [`BearerAuth`](crate::BearerAuth) clone keeps an [`arc_swap::Cache`] and
-//! pays only one relaxed pointer comparison while the token is unchanged.
+//! request: one `load` (no lock, no allocation), one read of a coarse monotonic clock (a few
+//! nanoseconds, `CLOCK_MONOTONIC_COARSE`) against the token's deadline, one reference-count bump
+//! of the header, and the guard is dropped at once.
 //!
-//! A background task, the *driver*, owns every decision about time. It is started lazily by the
-//! first call that needs a token, from within a Tokio runtime. It sleeps until the next thing
-//! that must happen, and then does it:
+//! # The deadline holds without a timer
+//!
+//! Every reader refuses a token past its deadline by itself, so no token is ever handed out past
+//! its deadline because a timer fired late: not after a `block_on` that returns after an idle
+//! spell, not in a process thawed after a `SIGSTOP`, not on a starved machine, not while the
+//! runtime running the renewal timer sits idle. A refused token sends the caller to the slow
+//! path, which decides on Tokio's clock and waits for a login. The coarse clock is checked 20 ms
+//! early, so its lag can only refuse a token early. Neither clock runs while the machine is
+//! suspended: after a resume, a token may look valid to us that the server has let expire; the
+//! server then answers `401`, which invalidates it (below).
+//!
+//! # The driver
+//!
+//! A background task, the *driver*, sees to timing. It is started by the first call that needs a
+//! token, on that caller's Tokio runtime, and sleeps until the next thing that must happen:
 //!
 //! - at the **renewal** instant (`refresh_before` ahead of expiry, or half the life of a short
 //!   token) it fetches a new token while requests keep using the current one;
-//! - at the **deadline** (`expiry_margin` ahead of expiry) it takes the token out of the slot, so
-//!   that an expiring token is never handed out. Because the timer removes the token, the hot path
-//!   need not read the clock; and if the driver ever stops (its runtime shuts down), it empties the
-//!   slot on its way out, so a token is only ever served while a live timer guards it;
+//! - at the **deadline** (`expiry_margin` ahead of expiry) it takes the token out of the slot;
 //! - when callers find the slot empty, they wake it and all wait for the **same** fetch.
+//!
+//! The driver is a convenience, not what correctness rests on. A reader that finds the renewal
+//! due and not started pokes the driver, starting one on its own runtime if the old one has
+//! stopped. A caller waiting for a fetch checks, after 250 ms, that the driver's runtime still
+//! runs tasks (by spawning an empty one on it); if it does not within 250 ms (the runtime shut
+//! down, or nobody drives it), the caller replaces the driver with one on its own runtime. A
+//! replaced driver stops at its next step and its results are ignored.
 //!
 //! # Single flight and cancellation
 //!
-//! At most one fetch runs per cache. It runs on the driver, detached from every caller:
-//! cancelling or dropping the caller that triggered it cancels nothing, and the result, success or
-//! error, reaches every caller that waited for it.
+//! At most one fetch runs per cache while its runtime runs. It runs on the driver, detached from
+//! every caller: cancelling or dropping the caller that triggered it cancels nothing, and the
+//! result, success or error, reaches every caller that waited for it. Only when a runtime stops
+//! running the fetch does a caller on another runtime start a second one.
+//!
+//! # What a server's answers mean
+//!
+//! - A renewal answered with a token that expires no later than the current one (the same token
+//!   with what is left of its life, or a new one bound to the same session) is the server's
+//!   answer, not an error: the token is served for the life the server reports, to
+//!   `min(margin, 1 s)` before its expiry, and the next login is at its expiry, since the server
+//!   hands out no replacement sooner. From then on the cache logs in at each expiry rather than
+//!   before it. Callers arriving in that last second wait for the login instead of failing. A
+//!   token with the same value and a later expiry (a sliding session) is an ordinary renewal.
+//! - A `401` from the API ([`TokenCache::invalidate`]) takes the token out and logs in at once.
+//!   When the token is rejected soon after it came into service (sooner than 10 s, or half its
+//!   life, and sooner than the current gap), invalidations in a row are spaced 1 s, 2 s, 4 s, ...
+//!   up to 60 s apart, and the ones in between are ignored: an API that rejects every token costs
+//!   a handful of logins a minute whatever the traffic, and its `401`s reach the caller as they
+//!   are.
 //!
 //! # Failures
 //!
 //! A failed renewal never discards a still-valid token: the driver keeps serving it and retries
-//! with exponential backoff and jitter until the deadline. Without a valid token, callers during
-//! a backoff window get the last error at once rather than each starting a fetch. Permanent
-//! errors (400/401/403/404) back off to the maximum; a 429 waits for its `Retry-After`. A renewal
-//! answered with the same token, or with a token that expires no later than the one it replaces,
-//! is not a renewal: the driver backs off instead of spinning.
+//! until the deadline. A transient failure is retried after `min_backoff` (1 s; the first retry
+//! of a short token after a tenth of its life), and then about once per `min_backoff` for as long
+//! as it lasts: callers are served again within about a second of the endpoint's recovery,
+//! however long the outage. Without a valid token, callers during a backoff get the last error at
+//! once, with [`Error::retry_after`] saying when the next attempt will be, rather than each
+//! starting a fetch. Permanent errors (400/401/403/404, a panicking source) wait `max_backoff`
+//! (60 s); a 429 waits for its `Retry-After`.
+//!
+//! # The login budget
+//!
+//! Every login, whatever caused it, draws on a [`LoginBudget`]: by default 5 at once, then one
+//! every 250 ms. When it is spent, the login waits. No lifetime, server answer or storm of `401`s
+//! can make the cache log in faster.
 //!
 //! # Lifetime
 //!
 //! `TokenCache` is a cheap handle (one `Arc`). The driver stops as soon as the last handle, and
 //! every layer and service holding one, is dropped.
 
+mod budget;
+mod clock;
 mod driver;
 pub(crate) mod schedule;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -56,6 +99,9 @@ use tokio::time::Instant;
 use crate::source::SharedSource;
 use crate::store::TokenStore;
 use crate::{Error, ErrorKind, Token, TokenSource};
+use schedule::{InvalidationGate, Plan, Renewal};
+
+pub use budget::LoginBudget;
 
 /// A shared, self-renewing bearer token.
 ///
@@ -94,12 +140,12 @@ struct Handle {
     _closed: watch::Sender<()>,
 }
 
-/// State shared between the handles and the driver.
+/// State shared between the handles, the readers and the driver.
 pub(crate) struct Shared {
     /// Finds this cache in the [registry](REGISTRY).
     key: u64,
-    /// The token handed out, present only between its arrival and its deadline.
-    slot: ArcSwapOption<crate::token::TokenInner>,
+    /// The token handed out, with its deadline on the coarse clock.
+    slot: ArcSwapOption<Entry>,
     control: Mutex<Control>,
     /// Wakes the driver when callers need a token or one was invalidated.
     wake: Notify,
@@ -112,36 +158,117 @@ pub(crate) struct Shared {
     counters: Counters,
 }
 
+/// What the hot path reads: the token's header and identity, and the coarse-clock instants at
+/// which it is due for renewal and past its deadline.
+pub(crate) struct Entry {
+    header: HeaderValue,
+    id: u64,
+    /// From this coarse tick on, the first reader asks the driver to renew.
+    renew_at: u64,
+    /// From this coarse tick on, the token is refused.
+    deadline: u64,
+    /// Whether a reader already asked for the renewal.
+    poked: AtomicBool,
+    token: Token,
+}
+
+impl Entry {
+    fn new(token: &Token, plan: &Plan, now: Instant) -> Entry {
+        let ticks = clock::now();
+        Entry {
+            header: token.header_value().clone(),
+            id: token.id(),
+            renew_at: clock::ticks_at(plan.renew_at, now, ticks),
+            deadline: clock::ticks_at(plan.deadline, now, ticks),
+            poked: AtomicBool::new(false),
+            token: token.clone(),
+        }
+    }
+
+    /// Whether the token may still be handed out by the coarse clock; asks the driver for the
+    /// renewal, once, when it is due and the driver's timer did not see to it (its runtime is
+    /// frozen, idle or gone).
+    #[inline]
+    fn admit(&self, shared: &Arc<Shared>) -> bool {
+        let now = clock::now();
+        if now >= self.deadline {
+            return false;
+        }
+        if now >= self.renew_at && !self.poked.load(Ordering::Relaxed) {
+            self.poke(shared);
+        }
+        true
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn poke(&self, shared: &Arc<Shared>) {
+        if !self.poked.swap(true, Ordering::Relaxed) {
+            shared.poke();
+        }
+    }
+}
+
 /// The result of the latest fetch, and how many have completed.
+///
+/// The result holds no token, so that a replaced token is not kept alive here: waiters read the
+/// token itself from the cache once they are told the fetch succeeded.
 #[derive(Clone, Default)]
 struct Outcome {
     completed: u64,
-    result: Option<Result<Token, Error>>,
+    /// `None` when the driver went away before answering (its runtime shut down): the waiters
+    /// go round again on their own runtimes.
+    result: Option<Result<(), Error>>,
 }
 
 /// Everything off the hot path, behind a plain mutex that is never held across an `.await`.
 #[derive(Default)]
 struct Control {
     /// The running driver, if any.
-    driver: Option<tokio::task::JoinHandle<()>>,
-    /// Counts the drivers started, so that a stopping driver knows whether it is still the one.
+    driver: Option<Driver>,
+    /// Counts the drivers started, so that an older driver knows it was replaced.
     generation: u64,
     demand: bool,
     /// The current token and its plan (mirrors `slot`).
-    current: Option<(Token, schedule::Plan)>,
-    /// The last token we had, even once expired or invalidated, to notice a renewal that
-    /// returns it again.
-    last: Option<Token>,
+    current: Option<(Token, Plan)>,
+    /// When the last token adopted expires, and how long it lived, to tell whether the next one
+    /// renews anything. Not the token itself: a replaced token is released at once.
+    last: Option<(Instant, Duration)>,
+    /// How the server replaces tokens, as learned from its answers to renewals.
+    renewal: Renewal,
+    /// A login due although no token is served (see [`schedule::View::due_at`]).
+    due_at: Option<Instant>,
     /// A token the upstream rejected, for the next fetch to tell a shared store about.
     rejected: Option<Token>,
     failures_in_row: u32,
     backoff: Option<Backoff>,
+    gate: InvalidationGate,
+    /// When the current token was first rejected with a `401`, honoured or not.
+    first_401: Option<Instant>,
+    /// When a waiter last checked that the driver's runtime still runs.
+    last_probe: Option<Instant>,
+}
+
+/// The driver task and the runtime it runs on.
+struct Driver {
+    join: tokio::task::JoinHandle<()>,
+    runtime: tokio::runtime::Handle,
+    generation: u64,
 }
 
 #[derive(Clone)]
 struct Backoff {
     until: Instant,
     error: Error,
+}
+
+impl Backoff {
+    /// The error to hand a caller at `now`, saying when the next attempt will be.
+    fn error_at(&self, now: Instant) -> Error {
+        self.error
+            .clone()
+            .with_retry_after(Some(self.until.saturating_duration_since(now)))
+    }
 }
 
 #[derive(Clone)]
@@ -153,6 +280,7 @@ pub(crate) struct Config {
     pub(crate) min_backoff: Duration,
     pub(crate) max_backoff: Duration,
     pub(crate) allow_insecure_http: bool,
+    pub(crate) budget: LoginBudget,
     pub(crate) store: Option<Arc<dyn TokenStore>>,
 }
 
@@ -163,6 +291,14 @@ impl Config {
         match self.store {
             None => self.fetch_timeout,
             Some(_) => self.fetch_timeout.saturating_mul(2) + Duration::from_secs(5),
+        }
+    }
+
+    fn lead(&self) -> schedule::Lead {
+        schedule::Lead {
+            refresh_before: self.refresh_before,
+            jitter: self.jitter,
+            margin: self.expiry_margin,
         }
     }
 }
@@ -177,6 +313,7 @@ impl fmt::Debug for Config {
             .field("min_backoff", &self.min_backoff)
             .field("max_backoff", &self.max_backoff)
             .field("allow_insecure_http", &self.allow_insecure_http)
+            .field("login_budget", &self.budget)
             .field("shared_store", &self.store.is_some())
             .finish()
     }
@@ -188,6 +325,7 @@ struct Counters {
     failures: AtomicU64,
     renewals: AtomicU64,
     invalidations: AtomicU64,
+    ignored_invalidations: AtomicU64,
 }
 
 /// A snapshot of a cache's activity, from [`TokenCache::stats`].
@@ -202,6 +340,9 @@ pub struct CacheStats {
     pub renewals: u64,
     /// Tokens taken out of service by [`TokenCache::invalidate`].
     pub invalidations: u64,
+    /// Calls to [`TokenCache::invalidate`] for the current token that were not acted on, because
+    /// invalidations in a row are spaced out (1 s, 2 s, 4 s, ... up to 60 s apart).
+    pub ignored_invalidations: u64,
     /// When the current token expires, if there is one.
     pub expires_at: Option<Instant>,
     /// The kind of the last failure, until the next success.
@@ -251,9 +392,13 @@ impl TokenCache {
     /// While a token is valid this returns at once, even while its renewal is in flight. When
     /// there is none, the caller joins the one fetch in flight (or starts it); dropping this
     /// future does not cancel that fetch for anyone else. During a backoff after a failure, it
-    /// fails at once with the last error.
+    /// fails at once with the last error, whose [`Error::retry_after`] says when the next
+    /// attempt will be.
     ///
-    /// Fails with [`ErrorKind::Runtime`] when called outside a Tokio runtime.
+    /// The fetch runs on a Tokio runtime: the one it was started on. If that runtime shuts down
+    /// or stops running tasks while this caller's own runtime runs, this caller takes the fetch
+    /// over on its own runtime. Fails with [`ErrorKind::Runtime`] only when called outside any
+    /// Tokio runtime.
     pub async fn token(&self) -> Result<Token, Error> {
         match self.current() {
             Some(token) => Ok(token),
@@ -265,7 +410,10 @@ impl TokenCache {
     ///
     /// Call it when the server answered `401` to a request that carried `rejected`. Only the
     /// first of many such calls for the same token has an effect, so fifty requests rejected at
-    /// once cause one renewal. [`BearerAuth`](crate::BearerAuth) calls it for you.
+    /// once cause one renewal. Invalidations in a row are spaced out: after the first, the next
+    /// is acted on only 1 s later, then 2 s, 4 s, ... up to 60 s (calls in between are ignored and
+    /// the token stays in service), so an API that rejects every token costs a handful of logins
+    /// a minute. [`BearerAuth`](crate::BearerAuth) calls it for you.
     pub fn invalidate(&self, rejected: &Token) {
         self.shared().invalidate(rejected.id());
     }
@@ -280,6 +428,7 @@ impl TokenCache {
             failures: counters.failures.load(Ordering::Relaxed),
             renewals: counters.renewals.load(Ordering::Relaxed),
             invalidations: counters.invalidations.load(Ordering::Relaxed),
+            ignored_invalidations: counters.ignored_invalidations.load(Ordering::Relaxed),
             expires_at: control.current.as_ref().map(|(t, _)| t.expires_at()),
             last_error: control.backoff.as_ref().map(|b| b.error.kind()),
         }
@@ -287,7 +436,10 @@ impl TokenCache {
 
     /// The current token, if one is being handed out. Never waits, never fetches.
     pub fn current(&self) -> Option<Token> {
-        self.shared().current_token()
+        let shared = self.shared();
+        let guard = shared.slot.load();
+        let entry = guard.as_deref()?;
+        entry.admit(shared).then(|| entry.token.clone())
     }
 
     /// The key that finds this cache in the registry.
@@ -298,8 +450,7 @@ impl TokenCache {
     /// A reader of the current token for one service clone: the hot path.
     pub(crate) fn reader(&self) -> SlotReader {
         SlotReader {
-            key: self.shared().key,
-            cache: arc_swap::Cache::new(SlotRef(Arc::clone(self.shared()))),
+            shared: Arc::clone(self.shared()),
         }
     }
 
@@ -323,6 +474,21 @@ impl fmt::Debug for TokenCache {
     }
 }
 
+/// How long a waiter waits for a fetch before it checks that the runtime running it still runs.
+const PROBE_AFTER: Duration = Duration::from_millis(250);
+/// How long that runtime has to run a trivial task before it counts as idle or gone.
+const PROBE_WAIT: Duration = Duration::from_millis(250);
+/// How long after one check the next may happen, while the fetch goes on.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// What a waiter learned while it waited.
+enum Waited {
+    /// The fetch finished: with a token in the cache, or with this error.
+    Finished(Result<(), Error>),
+    /// The driver went away or was replaced: look again.
+    Again,
+}
+
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Control> {
         // The lock guards plain data and no code panics while holding it; if one ever did, the
@@ -332,45 +498,135 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn current_token(&self) -> Option<Token> {
-        self.slot
-            .load()
-            .as_ref()
-            .map(|inner| Token::from_arc(Arc::clone(inner)))
-    }
-
     async fn token_slow(self: &Arc<Self>) -> Result<Token, Error> {
         let mut outcomes = self.outcomes.subscribe();
-        let seen = {
-            let mut control = self.lock();
-            // The driver fills the slot under this lock, so this check cannot miss a token.
-            if let Some(token) = self.current_token() {
-                return Ok(token);
+        loop {
+            let (seen, generation) = {
+                let mut control = self.lock();
+                let now = Instant::now();
+                // The driver's timer may be late (a frozen process, an idle runtime): decide on
+                // the clock, not on whether the timer fired.
+                self.expire_due(&mut control, now);
+                if let Some((token, _)) = &control.current {
+                    return Ok(token.clone());
+                }
+                if let Some(backoff) = &control.backoff
+                    && now < backoff.until
+                {
+                    return Err(backoff.error_at(now));
+                }
+                self.ensure_driver(&mut control)?;
+                control.demand = true;
+                (outcomes.borrow_and_update().completed, control.generation)
+            };
+            self.wake.notify_one();
+            match self.wait(&mut outcomes, seen, generation).await {
+                Waited::Finished(Err(error)) => return Err(error),
+                Waited::Finished(Ok(())) | Waited::Again => continue,
             }
-            if let Some(backoff) = &control.backoff
-                && Instant::now() < backoff.until
-            {
-                return Err(backoff.error.clone());
-            }
-            // A new driver puts back a token kept from one that stopped, and answers the demand
-            // with it.
-            self.ensure_driver(&mut control)?;
-            control.demand = true;
-            outcomes.borrow_and_update().completed
-        };
-        self.wake.notify_one();
+        }
+    }
 
-        // The fetch has its own timeout; this bound only matters if the driver died with the
-        // runtime it ran on while we wait on another.
-        let limit = self.config.attempt_limit() + Duration::from_secs(1);
-        match tokio::time::timeout(limit, outcomes.wait_for(|o| o.completed > seen)).await {
-            Ok(Ok(outcome)) => outcome
-                .result
-                .clone()
-                .unwrap_or_else(|| Err(runtime_error("no outcome was published"))),
-            Ok(Err(_)) => Err(runtime_error("the token cache was dropped")),
-            Err(_) => Err(Error::new(ErrorKind::Timeout)
-                .with_detail("no token arrived within the fetch timeout")),
+    /// Waits for the outcome of the fetch after `seen`, checking now and then that the driver's
+    /// runtime still runs tasks, and taking the fetch over on this runtime if it does not.
+    async fn wait(
+        self: &Arc<Self>,
+        outcomes: &mut watch::Receiver<Outcome>,
+        seen: u64,
+        generation: u64,
+    ) -> Waited {
+        let started = Instant::now();
+        let limit = started + self.config.attempt_limit() + Duration::from_secs(1);
+        let mut probe_at = started + PROBE_AFTER;
+        loop {
+            // Clone the outcome out of the channel before anything else awaits.
+            let next = async {
+                match outcomes.wait_for(|o| o.completed > seen).await {
+                    Ok(outcome) => match outcome.result.clone() {
+                        Some(result) => Waited::Finished(result),
+                        None => Waited::Again,
+                    },
+                    Err(_) => Waited::Finished(Err(runtime_error("the token cache was dropped"))),
+                }
+            };
+            tokio::select! {
+                biased;
+                waited = next => return waited,
+                () = tokio::time::sleep_until(probe_at) => {
+                    if self.driver_stalled(generation).await {
+                        return match self.take_over(generation) {
+                            Ok(()) => Waited::Again,
+                            Err(error) => Waited::Finished(Err(error)),
+                        };
+                    }
+                    probe_at = Instant::now() + PROBE_EVERY;
+                }
+                () = tokio::time::sleep_until(limit) => {
+                    return Waited::Finished(Err(Error::new(ErrorKind::Timeout)
+                        .with_detail("no token arrived within the fetch timeout")));
+                }
+            }
+        }
+    }
+
+    /// Whether the driver of `generation` has stopped, or sits on a runtime that did not run a
+    /// trivial task within [`PROBE_WAIT`] (a runtime nobody drives, or one shutting down).
+    /// One waiter checks at a time; the others trust its answer.
+    async fn driver_stalled(&self, generation: u64) -> bool {
+        let runtime = {
+            let mut control = self.lock();
+            let now = Instant::now();
+            let Some(driver) = control
+                .driver
+                .as_ref()
+                .filter(|d| d.generation == generation)
+            else {
+                // Replaced already: not ours to judge.
+                return false;
+            };
+            if driver.join.is_finished() {
+                return true;
+            }
+            let runtime = driver.runtime.clone();
+            if control
+                .last_probe
+                .is_some_and(|at| now.saturating_duration_since(at) < PROBE_AFTER)
+            {
+                return false;
+            }
+            control.last_probe = Some(now);
+            runtime
+        };
+        let probe = runtime.spawn(async {});
+        !matches!(tokio::time::timeout(PROBE_WAIT, probe).await, Ok(Ok(())))
+    }
+
+    /// Replaces a stalled driver of `generation` with one on the caller's runtime.
+    fn take_over(self: &Arc<Self>, generation: u64) -> Result<(), Error> {
+        let mut control = self.lock();
+        if control
+            .driver
+            .as_ref()
+            .is_some_and(|d| d.generation == generation)
+        {
+            if let Some(stalled) = control.driver.take() {
+                stalled.join.abort();
+            }
+            tracing::warn!(
+                "the token cache's background task sits on a runtime that no longer runs it; \
+                 continuing on the caller's runtime"
+            );
+        }
+        self.ensure_driver(&mut control)
+    }
+
+    /// Asks the driver to look at the clock: a reader saw the renewal was due. Starts a driver
+    /// on the reader's runtime if none runs.
+    fn poke(self: &Arc<Self>) {
+        let mut control = self.lock();
+        if self.ensure_driver(&mut control).is_ok() {
+            drop(control);
+            self.wake.notify_one();
         }
     }
 
@@ -383,8 +639,28 @@ impl Shared {
         if !is_current {
             return;
         }
+        let now = Instant::now();
+        let first_401 = *control.first_401.get_or_insert(now);
+        let (served, lifetime) = match &control.current {
+            Some((token, _)) => (
+                first_401.saturating_duration_since(token.received_at()),
+                token.lifetime(),
+            ),
+            None => return,
+        };
+        if !control.gate.admit(now, served, lifetime) {
+            self.counters
+                .ignored_invalidations
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                "the server rejected the current token again soon after a renewal; \
+                 invalidations in a row are spaced out, so it stays in service for now"
+            );
+            return;
+        }
         self.slot.store(None);
         control.rejected = control.current.take().map(|(token, _)| token);
+        control.due_at = None;
         self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
         tracing::info!("token invalidated after the server rejected it; renewing");
         // Renew now rather than on the next caller, if a driver can run.
@@ -426,45 +702,33 @@ pub(crate) fn invalidate(key: u64, id: u64) {
     }
 }
 
-/// Lets an [`arc_swap::Cache`] reach the slot inside the shared state.
-#[derive(Clone)]
-pub(crate) struct SlotRef(Arc<Shared>);
-
-impl std::ops::Deref for SlotRef {
-    type Target = ArcSwapOption<crate::token::TokenInner>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.0.slot
-    }
-}
-
-/// One service clone's view of the current token.
+/// One service clone's view of the current token: the hot path.
 ///
-/// It keeps the `Arc` of the token it last saw and, on each request, compares it with the slot's
-/// pointer: one relaxed atomic load while the token is unchanged, a full load when it changed or
-/// was withdrawn. It therefore never hands out a token the driver has withdrawn. The price is that
-/// a replaced token's memory is released on the next request through this clone rather than at
-/// once; the cache itself keeps the last token for as long anyway.
+/// Each read loads the slot (no lock: arc-swap's debt list), checks the token's deadline on the
+/// coarse clock, clones the header (a reference count) and drops the guard at once, so a
+/// replaced or withdrawn token is released as soon as the requests that carry it are done, in
+/// idle clones too.
 #[derive(Clone)]
 pub(crate) struct SlotReader {
-    key: u64,
-    cache: arc_swap::Cache<SlotRef, Option<Arc<crate::token::TokenInner>>>,
+    shared: Arc<Shared>,
 }
 
 impl SlotReader {
-    /// The current header value and the identity of its token.
+    /// The current header value and the identity of its token, unless the token is past its
+    /// deadline.
     #[inline]
     pub(crate) fn current(&mut self) -> Option<(HeaderValue, u64)> {
-        self.cache
-            .load()
-            .as_deref()
-            .map(|inner| (inner.header.clone(), inner.id))
+        let guard = self.shared.slot.load();
+        let entry = guard.as_deref()?;
+        entry
+            .admit(&self.shared)
+            .then(|| (entry.header.clone(), entry.id))
     }
 
     /// The key of the cache this reader reads.
     #[inline]
     pub(crate) fn cache_key(&self) -> u64 {
-        self.key
+        self.shared.key
     }
 }
 
@@ -473,10 +737,19 @@ fn runtime_error(detail: &str) -> Error {
 }
 
 /// Builds a [`TokenCache`]; every setter states its default.
+#[must_use = "call build() to get a TokenCache"]
 pub struct TokenCacheBuilder {
     source: SharedSource,
     config: Config,
 }
+
+/// The longest lead, margin or lifetime-like setting `build` accepts: a year, the longest
+/// lifetime a token may have.
+const MAX_SETTING: Duration = crate::token::MAX_LIFETIME;
+/// The longest timeout or backoff `build` accepts: an hour.
+const MAX_WAIT: Duration = Duration::from_secs(60 * 60);
+/// The longest wait after a permanent failure `build` accepts: a day.
+const MAX_PERMANENT_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
 
 impl TokenCacheBuilder {
     fn default_config() -> Config {
@@ -488,22 +761,28 @@ impl TokenCacheBuilder {
             min_backoff: schedule::DEFAULT_MIN_BACKOFF,
             max_backoff: schedule::DEFAULT_MAX_BACKOFF,
             allow_insecure_http: false,
+            budget: LoginBudget::default(),
             store: None,
         }
     }
 
-    /// How long before expiry a renewal starts. Default: 60 s.
+    /// How long before expiry a renewal starts. Default: 60 s. At most a year.
     ///
     /// A token valid for 1 hour is renewed after 59 minutes (a little earlier with jitter), while
     /// requests keep using it. A token whose whole lifetime is under twice this lead is renewed
     /// at half its life instead: a 90 s token after 45 s.
+    ///
+    /// A server that answers a renewal with the live token (or a new one bound to the same
+    /// expiry) will not replace a token before it expires; once the cache has seen that, it logs
+    /// in at each token's expiry instead, and this lead no longer applies.
     pub fn refresh_before(mut self, lead: Duration) -> Self {
         self.config.refresh_before = lead;
         self
     }
 
     /// The largest random extra lead added to each renewal, so that a fleet does not renew in
-    /// lockstep. Default: 5 s, and never more than a quarter of the lead. Zero disables it.
+    /// lockstep. Default: 5 s, and never more than a quarter of the lead. Zero disables it. At
+    /// most an hour.
     ///
     /// With the defaults, a 1 hour token is renewed between 65 s and 60 s before it expires; a
     /// 20 s token (lead 10 s) between 12.5 s and 10 s before.
@@ -513,7 +792,8 @@ impl TokenCacheBuilder {
     }
 
     /// How long before expiry a token stops being handed out, even if its renewal failed.
-    /// Default: the smaller of 10 s and a tenth of the token's lifetime (never more than half).
+    /// Default: the smaller of 10 s and a tenth of the token's lifetime (never more than half);
+    /// for a token the server replaces only once it has expired, at most 1 s. At most a year.
     ///
     /// A 1 hour token is handed out for at most 59 min 50 s; a 30 s token for at most 27 s.
     pub fn expiry_margin(mut self, margin: Duration) -> Self {
@@ -522,26 +802,40 @@ impl TokenCacheBuilder {
     }
 
     /// How long one fetch may take before it fails with [`ErrorKind::Timeout`]. Default: 30 s.
+    /// More than zero, at most an hour.
     pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
         self.config.fetch_timeout = timeout;
         self
     }
 
-    /// The first wait after a transient failure, doubled on each further failure.
-    /// Default: 1 s (then 2 s, 4 s, ... up to [`max_backoff`](Self::max_backoff)).
+    /// The wait between attempts after a transient failure (a 5xx, a timeout, an unreachable
+    /// endpoint). Default: 1 s (plus up to a tenth more at random). More than zero, at most an
+    /// hour and at most [`max_backoff`](Self::max_backoff).
     ///
-    /// While a still-valid token is being renewed, the first wait is at most a tenth of that
-    /// token's lifetime, so that a short token gets retries before its deadline: a 1 s token
-    /// whose renewal fails is retried after 100 ms.
-    pub fn min_backoff(mut self, min: Duration) -> Self {
-        self.config.min_backoff = min;
+    /// The wait does not grow while the endpoint stays down: it is tried about once per this
+    /// interval, so callers are served again within about this long after it recovers, however
+    /// long the outage. The [login budget](Self::login_budget) bounds the load. While a
+    /// still-valid token is being renewed, the first retry comes after at most a tenth of that
+    /// token's lifetime, so that a short token gets a retry before its deadline: a 1 s token
+    /// whose renewal fails is retried after 100 ms, then every second.
+    pub fn min_backoff(mut self, interval: Duration) -> Self {
+        self.config.min_backoff = interval;
         self
     }
 
-    /// The longest wait between failed fetches, and the wait after a permanent failure such as
-    /// a wrong password. Default: 60 s.
+    /// The wait after a permanent failure, such as a wrong password or an unknown user, and
+    /// after a token source panicked. Default: 60 s. At most a day.
     pub fn max_backoff(mut self, max: Duration) -> Self {
         self.config.max_backoff = max;
+        self
+    }
+
+    /// Caps how often the cache logs in, renewals, logins after a `401` and retries together.
+    /// Default: [`LoginBudget::default`], 5 at once, then one every 250 ms.
+    ///
+    /// Share one budget between caches (clone it) to cap them together.
+    pub fn login_budget(mut self, budget: LoginBudget) -> Self {
+        self.config.budget = budget;
         self
     }
 
@@ -566,20 +860,37 @@ impl TokenCacheBuilder {
 
     /// Checks the settings and builds the cache. Nothing starts until the first token is needed.
     ///
-    /// Fails with [`ErrorKind::Config`] if the fetch timeout or the minimum backoff is zero, or the
-    /// minimum backoff exceeds the maximum.
+    /// Fails with [`ErrorKind::Config`], naming the setting, when one is out of its range (each
+    /// setter gives it): no setting that passes can make the cache panic or overflow later.
     pub fn build(self) -> Result<TokenCache, Error> {
+        self.check().map_err(Error::config)?;
+        Ok(TokenCache::from_config(self.source, self.config))
+    }
+
+    fn check(&self) -> Result<(), &'static str> {
         let c = &self.config;
-        if c.fetch_timeout.is_zero() {
-            return Err(Error::config("fetch_timeout must be positive"));
+        if c.refresh_before > MAX_SETTING {
+            return Err("refresh_before must be at most a year");
         }
-        if c.min_backoff.is_zero() {
-            return Err(Error::config("min_backoff must be positive"));
+        if c.jitter > MAX_WAIT {
+            return Err("jitter must be at most an hour");
+        }
+        if c.expiry_margin.is_some_and(|m| m > MAX_SETTING) {
+            return Err("expiry_margin must be at most a year");
+        }
+        if c.fetch_timeout.is_zero() || c.fetch_timeout > MAX_WAIT {
+            return Err("fetch_timeout must be more than zero and at most an hour");
+        }
+        if c.min_backoff.is_zero() || c.min_backoff > MAX_WAIT {
+            return Err("min_backoff must be more than zero and at most an hour");
+        }
+        if c.max_backoff > MAX_PERMANENT_WAIT {
+            return Err("max_backoff must be at most a day");
         }
         if c.min_backoff > c.max_backoff {
-            return Err(Error::config("min_backoff must not exceed max_backoff"));
+            return Err("min_backoff must not exceed max_backoff");
         }
-        Ok(TokenCache::from_config(self.source, self.config))
+        c.budget.check()
     }
 }
 

@@ -66,6 +66,21 @@ fn any_kind() -> impl Strategy<Value = ErrorKind> {
     ])
 }
 
+fn any_renewal() -> impl Strategy<Value = Renewal> {
+    prop::sample::select(vec![Renewal::Early, Renewal::AtExpiry])
+}
+
+fn lead(refresh_before: Duration, jitter: Duration, margin: Option<Duration>) -> Lead {
+    Lead {
+        refresh_before,
+        jitter,
+        margin,
+    }
+}
+
+/// The longest transient interval `build` accepts.
+const MAX_SETTING_WAIT: Duration = Duration::from_secs(60 * 60);
+
 /// An instant up to a century after a fixed origin.
 fn at(origin: Instant, offset: Duration) -> Instant {
     origin + offset
@@ -81,15 +96,21 @@ proptest! {
         refresh_before in any_duration(HUGE),
         jitter in any_duration(HUGE),
         margin in prop::option::of(any_duration(HUGE)),
+        renewal in any_renewal(),
         fraction in any_fraction(),
     ) {
         let received_at = at(Instant::now(), offset);
         let expires_at = received_at + lifetime;
-        let p = plan(received_at, lifetime, refresh_before, jitter, margin, fraction);
+        let p = plan(received_at, lifetime, lead(refresh_before, jitter, margin), renewal, fraction);
 
-        // The renewal starts no earlier than the token arrived, and before the hard margin.
+        // The renewal starts no earlier than the token arrived: before the hard margin while the
+        // server replaces tokens early, exactly at expiry when it does not.
         prop_assert!(received_at <= p.renew_at, "{p:?}");
-        prop_assert!(p.renew_at <= p.deadline, "{p:?}");
+        match renewal {
+            Renewal::Early => prop_assert!(p.renew_at <= p.deadline, "{p:?}"),
+            Renewal::AtExpiry => prop_assert_eq!(p.renew_at, expires_at),
+        }
+        prop_assert_eq!(p.expires_at, expires_at);
         // The token is withdrawn no later than it expires, and strictly before whenever the
         // margin is not zero (a configured zero, or a lifetime of a few nanoseconds).
         prop_assert!(p.deadline <= expires_at, "{p:?}");
@@ -107,9 +128,14 @@ proptest! {
         fraction in any_fraction(),
     ) {
         let t0 = Instant::now();
-        let p = plan(t0, lifetime, DEFAULT_REFRESH_BEFORE, DEFAULT_JITTER, None, fraction);
-        prop_assert!(p.deadline < t0 + lifetime);
-        prop_assert!(t0 + lifetime - p.deadline <= DEFAULT_MAX_MARGIN);
+        for renewal in [Renewal::Early, Renewal::AtExpiry] {
+            let p = plan(t0, lifetime, lead(DEFAULT_REFRESH_BEFORE, DEFAULT_JITTER, None), renewal, fraction);
+            prop_assert!(p.deadline < t0 + lifetime);
+            prop_assert!(t0 + lifetime - p.deadline <= DEFAULT_MAX_MARGIN);
+            if renewal == Renewal::AtExpiry {
+                prop_assert!(t0 + lifetime - p.deadline <= AT_EXPIRY_MARGIN);
+            }
+        }
     }
 
     #[test]
@@ -124,7 +150,7 @@ proptest! {
         // the life plus a quarter of that, so one token buys at least 3/8 of its life before the
         // next login. (A microsecond of slack for the float rounding of the jitter.)
         let t0 = Instant::now();
-        let p = plan(t0, lifetime, refresh_before, jitter, margin, fraction);
+        let p = plan(t0, lifetime, lead(refresh_before, jitter, margin), Renewal::Early, fraction);
         prop_assert!(
             p.renew_at - t0 + Duration::from_micros(1) >= lifetime * 3 / 8,
             "{p:?} for {lifetime:?}"
@@ -141,7 +167,7 @@ proptest! {
         let t0 = Instant::now();
         // A margin no larger than the lead, so that the deadline does not clamp the renewal.
         let margin = Some(refresh_before);
-        let p = plan(t0, lifetime, refresh_before, jitter, margin, 0.0);
+        let p = plan(t0, lifetime, lead(refresh_before, jitter, margin), Renewal::Early, 0.0);
         prop_assert_eq!(p.renew_at, t0 + lifetime - refresh_before);
         prop_assert_eq!(p.deadline, t0 + lifetime - refresh_before);
     }
@@ -157,8 +183,9 @@ proptest! {
     ) {
         let t0 = Instant::now();
         let (low, high) = if a <= b { (a, b) } else { (b, a) };
-        let early = plan(t0, lifetime, refresh_before, jitter, margin, high);
-        let late = plan(t0, lifetime, refresh_before, jitter, margin, low);
+        let settings = lead(refresh_before, jitter, margin);
+        let early = plan(t0, lifetime, settings, Renewal::Early, high);
+        let late = plan(t0, lifetime, settings, Renewal::Early, low);
         prop_assert!(early.renew_at <= late.renew_at);
         prop_assert_eq!(early.deadline, late.deadline, "jitter never moves the deadline");
     }
@@ -172,49 +199,31 @@ proptest! {
             Just(Duration::MAX),
             any::<u64>().prop_map(Duration::from_secs),
         ]),
-        min in any_duration(HUGE),
+        first in any_duration(HUGE),
+        interval in any_duration(MAX_SETTING_WAIT),
         max in any_duration(HUGE),
         fraction in any_fraction(),
     ) {
-        let wait = backoff(failures, kind, retry_after, min, max, fraction);
+        let wait = backoff(failures, kind, retry_after, first, interval, max, fraction);
         match (kind, retry_after) {
             (ErrorKind::RateLimited, Some(asked)) => {
-                // The server's word, capped at an hour, never below our own minimum.
-                prop_assert_eq!(wait, asked.min(MAX_RETRY_AFTER).max(min));
-                prop_assert!(wait <= MAX_RETRY_AFTER.max(min));
+                // The server's word, capped at an hour, never below our own first retry.
+                prop_assert_eq!(wait, asked.min(MAX_RETRY_AFTER).max(first));
+            }
+            _ if !kind.is_transient() => {
+                prop_assert_eq!(wait, max, "a permanent error waits the maximum");
             }
             _ => {
-                prop_assert!(wait >= min.min(max), "{wait:?} < {min:?}");
-                prop_assert!(wait <= max, "{wait:?} > {max:?}");
-                if !kind.is_transient() {
-                    prop_assert_eq!(wait, max, "a permanent error waits the maximum");
+                // Never more than an interval and a tenth: the endpoint is tried again soon
+                // after it recovers, however long it was down.
+                prop_assert!(wait <= interval + interval / 10, "{wait:?} > {interval:?}");
+                if failures > 1 {
+                    prop_assert!(wait >= interval, "{wait:?} < {interval:?}");
+                } else {
+                    prop_assert_eq!(wait, first.min(interval));
                 }
             }
         }
-    }
-
-    #[test]
-    fn transient_backoff_grows_with_each_failure(
-        failures in 1u32..40,
-        kind in prop::sample::select(vec![
-            ErrorKind::Server,
-            ErrorKind::Timeout,
-            ErrorKind::Transport,
-            ErrorKind::InvalidResponse,
-            ErrorKind::Runtime,
-            ErrorKind::RateLimited,
-        ]),
-        min in (1u64..=60_000).prop_map(Duration::from_millis),
-        extra in (0u64..=3_600_000).prop_map(Duration::from_millis),
-    ) {
-        let max = min + extra;
-        let now = backoff(failures, kind, None, min, max, 0.0);
-        let next = backoff(failures + 1, kind, None, min, max, 0.0);
-        prop_assert!(next >= now);
-        // And jitter takes at most a quarter off.
-        let jittered = backoff(failures, kind, None, min, max, 1.0);
-        prop_assert!(jittered <= now);
-        prop_assert!(jittered >= now - now / 4 - Duration::from_nanos(1));
     }
 
     #[test]
@@ -223,16 +232,23 @@ proptest! {
         lifetime in any_lifetime(),
         refresh_before in any_duration(HUGE),
         margin in prop::option::of(any_duration(HUGE)),
+        renewal in any_renewal(),
         fraction in any_fraction(),
         demand in any::<bool>(),
         backoff_offset in prop::option::of(any_duration(HUGE)),
+        due_offset in prop::option::of(any_duration(HUGE)),
+        budget_offset in prop::option::of(any_duration(HUGE)),
         now_offset in any_duration(HUGE),
     ) {
         let t0 = Instant::now();
-        let plan = has_plan.then(|| plan(t0, lifetime, refresh_before, DEFAULT_JITTER, margin, fraction));
+        let plan = has_plan.then(|| {
+            plan(t0, lifetime, lead(refresh_before, DEFAULT_JITTER, margin), renewal, fraction)
+        });
         let backoff_until = backoff_offset.map(|offset| t0 + offset);
+        let due_at = due_offset.map(|offset| t0 + offset);
+        let budget_at = budget_offset.map(|offset| t0 + offset);
         let now = t0 + now_offset;
-        let view = View { plan, demand, backoff_until };
+        let view = View { plan, demand, backoff_until, due_at, budget_at };
         let step = next_step(view, now);
         let backing_off = backoff_until.is_some_and(|until| now < until);
 
@@ -242,8 +258,11 @@ proptest! {
             }
             Step::Fetch => {
                 // Never while backing off, whoever asks: that is what keeps a failing login
-                // endpoint from a storm.
+                // endpoint from a storm; never beyond the login budget; never before a login
+                // that is due at an expiry.
                 prop_assert!(!backing_off, "{view:?} {step:?}");
+                prop_assert!(budget_at.is_none_or(|at| now >= at), "{view:?} {step:?}");
+                prop_assert!(due_at.is_none_or(|at| now >= at) || plan.is_some(), "{view:?} {step:?}");
                 // With a token, never before its renewal instant nor at its deadline.
                 if let Some(p) = plan {
                     prop_assert!(now >= p.renew_at && now < p.deadline, "{view:?} {step:?}");
@@ -254,13 +273,19 @@ proptest! {
                 prop_assert!(demand, "{view:?} {step:?}");
             }
             Step::Sleep(until) => {
-                // Waiters are always answered or fetched for, never left asleep.
-                prop_assert!(!demand, "{view:?} {step:?}");
                 match until {
                     // A timer in the future: sleeping until now or earlier would spin.
                     Some(at) => prop_assert!(at > now, "{view:?} {step:?}"),
-                    // Idle forever only with nothing to renew or expire.
-                    None => prop_assert!(plan.is_none(), "{view:?} {step:?}"),
+                    // Idle forever only with nothing to renew, expire, answer or log in for.
+                    None => prop_assert!(
+                        plan.is_none() && !demand && due_at.is_none(),
+                        "{view:?} {step:?}"
+                    ),
+                }
+                // Waiters sleep only until a login due at expiry or the budget allows one.
+                if demand {
+                    let allowed = [due_at, budget_at].into_iter().flatten().max();
+                    prop_assert!(allowed.is_some_and(|at| Some(at) == until), "{view:?} {step:?}");
                 }
                 // The timer never oversleeps the deadline.
                 if let (Some(p), Some(at)) = (plan, until) {
@@ -272,8 +297,9 @@ proptest! {
         if plan.is_some_and(|p| now >= p.deadline) {
             prop_assert_eq!(step, Step::Expire);
         }
-        // Without a token, a waiter outside a backoff always gets a fetch.
-        if plan.is_none() && demand && !backing_off {
+        // Without a token, a waiter outside a backoff gets a fetch as soon as it may have one.
+        let may = due_at.is_none_or(|at| now >= at) && budget_at.is_none_or(|at| now >= at);
+        if plan.is_none() && demand && !backing_off && may {
             prop_assert_eq!(step, Step::Fetch);
         }
     }
@@ -289,12 +315,13 @@ proptest! {
     ) {
         // The driver's loop, run over the pure functions alone, with logins that take no time
         // and succeed or fail as `outcomes` says, and no caller asking. After a failure the next
-        // login waits at least 3/4 of the minimum backoff; after a success, at least 3/8 of the
-        // token's life; and every step makes progress (no step repeats at the same instant
-        // forever).
+        // login waits at least the first retry, and after two in a row at least the interval;
+        // after a success, at least 3/8 of the token's life; and every step makes progress (no
+        // step repeats at the same instant forever).
         let t0 = Instant::now();
         let (min, max) = (DEFAULT_MIN_BACKOFF, DEFAULT_MAX_BACKOFF);
-        let new_plan = |at| plan(at, lifetime, DEFAULT_REFRESH_BEFORE, DEFAULT_JITTER, None, fraction);
+        let settings = lead(DEFAULT_REFRESH_BEFORE, DEFAULT_JITTER, None);
+        let new_plan = |at| plan(at, lifetime, settings, Renewal::Early, fraction);
         let mut now = t0;
         let mut current = Some(new_plan(t0));
         let mut backoff_until: Option<Instant> = None;
@@ -304,7 +331,7 @@ proptest! {
         let mut outcomes = outcomes.into_iter();
         let mut finished = false;
         for _ in 0..1_000 {
-            let view = View { plan: current, demand: false, backoff_until };
+            let view = View { plan: current, backoff_until, ..View::default() };
             match next_step(view, now) {
                 Step::Expire => current = None,
                 Step::Answer => prop_assert!(false, "answered with nobody waiting"),
@@ -318,7 +345,8 @@ proptest! {
                 }
                 Step::Fetch => {
                     if let Some(failed) = last_failure {
-                        prop_assert!(now - failed >= min * 3 / 4, "retry storm at {:?}", now - t0);
+                        let floor = if in_row > 1 { min } else { first_retry(min, Some(lifetime)) };
+                        prop_assert!(now - failed >= floor, "retry storm at {:?}", now - t0);
                     }
                     if let Some(fetched) = last_success {
                         prop_assert!(
@@ -339,8 +367,9 @@ proptest! {
                         last_failure = None;
                     } else {
                         in_row += 1;
-                        backoff_until =
-                            Some(now + backoff(in_row, ErrorKind::Server, None, min, max, fraction));
+                        let first = first_retry(min, current.map(|_| lifetime));
+                        let wait = backoff(in_row, ErrorKind::Server, None, first, min, max, fraction);
+                        backoff_until = Some(now + wait);
                         last_failure = Some(now);
                     }
                 }

@@ -186,16 +186,6 @@ impl Token {
         self.inner.id
     }
 
-    /// The shared allocation, for the cache's lock-free slot.
-    pub(crate) fn as_arc(&self) -> &Arc<TokenInner> {
-        &self.inner
-    }
-
-    /// A token from the cache's slot.
-    pub(crate) fn from_arc(inner: Arc<TokenInner>) -> Token {
-        Token { inner }
-    }
-
     /// Whether two tokens carry the same secret value.
     pub(crate) fn same_value(&self, other: &Token) -> bool {
         self.inner.header == other.inner.header
