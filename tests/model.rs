@@ -29,7 +29,7 @@ use jiff::SignedDuration;
 use jiff::tz::Offset;
 use tokio::time::{Instant, sleep};
 use tower::ServiceBuilder;
-use tower_authtoken::{BearerAuthLayer, TokenCache};
+use tower_authtoken::{BearerAuthLayer, TokenCache, TokenCacheBuilder};
 
 use harness::{Checks, LoginLog, Oracle, Probe, Recorded, Report, Traffic, Verdict, drive};
 use world::{Issuing, ModelApi, ModelLogin, Outage, OutageKind, ServerClock, Setup, World};
@@ -74,11 +74,24 @@ fn boundary_bound(setup: &Setup) -> Duration {
 
 /// Runs `traffic` through `BearerAuthLayer` (default cache) over the world's API.
 async fn run(name: &str, setup: Setup, traffic: Traffic) -> (Report, Arc<World>) {
+    run_with(name, setup, traffic, |builder| builder).await
+}
+
+/// Like [`run`], with the cache's settings changed by `configure`.
+async fn run_with(
+    name: &str,
+    setup: Setup,
+    traffic: Traffic,
+    configure: impl FnOnce(TokenCacheBuilder) -> TokenCacheBuilder,
+) -> (Report, Arc<World>) {
     fastrand::seed(setup.seed);
     let lifetime = setup.lifetime;
     let world = setup.start();
     let log = LoginLog::new();
-    let cache = TokenCache::new(Recorded::new(ModelLogin(Arc::clone(&world)), &log));
+    let source = Recorded::new(ModelLogin(Arc::clone(&world)), &log);
+    let cache = configure(TokenCache::builder(source))
+        .build()
+        .expect("the cache's settings are valid");
     let probe = Probe::new(Arc::clone(&world) as Arc<dyn Oracle>);
     let client = ServiceBuilder::new()
         .layer(BearerAuthLayer::new(cache))
@@ -231,8 +244,8 @@ async fn short_lifetime_within_budget(name: &str, lifetime: Duration, callers: b
         let cache = TokenCache::new(Recorded::new(ModelLogin(Arc::clone(&world)), &log));
         let probe = Probe::new(Arc::clone(&world) as Arc<dyn Oracle>);
         let start = Instant::now();
-        let first = cache.token().await;
-        assert!(first.is_ok(), "the first login failed: {first:?}");
+        // Only to start the cache: whether this first token is still usable does not matter.
+        let _ = cache.token().await;
         sleep(run_for).await;
         Report::new(name, start, lifetime, Vec::new(), &probe, &log)
     };
@@ -321,7 +334,10 @@ async fn outage(name: &str, kind: OutageKind, length: Duration) {
     let served = report.served_again_after(up, normal);
     println!(
         "[model] {name}: outage {length:?}: attempts during={during} (allowed {allowed}) \
-         max/1s during={densest} served_again_after={served:?}"
+         max/1s during={densest} served_again_after={served:?} attempts at {} (down {:.1}-{:.1} s)",
+        report.attempt_times(down - 2 * SECOND, up + 5 * SECOND),
+        (down - report.start).as_secs_f64(),
+        (up - report.start).as_secs_f64(),
     );
     let mut checks = Checks::new(&report);
     checks
@@ -467,4 +483,26 @@ async fn harness_counts_caller_errors_when_no_login_succeeds() {
     assert_eq!(report.logins(), 0);
     assert!(!report.attempts.is_empty());
     assert!(report.sent.is_empty(), "no request reached the API");
+}
+
+/// The harness measures the wait at an expiry boundary, and the target catches a cache that makes
+/// callers wait for a slow login there: renewing only at expiry (1 ms lead and margin) with a
+/// 2 s login makes every caller at each boundary wait the whole login.
+#[tokio::test(start_paused = true)]
+async fn harness_catches_callers_waiting_for_a_login_at_expiry() {
+    let mut setup = Setup::new(Issuing::Fresh, 60 * SECOND);
+    setup.login_latency = 2 * SECOND;
+    let traffic = busy_traffic(200 * SECOND, SECOND);
+    let (report, _) = run_with(
+        "harness wait-at-expiry",
+        setup.clone(),
+        traffic,
+        |builder| builder.refresh_before(MS).expiry_margin(MS),
+    )
+    .await;
+    let wait = report.longest_wait_at_expiry();
+    assert!(wait >= 2 * SECOND, "callers at expiry waited only {wait:?}");
+    let mut checks = Checks::new(&report);
+    checks.boundary_wait_at_most(SECOND + setup.api_round_trip());
+    assert_eq!(checks.missed().len(), 1, "the target must catch the wait");
 }

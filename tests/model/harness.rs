@@ -593,6 +593,18 @@ impl Report {
             .unwrap_or_default()
     }
 
+    /// When the login attempts that started in `[from, until)` started, in seconds since the
+    /// start of the run.
+    pub fn attempt_times(&self, from: Instant, until: Instant) -> String {
+        let times: Vec<String> = self
+            .attempts
+            .iter()
+            .filter(|a| (from..until).contains(&a.started))
+            .map(|a| format!("{:.2}", (a.started - self.start).as_secs_f64()))
+            .collect();
+        format!("[{}]", times.join(" "))
+    }
+
     /// Whether any call succeeded after `at`.
     pub fn served_after(&self, at: Instant) -> bool {
         self.calls
@@ -731,6 +743,11 @@ impl<'a> Checks<'a> {
             );
         }
         self
+    }
+
+    /// The targets missed so far.
+    pub fn missed(&self) -> &[String] {
+        &self.missed
     }
 
     /// Panics naming every missed target.
