@@ -28,7 +28,7 @@ use http::StatusCode;
 use jiff::SignedDuration;
 use jiff::tz::Offset;
 use tokio::time::{Instant, sleep};
-use tower::ServiceBuilder;
+use tower::{Layer, ServiceBuilder};
 use tower_authtoken::{BearerAuthLayer, TokenCache, TokenCacheBuilder};
 
 use harness::{Checks, LoginLog, Oracle, Probe, Recorded, Report, Traffic, Verdict, drive};
@@ -67,21 +67,24 @@ fn busy_traffic(duration: Duration, think_max: Duration) -> Traffic {
     }
 }
 
-/// The longest a caller may wait at an expiry boundary: one login, 1 s, and its own request.
+/// The longest a caller may wait at an expiry boundary: one login, 1 s, and its own request,
+/// plus 10 ms for the timer wheel, which rounds every sleep up to the next millisecond.
 fn boundary_bound(setup: &Setup) -> Duration {
-    setup.login_latency + SECOND + setup.api_round_trip()
+    setup.login_latency + SECOND + setup.api_round_trip() + 10 * MS
 }
 
 /// Runs `traffic` through `BearerAuthLayer` (default cache) over the world's API.
 async fn run(name: &str, setup: Setup, traffic: Traffic) -> (Report, Arc<World>) {
-    run_with(name, setup, traffic, |builder| builder).await
+    run_with(name, setup, traffic, false, |builder| builder).await
 }
 
-/// Like [`run`], with the cache's settings changed by `configure`.
+/// Like [`run`], with the cache's settings changed by `configure`, and with
+/// `retry_on_unauthorized` if `replay`.
 async fn run_with(
     name: &str,
     setup: Setup,
     traffic: Traffic,
+    replay: bool,
     configure: impl FnOnce(TokenCacheBuilder) -> TokenCacheBuilder,
 ) -> (Report, Arc<World>) {
     fastrand::seed(setup.seed);
@@ -93,12 +96,16 @@ async fn run_with(
         .build()
         .expect("the cache's settings are valid");
     let probe = Probe::new(Arc::clone(&world) as Arc<dyn Oracle>);
-    let client = ServiceBuilder::new()
-        .layer(BearerAuthLayer::new(cache))
+    let api = ServiceBuilder::new()
         .layer(probe.clone())
         .service(ModelApi(Arc::clone(&world)));
+    let layer = BearerAuthLayer::new(cache);
     let start = Instant::now();
-    let calls = drive(client, traffic).await;
+    let calls = if replay {
+        drive(layer.retry_on_unauthorized().layer(api), traffic).await
+    } else {
+        drive(layer.layer(api), traffic).await
+    };
     (
         Report::new(name, start, lifetime, calls, &probe, &log),
         world,
@@ -218,6 +225,66 @@ async fn api_that_rejects_every_token_gets_a_handful_of_logins_per_minute() {
             from_api == to_callers && from_api == report.calls.len(),
             format!(
                 "every 401 reaches its caller unchanged: {from_api} from the API, {to_callers} to callers, {} calls",
+                report.calls.len()
+            ),
+        )
+        .within_budget(BUDGET_BURST, BUDGET_INTERVAL);
+    checks.finish();
+}
+
+/// 6, with `retry_on_unauthorized`: the request rejected by a spurious 401 is replayed with the
+/// token the re-login returned (the same one), so no 401 reaches any caller.
+#[tokio::test(start_paused = true)]
+async fn spurious_401s_are_replayed_and_never_reach_callers_with_retry_on_unauthorized() {
+    let mut setup = Setup::new(Issuing::OneLive, LONG);
+    setup.spurious = 3;
+    let (report, world) = run_with(
+        "6 spurious-401 replay",
+        setup.clone(),
+        long_traffic(),
+        true,
+        |builder| builder,
+    )
+    .await;
+    let spurious = world.counts().spurious_401s as usize;
+    let to_callers = report.caller_statuses(StatusCode::UNAUTHORIZED);
+    let mut checks = check_served(&report, &setup, 1 + spurious);
+    checks
+        .target(
+            spurious == 3,
+            format!("3 spurious 401s took place: {spurious}"),
+        )
+        .target(
+            to_callers == 0,
+            format!("no 401 reaches a caller: {to_callers}"),
+        );
+    checks.finish();
+}
+
+/// 7, with `retry_on_unauthorized`: each request is sent twice, and still at most a handful of
+/// logins in any minute; the replay's 401 reaches the caller, never an error.
+#[tokio::test(start_paused = true)]
+async fn api_that_rejects_every_token_gets_a_handful_of_logins_per_minute_with_replays() {
+    let mut setup = Setup::new(Issuing::Fresh, LONG);
+    setup.rejects_all = true;
+    let traffic = busy_traffic(300 * SECOND, 2 * SECOND);
+    let (report, _) = run_with("7 rejects-all replay", setup, traffic, true, |builder| {
+        builder
+    })
+    .await;
+    let mut checks = Checks::new(&report);
+    let per_minute = report.max_attempts(60 * SECOND);
+    let to_callers = report.caller_statuses(StatusCode::UNAUTHORIZED);
+    checks
+        .no_caller_errors()
+        .target(
+            per_minute <= 8,
+            format!("at most 8 login attempts in any minute: {per_minute}"),
+        )
+        .target(
+            to_callers == report.calls.len(),
+            format!(
+                "every caller gets the API's 401: {to_callers} of {} calls",
                 report.calls.len()
             ),
         )
@@ -497,6 +564,7 @@ async fn harness_catches_callers_waiting_for_a_login_at_expiry() {
         "harness wait-at-expiry",
         setup.clone(),
         traffic,
+        false,
         |builder| builder.refresh_before(MS).expiry_margin(MS),
     )
     .await;
