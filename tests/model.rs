@@ -18,6 +18,8 @@
 
 #[path = "model/harness.rs"]
 mod harness;
+#[path = "model/ideal.rs"]
+mod ideal;
 #[path = "model/world.rs"]
 mod world;
 
@@ -32,6 +34,7 @@ use tower::{Layer, ServiceBuilder};
 use tower_authtoken::{BearerAuthLayer, TokenCache, TokenCacheBuilder};
 
 use harness::{Checks, LoginLog, Oracle, Probe, Recorded, Report, Traffic, Verdict, drive};
+use ideal::Ideal;
 use world::{Issuing, ModelApi, ModelLogin, Outage, OutageKind, ServerClock, Setup, World};
 
 const MS: Duration = Duration::from_millis(1);
@@ -44,14 +47,14 @@ const LONG: Duration = Duration::from_secs(600);
 const BUDGET_BURST: usize = 5;
 const BUDGET_INTERVAL: Duration = Duration::from_millis(250);
 
-/// The run of a long-lived token: 20 callers for 3¼ lifetimes, thinking up to 10 s (about 4
+/// The run of a long-lived token: 20 callers for 3¼ lifetimes, thinking up to 15 s (about 2.7
 /// requests per second, so that every expiry boundary sees a few).
 fn long_traffic() -> Traffic {
     Traffic {
         callers: 20,
         duration: LONG * 13 / 4,
         think_min: Duration::ZERO,
-        think_max: 10 * SECOND,
+        think_max: 15 * SECOND,
         seed: 9,
     }
 }
@@ -573,4 +576,38 @@ async fn harness_catches_callers_waiting_for_a_login_at_expiry() {
     let mut checks = Checks::new(&report);
     checks.boundary_wait_at_most(SECOND + setup.api_round_trip());
     assert_eq!(checks.missed().len(), 1, "the target must catch the wait");
+}
+
+/// The targets are reachable: a minimal client that keeps the contract of issue 9
+/// ([`ideal::Ideal`]) meets every one of them against the servers the cache fails today (2, 3, 4
+/// and 6), so a missed target is the cache's, not the harness's.
+#[tokio::test(start_paused = true)]
+async fn harness_targets_are_met_by_a_client_that_keeps_the_contract() {
+    let mut missed = Vec::new();
+    for (name, issuing, spurious) in [
+        ("2 one-live", Issuing::OneLive, 0),
+        ("3 bound-to-session", Issuing::BoundToSession, 0),
+        ("4 sliding", Issuing::Sliding, 0),
+        ("6 spurious-401", Issuing::OneLive, 3),
+    ] {
+        let mut setup = Setup::new(issuing, LONG);
+        setup.spurious = spurious;
+        fastrand::seed(setup.seed);
+        let world = setup.clone().start();
+        let log = LoginLog::new();
+        let probe = Probe::new(Arc::clone(&world) as Arc<dyn Oracle>);
+        let api = ServiceBuilder::new()
+            .layer(probe.clone())
+            .service(ModelApi(Arc::clone(&world)));
+        let client = Ideal::new(api, Recorded::new(ModelLogin(Arc::clone(&world)), &log));
+        let start = Instant::now();
+        let calls = drive(client, long_traffic()).await;
+        let name = format!("ideal {name}");
+        let report = Report::new(&name, start, LONG, calls, &probe, &log);
+        let learned = usize::from(issuing != Issuing::Sliding);
+        let events = world.counts().spurious_401s as usize;
+        let checks = check_served(&report, &setup, learned + events);
+        missed.extend(checks.missed().iter().map(|m| format!("{name}: {m}")));
+    }
+    assert!(missed.is_empty(), "{missed:#?}");
 }

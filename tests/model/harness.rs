@@ -279,7 +279,8 @@ pub struct Probed<S> {
     probe: Probe,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+/// A boxed, sendable future.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl<S, B, RB> Service<Request<B>> for Probed<S>
 where
