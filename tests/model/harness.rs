@@ -8,9 +8,30 @@
 //! - an [`Oracle`]: "would the server accept this token now?" (a `Fn(&str) -> bool` will do);
 //! - a [`LoginLog`], filled by wrapping the token source in [`Recorded`].
 //!
-//! Plugging in the real `ReferenceServer` therefore takes: `Recorded::new(AuthTokenSource::new(..),
-//! &log)` as the cache's source, `Probe::new(oracle)` over the hyper client, and an oracle that
-//! asks the server's state.
+//! Plugging in the real `ReferenceServer` takes about twenty lines, once the server can say
+//! whether it would accept a token (`accepts` below is that missing method):
+//!
+//! ```text
+//! let log = LoginLog::new();
+//! let source = AuthTokenSource::new(&server.base_url(), server.credentials())?;
+//! let cache = TokenCache::new(Recorded::new(source, &log));
+//! let oracle = { let server = server.clone(); move |token: &str| server.accepts(token) };
+//! let probe = Probe::new(Arc::new(oracle));
+//! let transport = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+//!     .build_http::<Empty<Bytes>>();
+//! let client = ServiceBuilder::new()
+//!     .layer(BearerAuthLayer::new(cache))
+//!     .layer(probe.clone())
+//!     .service(transport);
+//! let url = server.protected_url();
+//! let start = Instant::now();
+//! let calls = drive_with(client, traffic, move || {
+//!     Request::get(&url).body(Empty::new()).unwrap()
+//! })
+//! .await;
+//! let report = Report::new("real server", start, lifetime, calls, &probe, &log);
+//! Checks::new(&report).no_caller_errors().no_unexcused_rejections().finish();
+//! ```
 //!
 //! [`drive`] runs `callers` tasks that each think for a random (seeded) time, send one request,
 //! and again, until the run's end. [`Report`] turns what was recorded into the figures of issue 9:
@@ -358,7 +379,8 @@ impl Call {
     }
 }
 
-/// Runs the traffic through `client` and returns every call, in the order they started.
+/// Runs the traffic through `client`, each request an empty `Request<()>`, and returns every
+/// call in the order they started.
 pub async fn drive<C, B>(client: C, traffic: Traffic) -> Vec<Call>
 where
     C: Service<Request<()>, Response = Response<B>> + Clone + Send + 'static,
@@ -366,6 +388,24 @@ where
     C::Future: Send,
     B: Send + 'static,
 {
+    drive_with(client, traffic, || Request::new(())).await
+}
+
+/// Like [`drive`], with each request made by `request`: for a real transport, a request to the
+/// protected URL with the transport's body type.
+pub async fn drive_with<C, Q, B>(
+    client: C,
+    traffic: Traffic,
+    request: impl Fn() -> Request<Q> + Send + Sync + 'static,
+) -> Vec<Call>
+where
+    C: Service<Request<Q>, Response = Response<B>> + Clone + Send + 'static,
+    C::Error: Into<BoxError>,
+    C::Future: Send,
+    Q: Send + 'static,
+    B: Send + 'static,
+{
+    let request = Arc::new(request);
     let mut rng = fastrand::Rng::with_seed(traffic.seed);
     let end = Instant::now() + traffic.duration;
     let think = traffic.think_min.as_micros() as u64..=traffic.think_max.as_micros() as u64;
@@ -374,6 +414,7 @@ where
         let mut rng = rng.fork();
         let client = client.clone();
         let think = think.clone();
+        let request = Arc::clone(&request);
         tasks.push(tokio::spawn(async move {
             let mut calls = Vec::new();
             loop {
@@ -382,7 +423,7 @@ where
                     return calls;
                 }
                 let started = Instant::now();
-                let result = client.clone().oneshot(Request::new(())).await;
+                let result = client.clone().oneshot(request()).await;
                 let outcome = match result {
                     Ok(response) => Outcome::Status(response.status()),
                     Err(error) => {
