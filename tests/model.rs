@@ -13,6 +13,23 @@
 //! takes 25 ms each way and is judged when it arrives. Waits are measured from the call to the
 //! response, so the bound at an expiry boundary is one login latency + 1 s + one API round trip.
 //!
+//! How the targets are counted:
+//!
+//! - **Logins per lifetime**: at most one per lifetime the run spans (3 in a run of 3¼), plus the
+//!   cold login, plus one per event (revocation, spurious 401), plus one for a server that
+//!   answers an early renewal with a token that expires no later (2, 3, 6): that renewal is how
+//!   the cache finds out. Tokens under 2 min are renewed at half life by the documented schedule,
+//!   so for 1 s and 2 s tokens the bound is two per lifetime.
+//! - **Rejected sends**: judged by the model when the request is sent, and again when a `401`
+//!   comes back. Excused: a revoked token sent before any `401` for it came back, or a token still
+//!   valid when sent (in flight at a revocation, or a spurious 401). Unexcused: everything else,
+//!   including a token that expired on its way.
+//! - **Wait at an expiry boundary**: the longest call that ran within 1 s of a token's expiry
+//!   (as the client read it).
+//! - **Outages** (9): a hung login stays hung until the endpoint recovers, and is then reset (a
+//!   transport error); with a login that never answers, the fetch timeout (30 s) would bound the
+//!   recovery instead.
+//!
 //! Runs are deterministic: the world, the callers and the cache's jitter (`fastrand::seed`) are
 //! seeded, and everything runs on the test's current-thread runtime.
 
