@@ -58,8 +58,10 @@
 //! # }
 //! ```
 
+mod clock;
 mod handler;
 mod server;
+mod tokens;
 
 use std::time::Duration;
 
@@ -131,13 +133,112 @@ pub enum Failure {
 
 /// A snapshot of the reference server's counters, from [`ReferenceServer::stats`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ServerStats {
-    /// Successful logins: tokens issued.
+    /// Successful logins: `200` token responses. With [`TokenPolicy::OneLivePerUser`] or
+    /// [`TokenPolicy::Sliding`] several of them may carry the same token.
     pub logins: u64,
     /// Every `POST` to the login endpoint, whatever its outcome.
     pub login_attempts: u64,
+    /// Login attempts answered by a [login outage](ReferenceServer::start_login_outage).
+    pub outage_answers: u64,
     /// Requests to the protected endpoint accepted with `200`.
     pub accepted: u64,
-    /// Requests to the protected endpoint refused with `401`.
+    /// Requests to the protected endpoint refused with `401`, for any reason: the sum of
+    /// [`rejected`](Self::rejected)'s counters.
     pub rejections: u64,
+    /// The refusals of the protected endpoint, by reason.
+    pub rejected: RejectionCounts,
+}
+
+/// How the protected endpoint's `401`s split by reason; in [`ServerStats::rejected`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RejectionCounts {
+    /// No bearer token, or one this server never issued ([`Rejection::Unknown`]).
+    pub unknown: u64,
+    /// An expired token ([`Rejection::Expired`]).
+    pub expired: u64,
+    /// A revoked token ([`Rejection::Revoked`]).
+    pub revoked: u64,
+    /// A valid token refused because the server rejects every token
+    /// ([`Rejection::RejectAll`]).
+    pub reject_all: u64,
+    /// A valid token refused once, spuriously ([`Rejection::Spurious`]).
+    pub spurious: u64,
+}
+
+/// Why the protected endpoint refuses a token; from [`ReferenceServer::verdict`].
+///
+/// When several reasons hold, the first in this order wins: `Unknown`, `Revoked`, `Expired`,
+/// `RejectAll`, `Spurious`. So `RejectAll` and `Spurious` are only ever given for a token the
+/// server would otherwise accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// No bearer token, or one this server never issued.
+    Unknown,
+    /// The token was revoked.
+    Revoked,
+    /// The token's lifetime has ended (on Tokio's clock).
+    Expired,
+    /// The server refuses every token
+    /// ([`set_reject_all_tokens`](ReferenceServer::set_reject_all_tokens)).
+    RejectAll,
+    /// A one-off refusal of a valid token: one of the [next requests to be
+    /// refused](ReferenceServer::reject_next_requests), or the token's [k-th
+    /// request](ReferenceServer::set_spurious_rejection_at). The same token is accepted again
+    /// afterwards.
+    Spurious,
+}
+
+/// What a login returns when the user asks again before the token expires; set with
+/// [`ReferenceServerBuilder::token_policy`].
+///
+/// The default is [`Fresh`](TokenPolicy::Fresh). In every policy a token is valid from its
+/// login until its expiry on Tokio's clock unless revoked, and `expiresIn` is exactly the time
+/// the server will still accept the token. A revoked token is never handed out again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum TokenPolicy {
+    /// Every login gets a new token with the full lifetime, whatever the user holds already.
+    #[default]
+    Fresh,
+    /// One live token per user: a login while the user's latest token is still valid (not
+    /// expired, not revoked) returns that same token, with `expiresIn` what is left of its life
+    /// and `issued`/`expires` unchanged. Once it has expired (or was revoked), the next login
+    /// gets a new token with the full lifetime.
+    OneLivePerUser,
+    /// Sessions: every login gets a new token value, but while the user's session lasts, the
+    /// token expires with the session: `expires` is the session's first token's, `expiresIn` what
+    /// is left of the session. `issued` is the time of the login. A login after the session has
+    /// expired starts a new one with the full lifetime. Revoking a token does not end its
+    /// session.
+    SessionBound,
+    /// Sliding expiry: a login while the user's latest token is valid returns that same token,
+    /// its expiry pushed to the full lifetime from now (`expiresIn` the full lifetime, `issued`
+    /// now, `expires` moved). An expired or revoked token is replaced by a new one. With
+    /// [`jwt_tokens`](ReferenceServerBuilder::jwt_tokens), the token's claims keep its first
+    /// expiry.
+    Sliding,
+}
+
+/// How the login endpoint fails during a login outage; see
+/// [`ReferenceServer::start_login_outage`].
+///
+/// An outage concerns the login endpoint only: the protected endpoint keeps answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Outage {
+    /// Answer every login at once with this status (such as `503`) and a JSON
+    /// `{"message": ...}` body carrying the reason phrase, without `Retry-After`.
+    Status(u16),
+    /// Hold every login without answering until the outage ends, then close its connection
+    /// without answering (as a proxy in front of a dead backend does). A client's own timeout
+    /// usually fires first.
+    Hang,
+    /// Close the connection at once without answering, as a crashing or restarting server
+    /// does. (A real `connection refused` would need the port closed, and another process could
+    /// take it meanwhile.)
+    CloseConnection,
 }
