@@ -18,11 +18,47 @@
 //! logins fail at random with a jittered delay (seeded, for reproducible runs), revoke tokens,
 //! and count what happened ([`ServerStats`]).
 //!
-//! Time runs on [`tokio::time`]: token expiry and delays follow Tokio's clock, so tests that
-//! pause it (`#[tokio::test(start_paused = true)]`) control them. The wall-clock `issued` and
-//! `expires` fields come from [`SystemTime::now`](std::time::SystemTime::now), with `expires`
-//! exactly `issued` plus the lifetime. The default user is `alice` with the password
-//! `wonderland`; the default token lifetime is one hour.
+//! # A zoo of server behaviours
+//!
+//! Login servers in the wild do not all behave like the default one. Each behaviour below is a
+//! builder setter (and a runtime setter on [`ReferenceServer`]), so the same client can be
+//! tested against all of them:
+//!
+//! | Behaviour | How |
+//! |---|---|
+//! | A new full-length token on every login (the default) | [`TokenPolicy::Fresh`] |
+//! | One live token per user: the same token with what is left of its life | [`TokenPolicy::OneLivePerUser`] |
+//! | A new token on every login, expiring with the session | [`TokenPolicy::SessionBound`] |
+//! | Sliding expiry: the same token, its expiry pushed forward | [`TokenPolicy::Sliding`] |
+//! | Revocation now, at a chosen instant, or at seeded random instants | [`revoke`], [`revoke_user`], [`revoke_all`], [`schedule_revocation`], [`random_revocations`] |
+//! | A `401` for a token that is still good, once | [`reject_next_requests`], [`spurious_rejection_at`] |
+//! | An API that refuses every token while the login works | [`reject_all_tokens`] |
+//! | Very short lifetimes (`"expiresIn":"0.01"`) | [`token_lifetime`] |
+//! | A login outage (an error status, a hang, or closed connections) for a while | [`start_login_outage`], [`schedule_login_outage`] |
+//! | A server clock ahead of or behind ours | [`clock_ahead`], [`clock_behind`] |
+//! | `issued` and `expires` written at another UTC offset | [`timestamp_offset_minutes`] |
+//!
+//! For model-based tests the server answers questions without a request:
+//! [`accepts`](ReferenceServer::accepts) (would the protected endpoint take this token now,
+//! one-off spurious refusals aside), [`verdict`](ReferenceServer::verdict) (what exactly it
+//! would answer), [`token_expires_at`](ReferenceServer::token_expires_at),
+//! [`revocations`](ReferenceServer::revocations) and
+//! [`login_outage_ends`](ReferenceServer::login_outage_ends). It counts logins per user
+//! ([`logins_of`](ReferenceServer::logins_of)), when each login attempt arrived
+//! ([`login_attempt_instants`](ReferenceServer::login_attempt_instants),
+//! [`max_login_attempts_within`](ReferenceServer::max_login_attempts_within)), and refusals by
+//! reason ([`ServerStats::rejected`]).
+//!
+//! # Time
+//!
+//! Time runs on [`tokio::time`]: token expiry, delays, outages and scheduled revocations follow
+//! Tokio's clock, so tests that pause it (`#[tokio::test(start_paused = true)]`) control them.
+//! The server's wall clock, which writes `issued`, `expires` and the `Date` header of every
+//! response, starts at [`SystemTime::now`](std::time::SystemTime::now) when the server starts
+//! and then runs on Tokio's clock too (plus any [offset](ReferenceServerBuilder::clock_ahead)),
+//! so it stays consistent with the instants at which tokens expire. `expires` is `issued` plus
+//! the time the token has left, rounded up to the format's precision. The default user is
+//! `alice` with the password `wonderland`; the default token lifetime is one hour.
 //!
 //! With the paused clock, Tokio jumps to the next timer whenever every task is idle. Loopback
 //! I/O is ready at once, so a login to [`base_url`](ReferenceServer::base_url) (an IP address)
@@ -57,6 +93,54 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! A server that hands out one live token per user, and whose login endpoint goes down for
+//! five seconds:
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_authtoken::testing::{Outage, ReferenceServer, TokenPolicy};
+//! use tower_authtoken::{AuthTokenSource, TokenSource};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), tower_authtoken::Error> {
+//! let server = ReferenceServer::builder()
+//!     .token_policy(TokenPolicy::OneLivePerUser)
+//!     .token_lifetime(Duration::from_secs(600))
+//!     .start()
+//!     .await;
+//! let source = AuthTokenSource::new(&server.base_url(), server.credentials())?;
+//! let first = source.fetch().await?;
+//!
+//! tokio::time::advance(Duration::from_secs(100)).await;
+//! let again = source.fetch().await?;
+//! assert_eq!(again.expose_secret(), first.expose_secret());
+//! assert_eq!(again.lifetime(), Duration::from_secs(500));
+//! assert!(server.accepts(first.expose_secret()));
+//!
+//! let outage = server.start_login_outage(Outage::Status(503), Duration::from_secs(5));
+//! assert!(source.fetch().await.is_err());
+//! tokio::time::sleep_until(outage.end).await;
+//! assert!(source.fetch().await.is_ok());
+//! assert_eq!(server.login_outage_ends(), None);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`revoke`]: ReferenceServer::revoke
+//! [`revoke_user`]: ReferenceServer::revoke_user
+//! [`revoke_all`]: ReferenceServer::revoke_all
+//! [`schedule_revocation`]: ReferenceServer::schedule_revocation
+//! [`random_revocations`]: ReferenceServerBuilder::random_revocations
+//! [`reject_next_requests`]: ReferenceServer::reject_next_requests
+//! [`spurious_rejection_at`]: ReferenceServerBuilder::spurious_rejection_at
+//! [`reject_all_tokens`]: ReferenceServerBuilder::reject_all_tokens
+//! [`token_lifetime`]: ReferenceServerBuilder::token_lifetime
+//! [`start_login_outage`]: ReferenceServer::start_login_outage
+//! [`schedule_login_outage`]: ReferenceServer::schedule_login_outage
+//! [`clock_ahead`]: ReferenceServerBuilder::clock_ahead
+//! [`clock_behind`]: ReferenceServerBuilder::clock_behind
+//! [`timestamp_offset_minutes`]: ReferenceServerBuilder::timestamp_offset_minutes
 
 mod clock;
 mod handler;
