@@ -13,7 +13,9 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, advance};
-use tower_authtoken::testing::{Outage, ReferenceServer, Rejection, TimestampFormat, TokenPolicy};
+use tower_authtoken::testing::{
+    Outage, ReferenceServer, Rejection, TimestampFormat, TokenFields, TokenPolicy,
+};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -602,6 +604,46 @@ async fn timestamps_in_another_zone_name_the_same_instant() {
         local.date().duration_since(as_utc),
         SignedDuration::from_hours(8)
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn token_responses_can_carry_expires_alone_or_the_oauth2_names() {
+    let server = ReferenceServer::builder()
+        .token_fields(TokenFields::ExpiresOnly)
+        .token_lifetime(secs(30))
+        .start()
+        .await;
+    let reply = login(&server).await;
+    let json = reply.json();
+    let mut keys: Vec<&str> = json
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["expires", "token", "type"]);
+    // Measured against the server's own Date, `expires` says 30 s.
+    assert_eq!(
+        timestamp(&reply.field("expires")).duration_since(reply.date()),
+        SignedDuration::from_secs(30)
+    );
+    assert!(server.accepts(&reply.token()));
+
+    server.set_token_fields(TokenFields::OAuth2);
+    server.set_token_lifetime(ms(1500));
+    let json = login(&server).await.json();
+    let mut keys: Vec<&str> = json
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["access_token", "expires_in", "token_type"]);
+    assert_eq!(json["expires_in"], 1.5);
+    assert_eq!(json["token_type"], "Bearer");
+    assert!(server.accepts(json["access_token"].as_str().unwrap()));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -16,13 +16,12 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use serde::Serialize;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::clock::{self, WallClock};
 use super::tokens::Tokens;
-use super::{Failure, Outage, Rejection, ServerStats, TimestampFormat};
+use super::{Failure, Outage, Rejection, ServerStats, TimestampFormat, TokenFields};
 
 /// The largest request body the server reads.
 const MAX_REQUEST_BODY: usize = 1024 * 1024;
@@ -63,6 +62,7 @@ pub(super) struct State {
     pub(super) logins_in_flight: u64,
     pub(super) max_logins_in_flight: u64,
     pub(super) timestamp_format: TimestampFormat,
+    pub(super) token_fields: TokenFields,
     /// The offset from UTC that `issued` and `expires` are written at.
     pub(super) timestamp_offset: jiff::tz::Offset,
     pub(super) numeric_fields: bool,
@@ -158,6 +158,7 @@ impl fmt::Debug for State {
             .field("login_delay_jitter", &self.login_delay_jitter)
             .field("login_failure_rate", &self.login_failure_rate)
             .field("timestamp_format", &self.timestamp_format)
+            .field("token_fields", &self.token_fields)
             .field("timestamp_offset", &self.timestamp_offset)
             .field("clock_offset", &self.clock.offset)
             .field("numeric_fields", &self.numeric_fields)
@@ -466,18 +467,6 @@ fn answer_login(shared: &Shared, body: &[u8]) -> Response<ResponseBody> {
     )
 }
 
-/// The token response as the API writes it.
-#[derive(Serialize)]
-struct TokenResponse {
-    #[serde(rename = "type")]
-    token_type: &'static str,
-    token: String,
-    #[serde(rename = "expiresIn")]
-    expires_in: serde_json::Value,
-    issued: serde_json::Value,
-    expires: serde_json::Value,
-}
-
 /// Grants `user_name` a token under the server's policy, and returns the response body.
 fn issue_token(state: &mut State, user_name: &str) -> Vec<u8> {
     let now = Instant::now();
@@ -504,12 +493,25 @@ fn issue_token(state: &mut State, user_name: &str) -> Vec<u8> {
         },
     );
     let offset = state.timestamp_offset;
-    let body = TokenResponse {
-        token_type: "Bearer",
-        token: grant.token,
-        expires_in: expires_in(grant.expires_in, numeric),
-        issued: clock::format_timestamp(grant.issued, format, offset, numeric),
-        expires: clock::format_timestamp(grant.expires, format, offset, numeric),
+    let timestamp = |t| clock::format_timestamp(t, format, offset, numeric);
+    let body = match state.token_fields {
+        TokenFields::Documented => serde_json::json!({
+            "type": "Bearer",
+            "token": grant.token,
+            "expiresIn": expires_in(grant.expires_in, numeric),
+            "issued": timestamp(grant.issued),
+            "expires": timestamp(grant.expires),
+        }),
+        TokenFields::ExpiresOnly => serde_json::json!({
+            "type": "Bearer",
+            "token": grant.token,
+            "expires": timestamp(grant.expires),
+        }),
+        TokenFields::OAuth2 => serde_json::json!({
+            "access_token": grant.token,
+            "token_type": "Bearer",
+            "expires_in": expires_in(grant.expires_in, true),
+        }),
     };
     state.stats.logins += 1;
     serde_json::to_vec(&body).expect("a token response always serializes")

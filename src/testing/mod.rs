@@ -175,6 +175,24 @@ pub enum TimestampFormat {
     EpochMillis,
 }
 
+/// Which fields a token response carries; set with [`ReferenceServerBuilder::token_fields`].
+///
+/// The default is [`Documented`](TokenFields::Documented).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum TokenFields {
+    /// The documented fields: `{"type","token","expiresIn","issued","expires"}`.
+    #[default]
+    Documented,
+    /// The expiry only as a point in time: `{"type","token","expires"}`. A client can measure
+    /// it only against the response's `Date` header (the server's clock), which has whole
+    /// seconds: `expires - Date` may exceed the time left by up to a second.
+    ExpiresOnly,
+    /// The OAuth2 spelling (RFC 6749): `{"access_token","token_type","expires_in"}`, with
+    /// `expires_in` always a JSON number (`3600`, `0.5`).
+    OAuth2,
+}
+
 /// A failure the reference server answers the next login with, queued by
 /// [`ReferenceServer::push_failure`].
 ///

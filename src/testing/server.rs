@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use super::clock::{self, WallClock};
 use super::handler::{self, OutageWindow, Shared, State, User};
 use super::tokens::{RandomRevocations, Tokens, later};
-use super::{Failure, Outage, Rejection, ServerStats, TimestampFormat, TokenPolicy};
+use super::{Failure, Outage, Rejection, ServerStats, TimestampFormat, TokenFields, TokenPolicy};
 use crate::Credentials;
 
 const DEFAULT_USER: &str = "alice";
@@ -49,6 +49,7 @@ impl ReferenceServer {
             login_failure_rate: 0.0,
             seed: None,
             timestamp_format: TimestampFormat::default(),
+            token_fields: TokenFields::default(),
             timestamp_offset_minutes: 0,
             clock_offset: jiff::SignedDuration::ZERO,
             numeric_fields: false,
@@ -176,6 +177,12 @@ impl ReferenceServer {
     /// [`TimestampFormat::Rfc3339`].
     pub fn set_timestamp_format(&self, format: TimestampFormat) {
         self.shared.lock().timestamp_format = format;
+    }
+
+    /// Which fields token responses carry from now on; see [`TokenFields`]. Default:
+    /// [`TokenFields::Documented`].
+    pub fn set_token_fields(&self, fields: TokenFields) {
+        self.shared.lock().token_fields = fields;
     }
 
     /// Writes `issued` and `expires` at this offset from UTC from now on, in minutes east of
@@ -549,6 +556,7 @@ pub struct ReferenceServerBuilder {
     login_failure_rate: f64,
     seed: Option<u64>,
     timestamp_format: TimestampFormat,
+    token_fields: TokenFields,
     timestamp_offset_minutes: i32,
     clock_offset: jiff::SignedDuration,
     numeric_fields: bool,
@@ -621,6 +629,13 @@ impl ReferenceServerBuilder {
     /// The format of `issued` and `expires`. Default: [`TimestampFormat::Rfc3339`].
     pub fn timestamp_format(mut self, format: TimestampFormat) -> Self {
         self.timestamp_format = format;
+        self
+    }
+
+    /// Which fields token responses carry: the documented ones, `expires` alone, or the OAuth2
+    /// names. See [`TokenFields`]. Default: [`TokenFields::Documented`].
+    pub fn token_fields(mut self, fields: TokenFields) -> Self {
+        self.token_fields = fields;
         self
     }
 
@@ -772,6 +787,7 @@ impl ReferenceServerBuilder {
             max_logins_in_flight: 0,
             revocation_seed: self.seed,
             timestamp_format: self.timestamp_format,
+            token_fields: self.token_fields,
             timestamp_offset: clock::utc_offset(self.timestamp_offset_minutes),
             numeric_fields: self.numeric_fields,
             jwt_tokens: self.jwt_tokens,
@@ -806,6 +822,7 @@ impl fmt::Debug for ReferenceServerBuilder {
             .field("login_failure_rate", &self.login_failure_rate)
             .field("seed", &self.seed)
             .field("timestamp_format", &self.timestamp_format)
+            .field("token_fields", &self.token_fields)
             .field("timestamp_offset_minutes", &self.timestamp_offset_minutes)
             .field("clock_offset", &self.clock_offset)
             .field("numeric_fields", &self.numeric_fields)
