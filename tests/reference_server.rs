@@ -676,6 +676,7 @@ async fn login_attempts_are_timed_and_counted_per_user() {
     // Within any second: five of alice's and three of bob's.
     assert_eq!(server.max_login_attempts_within(secs(1)), 8);
     assert_eq!(server.max_login_attempts_within(ms(1)), 2);
+    assert_eq!(server.max_login_attempts_within(Duration::ZERO), 0);
 }
 
 #[tokio::test(start_paused = true)]

@@ -475,8 +475,12 @@ impl ReferenceServer {
     }
 
     /// The most login attempts that arrived within any span of `window` (a sliding window
-    /// `[t, t + window)`): with one second, the peak login rate per second.
+    /// `[t, t + window)`): with one second, the peak login rate per second. `0` for an empty
+    /// window.
     pub fn max_login_attempts_within(&self, window: Duration) -> usize {
+        if window.is_zero() {
+            return 0;
+        }
         let state = self.shared.lock();
         let instants = &state.login_attempt_instants;
         let mut first = 0;
