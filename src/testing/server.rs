@@ -3,6 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,9 +14,12 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-use super::handler::{self, Shared, State, User};
-use super::{Failure, ServerStats, TimestampFormat};
+use super::clock::{self, WallClock};
+use super::handler::{self, OutageWindow, Shared, State, User};
+use super::tokens::{RandomRevocations, Tokens, later};
+use super::{Failure, Outage, Rejection, ServerStats, TimestampFormat, TokenFields, TokenPolicy};
 use crate::Credentials;
 
 const DEFAULT_USER: &str = "alice";
@@ -45,8 +49,15 @@ impl ReferenceServer {
             login_failure_rate: 0.0,
             seed: None,
             timestamp_format: TimestampFormat::default(),
+            token_fields: TokenFields::default(),
+            timestamp_offset_minutes: 0,
+            clock_offset: jiff::SignedDuration::ZERO,
             numeric_fields: false,
             jwt_tokens: false,
+            token_policy: TokenPolicy::default(),
+            reject_all_tokens: false,
+            spurious_rejection_at: None,
+            random_revocations: None,
         }
     }
 
@@ -133,8 +144,9 @@ impl ReferenceServer {
 
     /// The lifetime of tokens issued from now on (`expiresIn`). Default: one hour.
     ///
-    /// `expiresIn` is written in whole seconds; the server itself expires the token after
-    /// exactly this duration on Tokio's clock.
+    /// `expiresIn` is written in seconds, with a decimal fraction when the lifetime has one
+    /// (`"0.01"`, `"1.5"`); the server itself expires the token after exactly this duration on
+    /// Tokio's clock. Tokens already granted keep their expiry.
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         self.shared.lock().token_lifetime = lifetime;
     }
@@ -161,9 +173,167 @@ impl ReferenceServer {
         self.shared.lock().login_failure_rate = checked_rate(rate);
     }
 
-    /// The format of `issued` and `expires` in token responses from now on.
+    /// The format of `issued` and `expires` in token responses from now on. Default:
+    /// [`TimestampFormat::Rfc3339`].
     pub fn set_timestamp_format(&self, format: TimestampFormat) {
         self.shared.lock().timestamp_format = format;
+    }
+
+    /// Which fields token responses carry from now on; see [`TokenFields`]. Default:
+    /// [`TokenFields::Documented`].
+    pub fn set_token_fields(&self, fields: TokenFields) {
+        self.shared.lock().token_fields = fields;
+    }
+
+    /// Writes `issued` and `expires` at this offset from UTC from now on, in minutes east of
+    /// UTC (`330` for `+05:30`, `-480` for `-08:00`); see
+    /// [`ReferenceServerBuilder::timestamp_offset_minutes`]. Default: `0`, UTC.
+    ///
+    /// # Panics
+    ///
+    /// If the offset is a day or more either way.
+    pub fn set_timestamp_offset_minutes(&self, minutes: i32) {
+        self.shared.lock().timestamp_offset = clock::utc_offset(minutes);
+    }
+
+    /// Sets the server's wall clock this far ahead of ours from now on; see
+    /// [`ReferenceServerBuilder::clock_ahead`]. Default: zero. Replaces any earlier offset;
+    /// tokens already granted keep the `issued` and `expires` they were given.
+    ///
+    /// # Panics
+    ///
+    /// If `by` is more than 100 years.
+    pub fn set_clock_ahead(&self, by: Duration) {
+        self.shared.lock().clock.offset = clock::clock_offset(by, true);
+    }
+
+    /// Sets the server's wall clock this far behind ours from now on; see
+    /// [`ReferenceServerBuilder::clock_behind`]. Default: zero. Replaces any earlier offset.
+    ///
+    /// # Panics
+    ///
+    /// If `by` is more than 100 years.
+    pub fn set_clock_behind(&self, by: Duration) {
+        self.shared.lock().clock.offset = clock::clock_offset(by, false);
+    }
+
+    /// What logins grant from now on; see [`TokenPolicy`]. Default: [`TokenPolicy::Fresh`].
+    ///
+    /// The policies share one record of each user's latest token, so after a switch to
+    /// [`OneLivePerUser`](TokenPolicy::OneLivePerUser) the next login returns the token the user
+    /// got last, if it is still valid.
+    pub fn set_token_policy(&self, policy: TokenPolicy) {
+        self.shared.lock().tokens.policy = policy;
+    }
+
+    /// Makes the protected endpoint refuse every token with `401` (or accept valid ones again),
+    /// while logins keep succeeding: an API that has revoked the account's permission, or
+    /// expects another audience. Default: `false`.
+    pub fn set_reject_all_tokens(&self, reject: bool) {
+        self.shared.lock().tokens.reject_all = reject;
+    }
+
+    /// Refuses the next `n` requests to the protected endpoint that carry a token it would
+    /// otherwise accept ([`Rejection::Spurious`]); the tokens stay valid and are accepted again
+    /// afterwards. Requests it refuses for another reason do not use them up. Replaces any count
+    /// still pending; `0` cancels them. Default: none pending.
+    pub fn reject_next_requests(&self, n: u64) {
+        self.shared.lock().tokens.reject_next = n;
+    }
+
+    /// Refuses each token's `k`-th request (counting from 1 the requests that carried it while
+    /// it was valid) once, spuriously, or stops doing so (`None`); see
+    /// [`ReferenceServerBuilder::spurious_rejection_at`]. Default: `None`.
+    ///
+    /// # Panics
+    ///
+    /// If `k` is `Some(0)`.
+    pub fn set_spurious_rejection_at(&self, k: Option<u64>) {
+        self.shared.lock().tokens.spurious_at = checked_k(k);
+    }
+
+    /// Revokes every live token at random instants, at exponentially distributed intervals of
+    /// this mean (a Poisson process, on Tokio's clock), from now on; `None` stops. The draws come
+    /// from a generator of their own, seeded from the builder's [`seed`] when there is one, so
+    /// the instants do not depend on the logins. [`revocations`](Self::revocations) lists the
+    /// instants that hit a live token. Default: `None`.
+    ///
+    /// # Panics
+    ///
+    /// If the mean is zero.
+    ///
+    /// [`seed`]: ReferenceServerBuilder::seed
+    pub fn set_random_revocations(&self, mean_interval: Option<Duration>) {
+        let now = Instant::now();
+        let mut state = self.shared.lock();
+        state.catch_up(now);
+        let seed = state.revocation_seed;
+        state.tokens.random =
+            mean_interval.map(|mean| RandomRevocations::new(mean, now, revocation_rng(seed)));
+    }
+
+    /// Starts a login outage now, for `duration` on Tokio's clock: every login until then is
+    /// answered as `kind` says, then the endpoint recovers by itself. Returns the outage's
+    /// window, `now..now + duration`: a login at its end is answered normally. Replaces any
+    /// outage going on or scheduled.
+    ///
+    /// Logins answered by an outage count in [`login_attempts`](Self::login_attempts) and in
+    /// [`ServerStats::outage_answers`]; they are not delayed, take no draws from the random
+    /// generator, and leave queued failures for later.
+    ///
+    /// # Panics
+    ///
+    /// If `kind` is an [`Outage::Status`] that is not an HTTP status code (`100..=999`).
+    pub fn start_login_outage(&self, kind: Outage, duration: Duration) -> Range<Instant> {
+        self.schedule_login_outage(kind, Instant::now(), duration)
+    }
+
+    /// Schedules a login outage from `start` for `duration` on Tokio's clock, as
+    /// [`start_login_outage`](Self::start_login_outage) does from now. Returns its window.
+    /// Replaces any outage going on or scheduled.
+    ///
+    /// # Panics
+    ///
+    /// If `kind` is an [`Outage::Status`] that is not an HTTP status code (`100..=999`).
+    pub fn schedule_login_outage(
+        &self,
+        kind: Outage,
+        start: Instant,
+        duration: Duration,
+    ) -> Range<Instant> {
+        if let Outage::Status(status) = kind {
+            assert!(
+                StatusCode::from_u16(status).is_ok(),
+                "ReferenceServer::schedule_login_outage: {status} is not an HTTP status code"
+            );
+        }
+        let window = start..later(start, duration);
+        self.shared.lock().outage = Some(OutageWindow {
+            kind,
+            window: window.clone(),
+        });
+        self.shared.outage_changed.notify_waiters();
+        window
+    }
+
+    /// Ends the login outage now (or cancels a scheduled one). Logins held by an
+    /// [`Outage::Hang`] have their connections closed.
+    pub fn end_login_outage(&self) {
+        self.shared.lock().outage = None;
+        self.shared.outage_changed.notify_waiters();
+    }
+
+    /// The window of the login outage going on or scheduled, if any; `None` once it has ended.
+    pub fn login_outage_window(&self) -> Option<Range<Instant>> {
+        let mut state = self.shared.lock();
+        state.catch_up(Instant::now());
+        state.outage.as_ref().map(|outage| outage.window.clone())
+    }
+
+    /// When the login outage going on or scheduled ends (the first instant the login endpoint
+    /// answers normally again), if there is one.
+    pub fn login_outage_ends(&self) -> Option<Instant> {
+        self.login_outage_window().map(|window| window.end)
     }
 
     /// Queues a failure for the next login; failures are used one per login, first in first
@@ -195,12 +365,70 @@ impl ReferenceServer {
         self.shared.lock().failures.push_back(failure);
     }
 
-    /// Revokes a token: the protected endpoint refuses it from now on. Unknown tokens are
-    /// ignored.
+    /// Revokes a token: the protected endpoint refuses it from now on. Unknown and expired
+    /// tokens are ignored.
     pub fn revoke(&self, token: &str) {
-        if let Some(issued) = self.shared.lock().tokens.get_mut(token) {
-            issued.revoked = true;
-        }
+        let now = Instant::now();
+        let mut state = self.shared.lock();
+        state.catch_up(now);
+        state.tokens.revoke(token, now);
+    }
+
+    /// Revokes every live token of `user` (one, unless the policy grants several at once) and
+    /// returns how many. The user's next login gets a new token, whatever the policy.
+    pub fn revoke_user(&self, user: &str) -> usize {
+        let now = Instant::now();
+        let mut state = self.shared.lock();
+        state.catch_up(now);
+        state.tokens.revoke_live(Some(user), now)
+    }
+
+    /// Revokes every token live at `at` (on Tokio's clock), when that instant comes: the
+    /// protected endpoint refuses them from `at` on, and a login at `at` or later gets a new
+    /// token. An instant already past takes effect at once, as of that instant. Any number of
+    /// revocations can be scheduled.
+    pub fn schedule_revocation(&self, at: Instant) {
+        let mut state = self.shared.lock();
+        state.tokens.schedule_revocation(at);
+        state.catch_up(Instant::now());
+    }
+
+    /// The instants (on Tokio's clock) at which a revocation revoked at least one live token,
+    /// in order: from [`revoke`](Self::revoke), [`revoke_user`](Self::revoke_user),
+    /// [`revoke_all`](Self::revoke_all), [scheduled](Self::schedule_revocation) and [random
+    /// revocations](Self::set_random_revocations).
+    pub fn revocations(&self) -> Vec<Instant> {
+        let mut state = self.shared.lock();
+        state.catch_up(Instant::now());
+        state.tokens.revocations().to_vec()
+    }
+
+    /// What the protected endpoint would answer a request with `token` right now, without
+    /// counting it: `Ok(())` for `200`, or why it would refuse. This includes a pending
+    /// one-off [`Rejection::Spurious`]; [`accepts`](Self::accepts) leaves those out.
+    pub fn verdict(&self, token: &str) -> Result<(), Rejection> {
+        self.shared
+            .lock()
+            .verdict(Some(token), Instant::now(), false)
+    }
+
+    /// Whether the protected endpoint accepts `token` right now: a token this server issued,
+    /// not revoked, not expired, and not refused by [`set_reject_all_tokens`]. One-off
+    /// spurious refusals are left out (the token is still good); [`verdict`](Self::verdict)
+    /// includes them.
+    ///
+    /// This is the server as a model, for tests that check a client never sends a token the
+    /// server would refuse.
+    ///
+    /// [`set_reject_all_tokens`]: Self::set_reject_all_tokens
+    pub fn accepts(&self, token: &str) -> bool {
+        matches!(self.verdict(token), Ok(()) | Err(Rejection::Spurious))
+    }
+
+    /// The instant (on Tokio's clock) from which the server refuses `token` as expired, if it
+    /// knows the token. A [sliding](TokenPolicy::Sliding) login moves it.
+    pub fn token_expires_at(&self, token: &str) -> Option<Instant> {
+        self.shared.lock().tokens.expires_at(token)
     }
 
     /// Makes the protected endpoint accept `token` for `lifetime` from now (on Tokio's clock),
@@ -210,14 +438,18 @@ impl ReferenceServer {
     /// For tests that write a token response of their own with [`Failure::Body`] and still want
     /// its token to be accepted.
     pub fn register_token(&self, token: &str, lifetime: Duration) {
-        handler::record_token(&mut self.shared.lock(), token.to_owned(), lifetime);
+        let now = Instant::now();
+        let mut state = self.shared.lock();
+        state.catch_up(now);
+        state.tokens.register(token.to_owned(), now, lifetime);
     }
 
     /// Revokes every token issued so far.
     pub fn revoke_all(&self) {
-        for issued in self.shared.lock().tokens.values_mut() {
-            issued.revoked = true;
-        }
+        let now = Instant::now();
+        let mut state = self.shared.lock();
+        state.catch_up(now);
+        state.tokens.revoke_live(None, now);
     }
 
     /// A snapshot of all counters at once.
@@ -225,9 +457,41 @@ impl ReferenceServer {
         self.shared.lock().stats.clone()
     }
 
-    /// Successful logins: how many tokens were issued.
+    /// Successful logins: `200` token responses. With [`TokenPolicy::OneLivePerUser`] or
+    /// [`TokenPolicy::Sliding`] several may carry the same token.
     pub fn logins(&self) -> u64 {
         self.shared.lock().stats.logins
+    }
+
+    /// Successful logins of `user`; `0` for an unknown user.
+    pub fn logins_of(&self, user: &str) -> u64 {
+        self.shared.lock().users.get(user).map_or(0, |u| u.logins)
+    }
+
+    /// When each `POST` to the login endpoint arrived (on Tokio's clock, once its body was
+    /// read), whatever its outcome, in order.
+    pub fn login_attempt_instants(&self) -> Vec<Instant> {
+        self.shared.lock().login_attempt_instants.clone()
+    }
+
+    /// The most login attempts that arrived within any span of `window` (a sliding window
+    /// `[t, t + window)`): with one second, the peak login rate per second. `0` for an empty
+    /// window.
+    pub fn max_login_attempts_within(&self, window: Duration) -> usize {
+        if window.is_zero() {
+            return 0;
+        }
+        let state = self.shared.lock();
+        let instants = &state.login_attempt_instants;
+        let mut first = 0;
+        let mut most = 0;
+        for (last, &at) in instants.iter().enumerate() {
+            while at.saturating_duration_since(instants[first]) >= window {
+                first += 1;
+            }
+            most = most.max(last + 1 - first);
+        }
+        most
     }
 
     /// Every `POST` to the login endpoint, whatever its outcome.
@@ -257,10 +521,10 @@ impl ReferenceServer {
         self.shared.lock().max_logins_in_flight
     }
 
-    /// Every token issued, in order. For tests that check a token never leaks into a log or an
-    /// error.
+    /// Every distinct token issued, in the order first granted. For tests that check a token
+    /// never leaks into a log or an error.
     pub fn issued_tokens(&self) -> Vec<String> {
-        self.shared.lock().issued.clone()
+        self.shared.lock().tokens.issued().to_vec()
     }
 
     /// The headers of the most recent `POST` to the login endpoint, if there was one.
@@ -296,8 +560,15 @@ pub struct ReferenceServerBuilder {
     login_failure_rate: f64,
     seed: Option<u64>,
     timestamp_format: TimestampFormat,
+    token_fields: TokenFields,
+    timestamp_offset_minutes: i32,
+    clock_offset: jiff::SignedDuration,
     numeric_fields: bool,
     jwt_tokens: bool,
+    token_policy: TokenPolicy,
+    reject_all_tokens: bool,
+    spurious_rejection_at: Option<u64>,
+    random_revocations: Option<Duration>,
 }
 
 impl ReferenceServerBuilder {
@@ -310,6 +581,9 @@ impl ReferenceServerBuilder {
     }
 
     /// The lifetime of issued tokens. Default: one hour (`"expiresIn":"3600"`).
+    ///
+    /// Sub-second lifetimes work: `Duration::from_millis(10)` gives `"expiresIn":"0.01"`, and
+    /// the server refuses the token exactly 10 ms after the login on Tokio's clock.
     pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
         self.token_lifetime = lifetime;
         self
@@ -348,7 +622,9 @@ impl ReferenceServerBuilder {
     /// Seeds the server's random generator, which draws the [login delay
     /// jitter](Self::login_delay_jitter) and the [random failures](Self::login_failure_rate),
     /// two draws per login in the order logins arrive. With a seed, a client that logs in one
-    /// login at a time sees the same delays and failures on every run. Default: a random seed.
+    /// login at a time sees the same delays and failures on every run. The [random
+    /// revocations](Self::random_revocations) have a generator of their own, seeded from this
+    /// seed too. Default: a random seed.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
         self
@@ -357,6 +633,101 @@ impl ReferenceServerBuilder {
     /// The format of `issued` and `expires`. Default: [`TimestampFormat::Rfc3339`].
     pub fn timestamp_format(mut self, format: TimestampFormat) -> Self {
         self.timestamp_format = format;
+        self
+    }
+
+    /// Which fields token responses carry: the documented ones, `expires` alone, or the OAuth2
+    /// names. See [`TokenFields`]. Default: [`TokenFields::Documented`].
+    pub fn token_fields(mut self, fields: TokenFields) -> Self {
+        self.token_fields = fields;
+        self
+    }
+
+    /// Writes `issued` and `expires` at this offset from UTC, in minutes east of UTC: `330`
+    /// writes `2024-05-01T17:30:00+05:30` for noon UTC, `-480` writes
+    /// `2024-05-01T04:00:00-08:00`. Default: `0`, UTC (`2024-05-01T12:00:00Z`).
+    ///
+    /// The instant stays the same in the RFC 3339 formats, which write the offset.
+    /// [`TimestampFormat::Iso8601NoOffset`] writes the civil time at the offset with no marker,
+    /// as a server that writes its local time does: read as UTC, it is off by the offset. HTTP
+    /// dates are always GMT and epoch numbers have no zone, so the offset does not change them.
+    ///
+    /// # Panics
+    ///
+    /// If the offset is a day or more either way.
+    pub fn timestamp_offset_minutes(mut self, minutes: i32) -> Self {
+        clock::utc_offset(minutes);
+        self.timestamp_offset_minutes = minutes;
+        self
+    }
+
+    /// Sets the server's wall clock this far ahead of ours: `issued`, `expires` and the `Date`
+    /// header of every response are shifted by it. Tokens still expire after their lifetime on
+    /// Tokio's clock, as `expiresIn` says. Default: zero. Replaces an earlier
+    /// [`clock_behind`](Self::clock_behind).
+    ///
+    /// # Panics
+    ///
+    /// If `by` is more than 100 years.
+    pub fn clock_ahead(mut self, by: Duration) -> Self {
+        self.clock_offset = clock::clock_offset(by, true);
+        self
+    }
+
+    /// Sets the server's wall clock this far behind ours; see [`clock_ahead`](Self::clock_ahead).
+    /// Default: zero.
+    ///
+    /// # Panics
+    ///
+    /// If `by` is more than 100 years.
+    pub fn clock_behind(mut self, by: Duration) -> Self {
+        self.clock_offset = clock::clock_offset(by, false);
+        self
+    }
+
+    /// What a login grants while the user already holds a valid token: a new token each time,
+    /// the same one with what is left of its life, a new one bound to the session's expiry, or
+    /// the same one with its expiry pushed forward. See [`TokenPolicy`]. Default:
+    /// [`TokenPolicy::Fresh`].
+    pub fn token_policy(mut self, policy: TokenPolicy) -> Self {
+        self.token_policy = policy;
+        self
+    }
+
+    /// Makes the protected endpoint refuse every token with `401` while logins keep succeeding;
+    /// see [`ReferenceServer::set_reject_all_tokens`]. Default: `false`.
+    pub fn reject_all_tokens(mut self, reject: bool) -> Self {
+        self.reject_all_tokens = reject;
+        self
+    }
+
+    /// Refuses each token's `k`-th request once, spuriously: counting from 1 the requests that
+    /// carried the token while it was valid, the `k`-th gets `401` ([`Rejection::Spurious`]),
+    /// and the `k + 1`-th is accepted again. With `k = 1`, each new token's first request is
+    /// refused. Default: no spurious refusals.
+    ///
+    /// # Panics
+    ///
+    /// If `k` is `0`.
+    pub fn spurious_rejection_at(mut self, k: u64) -> Self {
+        self.spurious_rejection_at = checked_k(Some(k));
+        self
+    }
+
+    /// Revokes every live token at random instants, at exponentially distributed intervals of
+    /// this mean on Tokio's clock, from the server's start; see
+    /// [`ReferenceServer::set_random_revocations`]. Seeded by [`seed`](Self::seed). Default: no
+    /// random revocations.
+    ///
+    /// # Panics
+    ///
+    /// If the mean is zero.
+    pub fn random_revocations(mut self, mean_interval: Duration) -> Self {
+        assert!(
+            !mean_interval.is_zero(),
+            "ReferenceServer: the mean interval between random revocations must be positive"
+        );
+        self.random_revocations = Some(mean_interval);
         self
     }
 
@@ -397,6 +768,13 @@ impl ReferenceServerBuilder {
         for (name, password) in list {
             users.insert(name, User::new(&password));
         }
+        let now = Instant::now();
+        let mut tokens = Tokens::new(self.token_policy);
+        tokens.reject_all = self.reject_all_tokens;
+        tokens.spurious_at = self.spurious_rejection_at;
+        tokens.random = self
+            .random_revocations
+            .map(|mean| RandomRevocations::new(mean, now, revocation_rng(self.seed)));
         let shared = Arc::new(Shared::new(State {
             users,
             default_user,
@@ -411,12 +789,17 @@ impl ReferenceServerBuilder {
             injected_failures: 0,
             logins_in_flight: 0,
             max_logins_in_flight: 0,
+            revocation_seed: self.seed,
             timestamp_format: self.timestamp_format,
+            token_fields: self.token_fields,
+            timestamp_offset: clock::utc_offset(self.timestamp_offset_minutes),
             numeric_fields: self.numeric_fields,
             jwt_tokens: self.jwt_tokens,
             failures: VecDeque::new(),
-            tokens: HashMap::new(),
-            issued: Vec::new(),
+            tokens,
+            clock: WallClock::start(self.clock_offset),
+            outage: None,
+            login_attempt_instants: Vec::new(),
             stats: ServerStats::default(),
             last_login_headers: None,
         }));
@@ -443,8 +826,15 @@ impl fmt::Debug for ReferenceServerBuilder {
             .field("login_failure_rate", &self.login_failure_rate)
             .field("seed", &self.seed)
             .field("timestamp_format", &self.timestamp_format)
+            .field("token_fields", &self.token_fields)
+            .field("timestamp_offset_minutes", &self.timestamp_offset_minutes)
+            .field("clock_offset", &self.clock_offset)
             .field("numeric_fields", &self.numeric_fields)
             .field("jwt_tokens", &self.jwt_tokens)
+            .field("token_policy", &self.token_policy)
+            .field("reject_all_tokens", &self.reject_all_tokens)
+            .field("spurious_rejection_at", &self.spurious_rejection_at)
+            .field("random_revocations", &self.random_revocations)
             .finish()
     }
 }
@@ -456,6 +846,24 @@ fn checked_rate(rate: f64) -> f64 {
         "ReferenceServer: the login failure rate must be within 0.0..=1.0, not {rate}"
     );
     rate
+}
+
+/// `k` if it numbers a request (from 1).
+fn checked_k(k: Option<u64>) -> Option<u64> {
+    assert!(
+        k != Some(0),
+        "ReferenceServer: requests are counted from 1, so a spurious rejection at 0 never happens"
+    );
+    k
+}
+
+/// The generator of random revocations: from the builder's seed if there is one, kept apart
+/// from the login draws.
+fn revocation_rng(seed: Option<u64>) -> fastrand::Rng {
+    match seed {
+        Some(seed) => fastrand::Rng::with_seed(seed ^ 0x7265_766f_6b65_2121),
+        None => fastrand::Rng::new(),
+    }
 }
 
 /// Accepts connections until the server is dropped, one task per connection.
@@ -477,7 +885,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stopped: watch:
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             let service = service_fn(move |request| handler::handle(Arc::clone(&shared), request));
-            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            // The handler writes `Date` from the server's own (possibly offset) clock.
+            let connection = http1::Builder::new()
+                .auto_date_header(false)
+                .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 // A connection error (the client went away, a deliberate close) just ends it.
                 _ = connection => {}
