@@ -159,6 +159,9 @@ async fn run(shared: Arc<Shared>, generation: u64) {
                     control.due_at = None;
                     control.current.as_ref().map(|(_, plan)| plan.deadline)
                 };
+                // The server issued whatever the fetch brings after this instant, so a lifetime
+                // counted from here can only be shorter than the server's, never longer.
+                let started = Instant::now();
                 let fetch = fetch(&shared);
                 tokio::pin!(fetch);
                 loop {
@@ -172,7 +175,7 @@ async fn run(shared: Arc<Shared>, generation: u64) {
                         biased;
                         _ = closed.changed() => return,
                         result = &mut fetch => {
-                            complete(&shared, generation, result);
+                            complete(&shared, generation, started, result);
                             break;
                         }
                         _ = timer => {
@@ -279,15 +282,16 @@ enum Adopted {
     AtItsExpiry,
 }
 
-/// Applies a fetch's result and wakes everyone who waited for it, unless a newer driver took
-/// over meanwhile.
-fn complete(shared: &Shared, generation: u64, result: Result<Token, Error>) {
+/// Applies the result of a fetch that started at `started` and wakes everyone who waited for it,
+/// unless a newer driver took over meanwhile.
+fn complete(shared: &Shared, generation: u64, started: Instant, result: Result<Token, Error>) {
     let now = Instant::now();
     let mut control = shared.lock();
     if control.generation != generation {
         return;
     }
-    let outcome = match result.and_then(|token| adopt(shared, &mut control, token, now)) {
+    let adopted = result.and_then(|token| adopt(shared, &mut control, token, started, now));
+    let outcome = match adopted {
         Ok(Adopted::Yes) => Ok(()),
         Ok(Adopted::AtItsExpiry) => return,
         Err(error) => {
@@ -303,6 +307,10 @@ fn complete(shared: &Shared, generation: u64, result: Result<Token, Error>) {
 
 /// Puts a freshly fetched token into service and plans its renewal.
 ///
+/// Its lifetime is counted from when the fetch started, not from when the answer arrived: the
+/// server counts it from some instant in between, so the token is never planned to outlive the
+/// server's idea of its expiry by a slow answer's transit time.
+///
 /// A token that expires no later than the last one renews nothing: the server hands out a
 /// replacement only once its token expires. It is still the server's answer, so it is served for
 /// the life the server reports, and from then on the cache logs in at each expiry rather than
@@ -311,10 +319,13 @@ fn adopt(
     shared: &Shared,
     control: &mut Control,
     token: Token,
+    started: Instant,
     now: Instant,
 ) -> Result<Adopted, Error> {
-    if let Some((expires_at, lifetime)) = control.last
-        && !schedule::extends(expires_at, lifetime, token.expires_at())
+    let anchor = token.received_at().min(started);
+    let expires_at = anchor + token.lifetime();
+    if let Some((last_expiry, last_lifetime)) = control.last
+        && !schedule::extends(last_expiry, last_lifetime, expires_at)
         && control.renewal == Renewal::Early
     {
         control.renewal = Renewal::AtExpiry;
@@ -324,7 +335,7 @@ fn adopt(
         );
     }
     let plan = schedule::plan(
-        token.received_at(),
+        anchor,
         token.lifetime(),
         shared.config.lead(),
         control.renewal,
@@ -333,7 +344,7 @@ fn adopt(
     if now >= plan.deadline {
         if plan.renewal == Renewal::AtExpiry && now < plan.expires_at {
             control.due_at = Some(plan.expires_at);
-            control.last = Some((token.expires_at(), token.lifetime()));
+            control.last = Some((expires_at, token.lifetime()));
             return Ok(Adopted::AtItsExpiry);
         }
         return Err(Error::invalid_response(
@@ -344,7 +355,7 @@ fn adopt(
     shared
         .slot
         .store(Some(Arc::new(Entry::new(&token, &plan, now))));
-    control.last = Some((token.expires_at(), token.lifetime()));
+    control.last = Some((expires_at, token.lifetime()));
     control.current = Some((token.clone(), plan));
     control.first_401 = None;
     control.failures_in_row = 0;

@@ -343,7 +343,8 @@ pub struct CacheStats {
     /// Calls to [`TokenCache::invalidate`] for the current token that were not acted on, because
     /// invalidations in a row are spaced out (1 s, 2 s, 4 s, ... up to 60 s apart).
     pub ignored_invalidations: u64,
-    /// When the current token expires, if there is one.
+    /// When the current token expires, if there is one, counted from when the login that
+    /// brought it started (the server issued it later, so this is never later than its expiry).
     pub expires_at: Option<Instant>,
     /// The kind of the last failure, until the next success.
     pub last_error: Option<ErrorKind>,
@@ -429,7 +430,7 @@ impl TokenCache {
             renewals: counters.renewals.load(Ordering::Relaxed),
             invalidations: counters.invalidations.load(Ordering::Relaxed),
             ignored_invalidations: counters.ignored_invalidations.load(Ordering::Relaxed),
-            expires_at: control.current.as_ref().map(|(t, _)| t.expires_at()),
+            expires_at: control.current.as_ref().map(|(_, plan)| plan.expires_at),
             last_error: control.backoff.as_ref().map(|b| b.error.kind()),
         }
     }
