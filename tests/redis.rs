@@ -354,9 +354,11 @@ async fn a_redis_outage_falls_back_to_local_logins_and_sharing_resumes() {
         "each replica logged in on its own"
     );
 
-    // Redis comes back (empty); after the retry delay the fleet shares again.
+    // Redis comes back (empty); after the retry delay (300 ms) the fleet shares again. (The
+    // wait is a little over a second: a second invalidation within a second of the first, of a
+    // token that just came into service, would be ignored as part of a storm of 401s.)
     let _redis = OwnRedis::start(port);
-    sleep(Duration::from_millis(400)).await;
+    sleep(Duration::from_millis(1100)).await;
     let a_token = a.cache.current().unwrap();
     a.cache.invalidate(&a_token);
     let renewed = a.cache.token().await.unwrap();

@@ -307,9 +307,9 @@ fn complete(shared: &Shared, generation: u64, started: Instant, result: Result<T
 
 /// Puts a freshly fetched token into service and plans its renewal.
 ///
-/// Its lifetime is counted from when the fetch started, not from when the answer arrived: the
-/// server counts it from some instant in between, so the token is never planned to outlive the
-/// server's idea of its expiry by a slow answer's transit time.
+/// Without a shared store, its lifetime is counted from when the fetch started, not from when
+/// the answer arrived: the server counts it from some instant in between, so the token is never
+/// planned to outlive the server's idea of its expiry by a slow answer's transit time.
 ///
 /// A token that expires no later than the last one renews nothing: the server hands out a
 /// replacement only once its token expires. It is still the server's answer, so it is served for
@@ -322,7 +322,13 @@ fn adopt(
     started: Instant,
     now: Instant,
 ) -> Result<Adopted, Error> {
-    let anchor = token.received_at().min(started);
+    // A token from a shared store may be a peer's, read with its remaining life (`PTTL`) at
+    // `received_at`: that reading is exact, and counting from an earlier start would make this
+    // replica renew before its peers and log in needlessly.
+    let anchor = match shared.config.store {
+        Some(_) => token.received_at(),
+        None => token.received_at().min(started),
+    };
     let expires_at = anchor + token.lifetime();
     if let Some((last_expiry, last_lifetime)) = control.last
         && !schedule::extends(last_expiry, last_lifetime, expires_at)
