@@ -61,9 +61,9 @@
 //! # Failures
 //!
 //! A failed renewal never discards a still-valid token: the driver keeps serving it and retries
-//! until the deadline. A transient failure is retried after `min_backoff` (1 s; the first retry
-//! of a short token after a tenth of its life), and then about once per `min_backoff` for as long
-//! as it lasts: callers are served again within about a second of the endpoint's recovery,
+//! until the deadline. A transient failure is retried about once per `min_backoff` (1 s) for as
+//! long as it lasts; the first retry comes sooner (a quarter of it when callers have no token, a
+//! tenth of the life of a still-valid short token): callers are served again within about a second of the endpoint's recovery,
 //! however long the outage. Without a valid token, callers during a backoff get the last error at
 //! once, with [`Error::retry_after`] saying when the next attempt will be, rather than each
 //! starting a fetch. Permanent errors (400/401/403/404, a panicking source) wait `max_backoff`
@@ -815,8 +815,9 @@ impl TokenCacheBuilder {
     ///
     /// The wait does not grow while the endpoint stays down: it is tried about once per this
     /// interval, so callers are served again within about this long after it recovers, however
-    /// long the outage. The [login budget](Self::login_budget) bounds the load. While a
-    /// still-valid token is being renewed, the first retry comes after at most a tenth of that
+    /// long the outage. The [login budget](Self::login_budget) bounds the load. The first retry
+    /// comes sooner: without a valid token (callers are failing meanwhile), after a quarter of
+    /// this interval; while a still-valid token is being renewed, after at most a tenth of that
     /// token's lifetime, so that a short token gets a retry before its deadline: a 1 s token
     /// whose renewal fails is retried after 100 ms, then every second.
     pub fn min_backoff(mut self, interval: Duration) -> Self {

@@ -178,13 +178,18 @@ fn unit(fraction: f64) -> f64 {
     }
 }
 
-/// The first retry after a transient failure: `configured`, but while a token is still valid at
+/// The first retry after a transient failure. While a token is still valid: `configured`, but at
 /// most a tenth of its lifetime (and at least a millisecond), so that a short token gets a retry
-/// before its deadline. A 1 s token whose renewal fails is retried after 100 ms.
+/// before its deadline (a 1 s token whose renewal fails is retried after 100 ms). Without one,
+/// callers are failing meanwhile: a quarter of `configured` (250 ms by default), so that one
+/// failed login costs them a quarter of a second, not a whole one. Later retries come once per
+/// `configured` either way.
 pub(crate) fn first_retry(configured: Duration, current_lifetime: Option<Duration>) -> Duration {
     match current_lifetime {
         Some(lifetime) => configured.min(lifetime / 10).max(Duration::from_millis(1)),
-        None => configured,
+        None => (configured / 4)
+            .max(Duration::from_millis(1))
+            .min(configured),
     }
 }
 
@@ -426,8 +431,12 @@ mod tests {
     }
 
     #[test]
-    fn a_valid_short_token_shortens_the_first_retry() {
-        assert_eq!(first_retry(S, None), S);
+    fn a_valid_short_token_or_none_at_all_shortens_the_first_retry() {
+        assert_eq!(
+            first_retry(S, None),
+            S / 4,
+            "callers are failing: retry soon"
+        );
         assert_eq!(first_retry(S, Some(3600 * S)), S);
         assert_eq!(first_retry(S, Some(S)), S / 10);
         assert_eq!(first_retry(S, Some(5 * MS)), MS);
