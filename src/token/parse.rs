@@ -672,6 +672,10 @@ impl Reading {
         }
         match Duration::try_from(self.value) {
             Ok(lifetime) if lifetime <= MAX_LIFETIME => Ok(lifetime),
+            // Our clock far behind the server's (a device without a real-time clock) is no
+            // reason to refuse: a local reading only ever shortens, so a long one just says
+            // nothing.
+            _ if self.source.is_local() => Ok(MAX_LIFETIME),
             _ => Err(Error::invalid_response(format!(
                 "{name} is {} s, over a year",
                 self.value.as_secs()
@@ -1276,6 +1280,11 @@ mod tests {
         assert_eq!(
             choose_lifetime([local(60), reading(Source::ExpiresIn, 900)], default).unwrap(),
             Duration::from_secs(60)
+        );
+        // Decades ahead by our clock (ours is far behind): no error, and still capped.
+        assert_eq!(
+            choose_lifetime([local(i64::MAX)], default).unwrap(),
+            default
         );
     }
 
