@@ -308,6 +308,60 @@ fn a_full_login_frees_no_block_of_ours_holding_the_password_or_the_token() {
     eprintln!("copies beyond reach after a login: {hits:#?}");
 }
 
+/// A bare HTTP/1.1 server on a thread of its own (exempt from scanning) that answers one request
+/// with `200` and `body`, sent as chunks of `chunk` bytes, 20 ms apart. Returns the base URL and
+/// a guard that stops it.
+fn chunked_server_thread(body: String, chunk: usize) -> (String, mpsc::Sender<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (url_tx, url_rx) = mpsc::channel();
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        EXEMPT.with(|exempt| exempt.set(true));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            url_tx
+                .send(format!("http://{}", listener.local_addr().unwrap()))
+                .unwrap();
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The head, then the body (its length is in the head; the body is small).
+            while !request.ends_with(b"}") {
+                let n = stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the client went away");
+                request.extend_from_slice(&buf[..n]);
+            }
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                        Transfer-Encoding: chunked\r\n\r\n";
+            stream.write_all(head.as_bytes()).await.unwrap();
+            for part in body.as_bytes().chunks(chunk) {
+                let framed = [format!("{:x}\r\n", part.len()).as_bytes(), part, b"\r\n"].concat();
+                stream.write_all(&framed).await.unwrap();
+                stream.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            stream.write_all(b"0\r\n\r\n").await.unwrap();
+            let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
+        });
+    });
+    (url_rx.recv().unwrap(), stop_tx)
+}
+
+#[test]
+fn a_response_that_arrives_in_many_chunks_leaves_no_copy_of_ours_with_the_token() {
+    // The token first, then enough padding that the body buffer must grow several times.
+    let padding = "p".repeat(6000);
+    let body = format!(r#"{{"token":"{TOKEN}","expiresIn":3600,"padding":"{padding}"}}"#);
+    let (base_url, _stop) = chunked_server_thread(body, 700);
+    let (outcome, hits) = scanned(|| log_in_and_drop_everything(&base_url));
+    assert_eq!(outcome.unwrap(), "the token");
+    assert_none_of_ours(&hits);
+}
+
 #[test]
 fn a_login_whose_error_echoes_the_password_frees_no_block_of_ours_holding_it() {
     let body = format!(r#"{{"message":"wrong password {PASSWORD} for alice"}}"#);
