@@ -136,11 +136,37 @@ fn authtoken_url(base_url: &str, allow_insecure_http: bool) -> Result<Url, Error
 /// `Date` header is the server's clock: an `expires` without `issued` is measured against it
 /// (see [`Token::from_response_body_with_date`]).
 ///
-/// The request body that carries the password is built in a buffer that is zeroed when the HTTP
-/// client drops it. `reqwest` (through `hyper`) sends that very buffer, without copying it, on
-/// connections that take vectored writes (plain TCP and rustls, the transports of this crate's
-/// client); the kernel's socket buffers and TLS records are beyond our reach. See the README's
-/// "Secrets in memory" for every copy, wiped or not.
+/// # Secrets in memory
+///
+/// What this crate wipes (zeroes before the memory is freed), checked by an allocator that scans
+/// every freed block (`tests/wipe.rs`):
+///
+/// - the password in [`Credentials`] and all its clones, and the `String` handed to
+///   [`Credentials::new`] (spare capacity included);
+/// - the login request body: one buffer, built without reallocating, that `reqwest` and `hyper`
+///   hold by reference and send as it is (HTTP/1.1 on a plain TCP or rustls connection writes
+///   it with vectored I/O, without copying it); it is zeroed when the last reference drops;
+/// - the response body as read (and every buffer it outgrows), the parser's copies of the token,
+///   and the token's one `Bearer` header buffer, shared by every clone of the [`Token`] and of
+///   its header value, zeroed when the last of them drops;
+/// - every intermediate copy of an error message that echoes the password.
+///
+/// What is beyond this crate's reach, and stays in freed memory until it is reused:
+///
+/// - `hyper`'s read buffer for the connection (8 KiB), into which the response arrives: it holds
+///   the token (or an echoed password) until the connection closes and the last slice of the
+///   buffer is dropped; `reqwest` keeps an idle connection for 90 s by default;
+/// - with TLS, rustls's receive buffers: records are decrypted in place and copied into its
+///   plaintext queue, so the response (the token) is there in clear too. Sent data is copied into
+///   a record buffer sized for it and encrypted in place, so no clear copy of the password stays
+///   in rustls;
+/// - over HTTP/2 (only with your own [`client`](AuthTokenSourceBuilder::client): ours speaks
+///   HTTP/1.1 only), `h2` copies a request body under 256 bytes, the password with it, into its
+///   connection's write buffer;
+/// - `serde_json`'s scratch buffer, when the server writes the token with JSON escapes such as
+///   `\/`;
+/// - the kernel's socket buffers, and any copy of the password made before it reached
+///   [`Credentials::new`] (a configuration file's buffer, the environment).
 ///
 /// The password is sent in the request body only, never in a header or the URL, and it never
 /// appears in an error, a log event or a `Debug` output: a server message that echoes it has it
@@ -648,7 +674,8 @@ impl AuthTokenSourceBuilder {
     ///
     /// Default: a client of our own that follows no redirects (a redirect of a login could carry
     /// the password elsewhere; it fails with [`ErrorKind::Config`] naming the `Location`
-    /// instead). With your client,
+    /// instead) and speaks HTTP/1.1 only (over HTTP/2, the `h2` crate copies small request bodies,
+    /// the password among them, into its connection's write buffer, which is never wiped). With your client,
     /// its redirect policy applies; the [`timeout`](Self::timeout) and the user agent are still
     /// applied to every login request.
     ///
@@ -721,8 +748,11 @@ impl AuthTokenSourceBuilder {
         };
         let client = match self.client {
             Some(client) => client,
+            // HTTP/1.1 only: a login is one small request, and h2 would copy a body under 256
+            // bytes (ours, with the password) into its connection's write buffer, unwiped.
             None => reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
+                .http1_only()
                 .build()
                 .map_err(|e| Error::config("could not build the HTTP client").with_source(e))?,
         };

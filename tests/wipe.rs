@@ -20,7 +20,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::backtrace::Backtrace;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError, mpsc};
+use std::sync::{Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::Duration;
 
 use tower_authtoken::testing::{Failure, ReferenceServer};
@@ -201,9 +201,15 @@ struct Seen {
     freer: Freer,
 }
 
-/// Runs `test` alone with the allocator armed, and returns every hit with who freed it.
+/// Makes the calling test the only one running until the guard drops: the allocator and its
+/// hits are global, and a test's setup must not free secrets while another one scans.
+fn alone() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs `test` with the allocator armed, and returns every hit with who freed it. Call it while
+/// holding [`alone`].
 fn scanned<T>(test: impl FnOnce() -> T) -> (T, Vec<Seen>) {
-    let _alone = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
     HITS.lock().unwrap_or_else(PoisonError::into_inner).clear();
     ARMED.store(true, Ordering::SeqCst);
     let out = test();
@@ -284,6 +290,7 @@ fn log_in_and_drop_everything(base_url: &str) -> Result<String, tower_authtoken:
 
 #[test]
 fn a_full_login_frees_no_block_of_ours_holding_the_password_or_the_token() {
+    let _alone = alone();
     let body = format!(r#"{{"type":"Bearer","token":"{TOKEN}","expiresIn":3600}}"#);
     let (base_url, _stop) = server_thread(Failure::Body {
         status: 200,
@@ -353,6 +360,7 @@ fn chunked_server_thread(body: String, chunk: usize) -> (String, mpsc::Sender<()
 
 #[test]
 fn a_response_that_arrives_in_many_chunks_leaves_no_copy_of_ours_with_the_token() {
+    let _alone = alone();
     // The token first, then enough padding that the body buffer must grow several times.
     let padding = "p".repeat(6000);
     let body = format!(r#"{{"token":"{TOKEN}","expiresIn":3600,"padding":"{padding}"}}"#);
@@ -364,6 +372,7 @@ fn a_response_that_arrives_in_many_chunks_leaves_no_copy_of_ours_with_the_token(
 
 #[test]
 fn a_login_whose_error_echoes_the_password_frees_no_block_of_ours_holding_it() {
+    let _alone = alone();
     let body = format!(r#"{{"message":"wrong password {PASSWORD} for alice"}}"#);
     let (base_url, _stop) = server_thread(Failure::Body {
         status: 401,
@@ -389,6 +398,7 @@ fn a_login_whose_error_echoes_the_password_frees_no_block_of_ours_holding_it() {
 
 #[test]
 fn a_dropped_token_and_all_its_clones_leave_no_freed_block_with_its_value() {
+    let _alone = alone();
     let body = br#"{"type":"Bearer","token":"wipe-me-token-5d1e8b2f0a61","expiresIn":60}"#;
     let ((), hits) = scanned(|| {
         for token in [
@@ -409,6 +419,7 @@ fn a_dropped_token_and_all_its_clones_leave_no_freed_block_with_its_value() {
 
 #[test]
 fn refused_responses_leave_no_freed_block_with_the_token() {
+    let _alone = alone();
     // Errors after the token was read: the parser's copies are wiped on every path out.
     let bodies: [&[u8]; 4] = [
         br#"{"token":"wipe-me-token-5d1e8b2f0a61","expiresIn":-1}"#,
@@ -427,6 +438,7 @@ fn refused_responses_leave_no_freed_block_with_the_token() {
 
 #[test]
 fn a_token_written_with_json_escapes_leaves_one_copy_in_serde_jsons_scratch_buffer() {
+    let _alone = alone();
     // `\/` is how some servers write `/`. serde_json unescapes such a string into a scratch
     // buffer of its own, which it frees unwiped: the one copy the parser cannot reach.
     let body = br#"{"token":"wipe-me-token-5d1e8b2f0a61\/x","expiresIn":60}"#;
@@ -449,6 +461,7 @@ fn a_token_written_with_json_escapes_leaves_one_copy_in_serde_jsons_scratch_buff
 
 #[test]
 fn credentials_leave_no_freed_block_with_the_password() {
+    let _alone = alone();
     let ((), hits) = scanned(|| {
         // A password with spare capacity, as read from a file or built with `push_str`.
         let mut password = String::with_capacity(64);
@@ -465,6 +478,7 @@ fn credentials_leave_no_freed_block_with_the_password() {
 
 #[test]
 fn the_scanner_sees_an_unwiped_copy() {
+    let _alone = alone();
     // The allocator must be able to fail the tests above: a plain `String` holding the password
     // is found when freed, and attributed to this test file, not to the crate.
     let ((), hits) = scanned(|| {

@@ -30,9 +30,12 @@
 //!
 //! A [`Token`]'s value lives in one buffer, shared by every clone of the token and of its
 //! [`header_value`](Token::header_value); it is zeroed when the last of them is dropped. The
-//! parser's own copies of the value are zeroed too. Copies made by others are beyond this
-//! crate's reach: the HTTP stack's read buffer that received the response, a `HeaderMap`'s
-//! copy when a header is written to the wire, and the kernel's socket buffers.
+//! parser's own copies of the value are zeroed too, on every path out of the parser, errors
+//! included. Copies made by others are beyond this crate's reach: the HTTP stack's buffers that
+//! received the response and that encode each request's head (the `Authorization` header among
+//! them), TLS buffers, `serde_json`'s scratch buffer for a token written with JSON escapes, and
+//! the kernel's socket buffers. The full list, for the password too, is in the docs of
+//! `AuthTokenSource` (feature `reqwest`), under "Secrets in memory".
 
 mod parse;
 
