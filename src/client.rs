@@ -134,7 +134,7 @@ fn authtoken_url(base_url: &str, allow_insecure_http: bool) -> Result<Url, Error
 ///
 /// The token's lifetime is anchored at the moment the response head arrived. The response's
 /// `Date` header is the server's clock: an `expires` without `issued` is measured against it
-/// (see [`Token::from_response_body_with_date`]).
+/// (see [`Token::from_response_body_with_date`]); a `Date` that does not parse counts as absent.
 ///
 /// # Secrets in memory
 ///
