@@ -289,6 +289,10 @@ fn log_in_and_drop_everything(base_url: &str) -> Result<String, tower_authtoken:
 }
 
 #[test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "names who freed a block from backtraces, which need the debug profile's frames"
+)]
 fn a_full_login_frees_no_block_of_ours_holding_the_password_or_the_token() {
     let _alone = alone();
     let body = format!(r#"{{"type":"Bearer","token":"{TOKEN}","expiresIn":3600}}"#);
@@ -359,6 +363,10 @@ fn chunked_server_thread(body: String, chunk: usize) -> (String, mpsc::Sender<()
 }
 
 #[test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "names who freed a block from backtraces, which need the debug profile's frames"
+)]
 fn a_response_that_arrives_in_many_chunks_leaves_no_copy_of_ours_with_the_token() {
     let _alone = alone();
     // The token first, then enough padding that the body buffer must grow several times.
@@ -371,6 +379,10 @@ fn a_response_that_arrives_in_many_chunks_leaves_no_copy_of_ours_with_the_token(
 }
 
 #[test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "names who freed a block from backtraces, which need the debug profile's frames"
+)]
 fn a_login_whose_error_echoes_the_password_frees_no_block_of_ours_holding_it() {
     let _alone = alone();
     let body = format!(r#"{{"message":"wrong password {PASSWORD} for alice"}}"#);
@@ -437,6 +449,10 @@ fn refused_responses_leave_no_freed_block_with_the_token() {
 }
 
 #[test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "names who freed a block from backtraces, which need the debug profile's frames"
+)]
 fn a_token_written_with_json_escapes_leaves_one_copy_in_serde_jsons_scratch_buffer() {
     let _alone = alone();
     // `\/` is how some servers write `/`. serde_json unescapes such a string into a scratch
@@ -477,6 +493,10 @@ fn credentials_leave_no_freed_block_with_the_password() {
 }
 
 #[test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "names who freed a block from backtraces, which need the debug profile's frames"
+)]
 fn the_scanner_sees_an_unwiped_copy() {
     let _alone = alone();
     // The allocator must be able to fail the tests above: a plain `String` holding the password
