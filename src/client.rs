@@ -515,7 +515,8 @@ fn redirect_error(status: StatusCode, headers: &HeaderMap, url: &Url, user: &str
                 let _ = target.set_password(None);
                 target.to_string()
             }
-            Err(_) => location.to_owned(),
+            // Not shown: we cannot tell what in it might be secret.
+            Err(_) => "a Location that is not a URL".to_owned(),
         })
         .map(|location| {
             let mut shown: String = location.chars().take(MAX_MESSAGE_CHARS).collect();
