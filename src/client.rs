@@ -7,11 +7,13 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderValue};
 use reqwest::Url;
 use serde::Serialize;
 use tokio::time::Instant;
+use zeroize::Zeroizing;
 
 use crate::token::{DEFAULT_LIFETIME, MAX_LIFETIME};
 use crate::{Credentials, Error, ErrorKind, Token, TokenSource};
@@ -22,6 +24,12 @@ use crate::token::{MAX_BODY, parse_timestamp};
 /// The default timeout of one login: 30 seconds.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The longest timeout of one login that [`AuthTokenSourceBuilder::build`] accepts: one hour.
+const MAX_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+
+/// The message with which the API's `404` names an unknown user (`... {userName}`).
+const UNKNOWN_USER_MESSAGE: &str = "no user found";
+
 /// The most characters of a server message kept in [`Error::detail`].
 const MAX_MESSAGE_CHARS: usize = 200;
 
@@ -31,11 +39,13 @@ const REDACTED: &str = "[redacted]";
 /// The default `User-Agent`: `tower-authtoken/<version>`.
 const DEFAULT_USER_AGENT: &str = concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION"));
 
-/// Checks `base_url` and appends `/authtoken` to its path.
+/// Checks `base_url` and appends `/authtoken` to its path, unless the path already ends with that
+/// segment.
 ///
 /// Refuses (with [`ErrorKind::Config`]) a URL that does not parse, is not `http` or `https`,
 /// carries user info, a query or a fragment; refuses (with [`ErrorKind::InsecureTransport`])
-/// plain `http` to a non-loopback host unless `allow_insecure_http`.
+/// plain `http` to a non-loopback host unless `allow_insecure_http`, naming the host and the
+/// switch.
 fn authtoken_url(base_url: &str, allow_insecure_http: bool) -> Result<Url, Error> {
     let mut url = Url::parse(base_url).map_err(|e| {
         Error::config(format!("the base URL does not parse as a URL: {e}")).with_source(e)
@@ -53,7 +63,8 @@ fn authtoken_url(base_url: &str, allow_insecure_http: bool) -> Result<Url, Error
             if !allow_insecure_http && !is_loopback_host(host) {
                 return Err(
                     Error::new(ErrorKind::InsecureTransport).with_detail(format!(
-                        "the base URL is plain http to the non-loopback host '{host}'"
+                        "the login URL is plain http to '{host}', which is not loopback: \
+                         AuthTokenSourceBuilder::allow_insecure_http(true) allows it"
                     )),
                 );
             }
@@ -77,7 +88,16 @@ fn authtoken_url(base_url: &str, allow_insecure_http: bool) -> Result<Url, Error
             "the base URL must not contain a fragment ('#...')",
         ));
     }
-    let path = format!("{}/authtoken", url.path().trim_end_matches('/'));
+    let base = url.path().trim_end_matches('/');
+    let already_there = base
+        .rsplit('/')
+        .next()
+        .is_some_and(|last| last.eq_ignore_ascii_case("authtoken"));
+    let path = if already_there {
+        base.to_owned()
+    } else {
+        format!("{base}/authtoken")
+    };
     url.set_path(&path);
     Ok(url)
 }
@@ -99,7 +119,9 @@ fn authtoken_url(base_url: &str, allow_insecure_http: bool) -> Result<Url, Error
 /// | `400`                          | [`ErrorKind::InvalidGrant`]                              |
 /// | `401`                          | [`ErrorKind::AuthenticationFailed`]                      |
 /// | `403`                          | [`ErrorKind::Forbidden`]                                 |
-/// | `404`                          | [`ErrorKind::UnknownUser`], the server's message in [`Error::detail`] |
+/// | `404` "No user found with username: ..." | [`ErrorKind::UnknownUser`], the server's message in [`Error::detail`] |
+/// | any other `404` (HTML, empty, other text) | [`ErrorKind::Config`]: a wrong URL; the detail names the URL called and says "check the base URL" |
+/// | `3xx` (redirects are not followed) | [`ErrorKind::Config`]; the detail names the URL called and the `Location` |
 /// | `429`                          | [`ErrorKind::RateLimited`], `Retry-After` in [`Error::retry_after`] |
 /// | `5xx` or any other status      | [`ErrorKind::Server`]                                    |
 /// | a body over 64 KiB             | [`ErrorKind::InvalidResponse`]                           |
@@ -110,7 +132,41 @@ fn authtoken_url(base_url: &str, allow_insecure_http: bool) -> Result<Url, Error
 /// status ([`Error::status`]). The server's message (the JSON `message` field, or a text body)
 /// is kept in [`Error::detail`], cut to 200 characters.
 ///
-/// The token's lifetime is anchored at the moment the response head arrived.
+/// The token's lifetime is anchored at the moment the response head arrived. The response's
+/// `Date` header is the server's clock: an `expires` without `issued` is measured against it
+/// (see [`Token::from_response_body_with_date`]); a `Date` that does not parse counts as absent.
+///
+/// # Secrets in memory
+///
+/// What this crate wipes (zeroes before the memory is freed), checked by an allocator that scans
+/// every freed block (`tests/wipe.rs`):
+///
+/// - the password in [`Credentials`] and all its clones, and the `String` handed to
+///   [`Credentials::new`] (spare capacity included);
+/// - the login request body: one buffer, built without reallocating, that `reqwest` and `hyper`
+///   hold by reference and send as it is (HTTP/1.1 on a plain TCP or rustls connection writes
+///   it with vectored I/O, without copying it); it is zeroed when the last reference drops;
+/// - the response body as read (and every buffer it outgrows), the parser's copies of the token,
+///   and the token's one `Bearer` header buffer, shared by every clone of the [`Token`] and of
+///   its header value, zeroed when the last of them drops;
+/// - every intermediate copy of an error message that echoes the password.
+///
+/// What is beyond this crate's reach, and stays in freed memory until it is reused:
+///
+/// - `hyper`'s read buffer for the connection (8 KiB), into which the response arrives: it holds
+///   the token (or an echoed password) until the connection closes and the last slice of the
+///   buffer is dropped; `reqwest` keeps an idle connection for 90 s by default;
+/// - with TLS, rustls's receive buffers: records are decrypted in place and copied into its
+///   plaintext queue, so the response (the token) is there in clear too. Sent data is copied into
+///   a record buffer sized for it and encrypted in place, so no clear copy of the password stays
+///   in rustls;
+/// - over HTTP/2 (only with your own [`client`](AuthTokenSourceBuilder::client): ours speaks
+///   HTTP/1.1 only), `h2` copies a request body under 256 bytes, the password with it, into its
+///   connection's write buffer;
+/// - `serde_json`'s scratch buffer, when the server writes the token with JSON escapes such as
+///   `\/`;
+/// - the kernel's socket buffers, and any copy of the password made before it reached
+///   [`Credentials::new`] (a configuration file's buffer, the environment).
 ///
 /// The password is sent in the request body only, never in a header or the URL, and it never
 /// appears in an error, a log event or a `Debug` output: a server message that echoes it has it
@@ -149,7 +205,9 @@ impl AuthTokenSource {
     /// of [`AuthTokenSourceBuilder`].
     ///
     /// Any path prefix of `base_url` is kept: `https://h/api/v1` and `https://h/api/v1/` both
-    /// log in at `https://h/api/v1/authtoken`.
+    /// log in at `https://h/api/v1/authtoken`. A base URL that already ends with `/authtoken` is
+    /// the login URL itself: `https://h/api/v1/authtoken` logs in there, not at
+    /// `.../authtoken/authtoken`.
     ///
     /// # Errors
     ///
@@ -208,12 +266,8 @@ impl AuthTokenSource {
     async fn login_inner(&self, user: &str) -> Result<Token, Error> {
         let password = self.credentials.password();
         // The only copy of the password outside `Credentials`: it goes straight into the request
-        // body and is never logged or formatted.
-        let body = serde_json::to_vec(&LoginRequest {
-            user_name: user,
-            password,
-        })
-        .map_err(|e| {
+        // body, is never logged or formatted, and is zeroed when the HTTP client drops it.
+        let body = login_body(user, password).map_err(|e| {
             Error::new(ErrorKind::Config)
                 .with_user(user)
                 .with_detail("could not encode the login request")
@@ -239,6 +293,12 @@ impl AuthTokenSource {
         // The token's lifetime runs from the moment the answer arrived.
         let received_at = Instant::now();
         let status = response.status();
+        // The server's clock when it answered, to measure an `expires` without `issued` against.
+        let server_date = response
+            .headers()
+            .get(header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_timestamp);
 
         if status.is_success() {
             if response
@@ -252,18 +312,44 @@ impl AuthTokenSource {
                 Ok(Capped::Overflow(_)) => return Err(too_large(user, status)),
                 Err(e) => return Err(request_error(e, user, Some(status))),
             };
-            return crate::token::parse_token_response(&body, self.default_lifetime, received_at)
-                .map_err(|e| e.with_user(user).with_status(status));
+            return crate::token::parse_token_response(
+                &body,
+                self.default_lifetime,
+                received_at,
+                server_date,
+            )
+            .map_err(|e| e.with_user(user).with_status(status));
         }
 
         let headers = response.headers().clone();
         // The body of an error answer only feeds the message: read what fits, ignore failures.
         let body = match read_capped(&mut response, MAX_BODY).await {
             Ok(Capped::Complete(body) | Capped::Overflow(body)) => body,
-            Err(_) => Vec::new(),
+            Err(_) => Zeroizing::new(Vec::new()),
         };
-        Err(status_error(status, &headers, &body, user, password))
+        Err(status_error(
+            status, &headers, &body, &self.url, user, password,
+        ))
     }
+}
+
+/// The login request body, `{"userName": ..., "password": ...}`, in a buffer that is zeroed when
+/// the last reference to it drops (`reqwest` and `hyper` hold references, not copies).
+fn login_body(user_name: &str, password: &str) -> Result<Bytes, serde_json::Error> {
+    // JSON writes a byte as at most 6 (`\u00XX`). With that much room, serializing never
+    // reallocates: a reallocation would free a partial copy of the password without wiping it.
+    let capacity = 32 + 6 * (user_name.len() + password.len());
+    let mut body = Zeroizing::new(Vec::with_capacity(capacity));
+    let allocated = body.capacity();
+    serde_json::to_writer(
+        &mut *body,
+        &LoginRequest {
+            user_name,
+            password,
+        },
+    )?;
+    debug_assert_eq!(body.capacity(), allocated, "the login body reallocated");
+    Ok(Bytes::from_owner(body))
 }
 
 /// The login request body. Deliberately not `Debug`: it holds the password.
@@ -274,26 +360,51 @@ struct LoginRequest<'a> {
     password: &'a str,
 }
 
-/// A body read with a cap.
+/// A body read with a cap, in a buffer zeroed when dropped (it holds the token, or a server
+/// message that may echo the password).
 enum Capped {
     /// The whole body, at most the cap.
-    Complete(Vec<u8>),
+    Complete(Zeroizing<Vec<u8>>),
     /// The body was longer than the cap: its first `cap` bytes.
-    Overflow(Vec<u8>),
+    Overflow(Zeroizing<Vec<u8>>),
 }
 
 /// Reads the body chunk by chunk, and stops as soon as it grows over `cap`.
+///
+/// The buffer never reallocates in place: it grows into a new buffer and the old one is zeroed,
+/// so no unwiped copy of the body is ever freed.
 async fn read_capped(response: &mut reqwest::Response, cap: usize) -> reqwest::Result<Capped> {
-    let mut body = Vec::new();
+    let expected = response
+        .content_length()
+        .map_or(1024, |len| usize::try_from(len).unwrap_or(cap));
+    let mut body = Zeroizing::new(Vec::with_capacity(expected.min(cap)));
     while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > cap {
-            let room = cap - body.len();
-            body.extend_from_slice(&chunk[..room]);
+        let room = cap - body.len();
+        let take = chunk.len().min(room);
+        reserve_wiped(&mut body, take, cap);
+        body.extend_from_slice(&chunk[..take]);
+        if chunk.len() > room {
             return Ok(Capped::Overflow(body));
         }
-        body.extend_from_slice(&chunk);
     }
     Ok(Capped::Complete(body))
+}
+
+/// Makes room for `additional` more bytes (at most `cap` in all), by moving into a larger buffer
+/// and zeroing the old one, never by `Vec`'s own reallocation.
+fn reserve_wiped(buffer: &mut Zeroizing<Vec<u8>>, additional: usize, cap: usize) {
+    let needed = buffer.len() + additional;
+    if needed <= buffer.capacity() {
+        return;
+    }
+    let mut grown = Zeroizing::new(Vec::with_capacity(
+        needed
+            .max(buffer.capacity().saturating_mul(2))
+            .min(cap.max(needed)),
+    ));
+    grown.extend_from_slice(buffer);
+    // The old buffer is zeroed as it drops.
+    *buffer = grown;
 }
 
 fn too_large(user: &str, status: StatusCode) -> Error {
@@ -324,26 +435,39 @@ fn request_error(error: reqwest::Error, user: &str, status: Option<StatusCode>) 
 }
 
 /// Maps a non-success status to its error.
+///
+/// A redirect, and a `404` without the API's "No user found" message, mean the URL is wrong:
+/// those are [`ErrorKind::Config`] errors that name the URL called (`url`, which carries no user
+/// info: [`authtoken_url`] refuses it).
 fn status_error(
     status: StatusCode,
     headers: &HeaderMap,
     body: &[u8],
+    url: &Url,
     user: &str,
     password: &str,
 ) -> Error {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let message = server_message(body, content_type, password);
     let kind = match status.as_u16() {
+        300..=399 => return redirect_error(status, headers, url, user),
         400 => ErrorKind::InvalidGrant,
         401 => ErrorKind::AuthenticationFailed,
         403 => ErrorKind::Forbidden,
-        404 => ErrorKind::UnknownUser,
+        404 if message
+            .as_deref()
+            .is_some_and(|m| m.to_lowercase().contains(UNKNOWN_USER_MESSAGE)) =>
+        {
+            ErrorKind::UnknownUser
+        }
+        404 => return wrong_url_error(status, message.as_deref(), url, user),
         429 => ErrorKind::RateLimited,
         _ => ErrorKind::Server,
     };
     let mut error = Error::new(kind).with_user(user).with_status(status);
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    if let Some(message) = server_message(body, content_type, password) {
+    if let Some(message) = message {
         error = error.with_detail(message);
     }
     if kind == ErrorKind::RateLimited {
@@ -356,39 +480,110 @@ fn status_error(
     error
 }
 
+/// The status with its reason phrase, such as `404 Not Found`.
+fn status_text(status: StatusCode) -> String {
+    match status.canonical_reason() {
+        Some(reason) => format!("{} {reason}", status.as_u16()),
+        None => status.as_u16().to_string(),
+    }
+}
+
+/// A `404` that is not the API's "No user found": the base URL points somewhere else.
+fn wrong_url_error(status: StatusCode, message: Option<&str>, url: &Url, user: &str) -> Error {
+    let mut detail = format!(
+        "POST {url} answered {} without the login endpoint's \"No user found with username\" \
+         message, so the URL is wrong: check the base URL",
+        status_text(status)
+    );
+    if let Some(message) = message {
+        detail.push_str("; the server said: ");
+        detail.push_str(message);
+    }
+    Error::config(detail).with_user(user).with_status(status)
+}
+
+/// A redirect, which is never followed (it could carry the password elsewhere): the base URL
+/// should be where it points.
+fn redirect_error(status: StatusCode, headers: &HeaderMap, url: &Url, user: &str) -> Error {
+    let location = headers
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|location| match url.join(location) {
+            Ok(mut target) => {
+                // Never show user info, which may hold a password.
+                let _ = target.set_username("");
+                let _ = target.set_password(None);
+                target.to_string()
+            }
+            // Not shown: we cannot tell what in it might be secret.
+            Err(_) => "a Location that is not a URL".to_owned(),
+        })
+        .map(|location| {
+            let mut shown: String = location.chars().take(MAX_MESSAGE_CHARS).collect();
+            if shown.len() < location.len() {
+                shown.push('…');
+            }
+            shown
+        });
+    let target = match &location {
+        Some(location) => format!("to {location}"),
+        None => "without a Location".to_owned(),
+    };
+    Error::config(format!(
+        "POST {url} answered {} {target}: check the base URL; redirects of a login are not \
+         followed, so that the password never goes elsewhere",
+        status_text(status)
+    ))
+    .with_user(user)
+    .with_status(status)
+}
+
 /// The server's message from an error body, safe to keep in an [`Error`].
 ///
 /// That is the JSON `message` field if the body is a JSON object with one, else the body as text
 /// (unless it is HTML: a proxy's error page says nothing useful). Control characters are removed,
 /// every occurrence of `password` is replaced by `[redacted]`, and the result is cut to 200
 /// characters. `None` if nothing is left.
+///
+/// Every intermediate copy, which may hold an echoed password, is zeroed when dropped.
 fn server_message(body: &[u8], content_type: Option<&str>, password: &str) -> Option<String> {
-    let raw = match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(serde_json::Value::Object(map)) => match map.get("message") {
-            Some(serde_json::Value::String(message)) => message.clone(),
-            _ => return None,
-        },
-        Ok(serde_json::Value::String(message)) => message,
-        Ok(_) => return None,
+    let raw: Zeroizing<String> = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(mut value) => {
+            let message = match &value {
+                serde_json::Value::Object(map) => match map.get("message") {
+                    Some(serde_json::Value::String(message)) => Some(message.clone()),
+                    _ => None,
+                },
+                serde_json::Value::String(message) => Some(message.clone()),
+                _ => None,
+            };
+            crate::token::wipe_json(&mut value);
+            Zeroizing::new(message?)
+        }
         Err(_) => {
             if content_type.is_some_and(|ct| ct.to_ascii_lowercase().contains("html")) {
                 return None;
             }
-            String::from_utf8_lossy(body).into_owned()
+            Zeroizing::new(String::from_utf8_lossy(body).into_owned())
         }
     };
     // Redact the password as it is, then again without control characters once they are
     // removed (so that none hidden inside an echoed password defeats the redaction), and all of
     // it before truncating, so that no prefix of the password survives.
-    let strip = |s: &str| -> String { s.chars().filter(|c| !c.is_control()).collect() };
+    let strip = |s: &str| -> Zeroizing<String> {
+        // Sized up front: growing would free partial copies without wiping them.
+        let mut out = Zeroizing::new(String::with_capacity(s.len()));
+        out.extend(s.chars().filter(|c| !c.is_control()));
+        out
+    };
     let mut text = raw;
     if !password.is_empty() {
-        text = text.replace(password, REDACTED);
+        text = Zeroizing::new(text.replace(password, REDACTED));
     }
     let mut text = strip(&text);
     let password = strip(password);
     if !password.is_empty() {
-        text = text.replace(&password, REDACTED);
+        text = Zeroizing::new(text.replace(password.as_str(), REDACTED));
     }
     let text = text.trim();
     if text.is_empty() {
@@ -458,8 +653,9 @@ pub struct AuthTokenSourceBuilder {
 impl AuthTokenSourceBuilder {
     /// The longest one login may take, from connecting until the whole response body is read.
     ///
-    /// Default: 30 seconds. A login that takes longer fails with [`ErrorKind::Timeout`]. Must not
-    /// be zero.
+    /// Default: 30 seconds. A login that takes longer fails with [`ErrorKind::Timeout`]. Must be
+    /// more than zero and at most one hour, or [`build`](Self::build) fails with
+    /// [`ErrorKind::Config`] naming `timeout`.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -478,7 +674,9 @@ impl AuthTokenSourceBuilder {
     /// a proxy or extra root certificates.
     ///
     /// Default: a client of our own that follows no redirects (a redirect of a login could carry
-    /// the password elsewhere; it fails with [`ErrorKind::Server`] instead). With your client,
+    /// the password elsewhere; it fails with [`ErrorKind::Config`] naming the `Location`
+    /// instead) and speaks HTTP/1.1 only (over HTTP/2, the `h2` crate copies small request bodies,
+    /// the password among them, into its connection's write buffer, which is never wiped). With your client,
     /// its redirect policy applies; the [`timeout`](Self::timeout) and the user agent are still
     /// applied to every login request.
     ///
@@ -489,7 +687,8 @@ impl AuthTokenSourceBuilder {
         self
     }
 
-    /// Allows plain `http://` to a host that is not loopback.
+    /// Allows plain `http://` to a host that is not loopback. This is the switch that the
+    /// [`ErrorKind::InsecureTransport`] error of [`build`](Self::build) names.
     ///
     /// Default: `false`. Plain `http://` is always allowed to `localhost`, `127.0.0.0/8` and
     /// `::1`, where the traffic never leaves the machine; anywhere else it would send the
@@ -503,8 +702,10 @@ impl AuthTokenSourceBuilder {
     /// The lifetime assumed for a token whose response says nothing about its expiry.
     ///
     /// Default: [`DEFAULT_LIFETIME`](crate::token::DEFAULT_LIFETIME), 5 minutes: a response with
-    /// only a `token` gives a token valid for 5 minutes from its arrival. Must be more than zero
-    /// and at most [`MAX_LIFETIME`](crate::token::MAX_LIFETIME).
+    /// only a `token` gives a token valid for 5 minutes from its arrival. It also caps an
+    /// `expires` measured against our own clock (see the [`token`](crate::token) module). Must
+    /// be more than zero and at most [`MAX_LIFETIME`](crate::token::MAX_LIFETIME), a year, or
+    /// [`build`](Self::build) fails with [`ErrorKind::Config`] naming `default_lifetime`.
     pub fn default_lifetime(mut self, lifetime: Duration) -> Self {
         self.default_lifetime = lifetime;
         self
@@ -515,23 +716,29 @@ impl AuthTokenSourceBuilder {
     /// # Errors
     ///
     /// [`ErrorKind::Config`] for a base URL that does not parse, is not `http(s)`, or carries
-    /// user info, a query or a fragment, for an empty user name, a zero timeout, a default
-    /// lifetime of zero or over [`MAX_LIFETIME`](crate::token::MAX_LIFETIME), an invalid user
-    /// agent, or if the HTTP client cannot be built; [`ErrorKind::InsecureTransport`] for plain
-    /// `http://` to a non-loopback host without
-    /// [`allow_insecure_http`](Self::allow_insecure_http).
+    /// user info, a query or a fragment, for an empty user name, a timeout of zero or over one
+    /// hour, a default lifetime of zero or over [`MAX_LIFETIME`](crate::token::MAX_LIFETIME), an
+    /// invalid user agent, or if the HTTP client cannot be built; each message names the
+    /// setting. [`ErrorKind::InsecureTransport`] for plain `http://` to a non-loopback host
+    /// without [`allow_insecure_http`](Self::allow_insecure_http); its message names the host
+    /// and that switch.
     pub fn build(self) -> Result<AuthTokenSource, Error> {
         let url = authtoken_url(&self.base_url, self.allow_insecure_http)?;
         if self.credentials.user_name().is_empty() {
             return Err(Error::config("the user name is empty"));
         }
-        if self.timeout.is_zero() {
-            return Err(Error::config("the timeout is zero"));
+        if self.timeout.is_zero() || self.timeout > MAX_TIMEOUT {
+            return Err(Error::config(format!(
+                "timeout must be more than zero and at most {} s (an hour), not {:?}",
+                MAX_TIMEOUT.as_secs(),
+                self.timeout
+            )));
         }
         if self.default_lifetime.is_zero() || self.default_lifetime > MAX_LIFETIME {
             return Err(Error::config(format!(
-                "the default lifetime must be more than zero and at most {} s",
-                MAX_LIFETIME.as_secs()
+                "default_lifetime must be more than zero and at most {} s (a year), not {:?}",
+                MAX_LIFETIME.as_secs(),
+                self.default_lifetime
             )));
         }
         let user_agent = match self.user_agent {
@@ -542,8 +749,11 @@ impl AuthTokenSourceBuilder {
         };
         let client = match self.client {
             Some(client) => client,
+            // HTTP/1.1 only: a login is one small request, and h2 would copy a body under 256
+            // bytes (ours, with the password) into its connection's write buffer, unwiped.
             None => reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
+                .http1_only()
                 .build()
                 .map_err(|e| Error::config("could not build the HTTP client").with_source(e))?,
         };
@@ -610,6 +820,15 @@ mod tests {
             ("http://127.0.0.1:9000", "http://127.0.0.1:9000/authtoken"),
             ("http://[::1]:9000/p/", "http://[::1]:9000/p/authtoken"),
             ("  https://h/api  ", "https://h/api/authtoken"),
+            ("https://h/authtoken", "https://h/authtoken"),
+            ("https://h/api/authtoken", "https://h/api/authtoken"),
+            ("https://h/api/authtoken/", "https://h/api/authtoken"),
+            ("https://h/api/AuthToken", "https://h/api/AuthToken"),
+            (
+                "https://h/api/authtokens",
+                "https://h/api/authtokens/authtoken",
+            ),
+            ("https://h/myauthtoken", "https://h/myauthtoken/authtoken"),
         ] {
             assert_eq!(url_of(base).unwrap(), expected, "{base}");
         }
@@ -677,6 +896,137 @@ mod tests {
     }
 
     #[test]
+    fn insecure_transport_error_names_the_host_and_the_switch() {
+        let err = url_of("http://api.example.com:8080/v1").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InsecureTransport);
+        assert_eq!(
+            err.detail(),
+            Some(
+                "the login URL is plain http to 'api.example.com', which is not loopback: \
+                 AuthTokenSourceBuilder::allow_insecure_http(true) allows it"
+            )
+        );
+    }
+
+    fn login_url() -> Url {
+        authtoken_url("https://h/api", false).unwrap()
+    }
+
+    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| (name.clone(), HeaderValue::from_str(value).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn a_404_without_the_unknown_user_message_is_a_wrong_url() {
+        let url = login_url();
+        let html = headers(&[(header::CONTENT_TYPE, "text/html")]);
+        let json = headers(&[(header::CONTENT_TYPE, "application/json")]);
+        let cases: &[(&HeaderMap, &[u8], Option<&str>)] = &[
+            (&html, b"<html><h1>Not Found</h1></html>", None),
+            (&json, b"", None),
+            (
+                &json,
+                br#"{"timestamp":"x","status":404,"error":"Not Found"}"#,
+                None,
+            ),
+            (
+                &json,
+                b"Cannot POST /api/authtoken",
+                Some("Cannot POST /api/authtoken"),
+            ),
+        ];
+        for &(headers, body, said) in cases {
+            let err = status_error(StatusCode::NOT_FOUND, headers, body, &url, "alice", "pw");
+            assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+            assert_eq!(err.status(), Some(StatusCode::NOT_FOUND));
+            let detail = err.detail().unwrap();
+            assert!(
+                detail.starts_with(
+                    "POST https://h/api/authtoken answered 404 Not Found without the login \
+                     endpoint's \"No user found with username\" message, so the URL is wrong: \
+                     check the base URL"
+                ),
+                "{detail}"
+            );
+            match said {
+                Some(said) => assert!(detail.ends_with(&format!("; the server said: {said}"))),
+                None => assert!(!detail.contains("server said"), "{detail}"),
+            }
+        }
+        for body in [
+            &br#"{"message":"No user found with username: alice"}"#[..],
+            b"no user found with username: alice",
+        ] {
+            let err = status_error(StatusCode::NOT_FOUND, &json, body, &url, "alice", "pw");
+            assert_eq!(err.kind(), ErrorKind::UnknownUser, "{err}");
+        }
+    }
+
+    #[test]
+    fn a_redirect_is_a_config_error_naming_the_location() {
+        let url = login_url();
+        let cases = [
+            (
+                StatusCode::MOVED_PERMANENTLY,
+                Some("https://new.example.com/v2/authtoken"),
+                "POST https://h/api/authtoken answered 301 Moved Permanently to \
+                 https://new.example.com/v2/authtoken: check the base URL; redirects of a login \
+                 are not followed, so that the password never goes elsewhere",
+            ),
+            (
+                StatusCode::TEMPORARY_REDIRECT,
+                Some("/login?next=%2Fapi"),
+                "POST https://h/api/authtoken answered 307 Temporary Redirect to \
+                 https://h/login?next=%2Fapi: check the base URL; redirects of a login are not \
+                 followed, so that the password never goes elsewhere",
+            ),
+            (
+                StatusCode::FOUND,
+                Some("https://bob:hunter2@evil.example.com/"),
+                "POST https://h/api/authtoken answered 302 Found to https://evil.example.com/: \
+                 check the base URL; redirects of a login are not followed, so that the \
+                 password never goes elsewhere",
+            ),
+            (
+                StatusCode::PERMANENT_REDIRECT,
+                None,
+                "POST https://h/api/authtoken answered 308 Permanent Redirect without a \
+                 Location: check the base URL; redirects of a login are not followed, so that \
+                 the password never goes elsewhere",
+            ),
+        ];
+        for (status, location, expected) in cases {
+            let headers = match location {
+                Some(location) => headers(&[(header::LOCATION, location)]),
+                None => HeaderMap::new(),
+            };
+            let err = status_error(status, &headers, b"", &url, "alice", "pw");
+            assert_eq!(err.kind(), ErrorKind::Config);
+            assert!(!err.is_transient());
+            assert_eq!(err.status(), Some(status));
+            assert_eq!(err.detail(), Some(expected));
+            assert!(!format!("{err} {err:?}").contains("hunter2"));
+        }
+    }
+
+    #[test]
+    fn the_login_body_is_json_in_a_buffer_that_never_reallocated() {
+        let body = login_body("al\"ice", "p\u{1}w\\").unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"userName": "al\"ice", "password": "p\u{1}w\\"})
+        );
+        // The worst case: every byte escaped to six.
+        let nasty = "\u{1}".repeat(100);
+        let body = login_body(&nasty, &nasty).unwrap();
+        assert_eq!(body.len(), 29 + 2 * 600);
+    }
+
+    #[test]
     fn build_checks_its_inputs() {
         let creds = || Credentials::new("alice", "pw");
         let base = "https://h";
@@ -704,6 +1054,36 @@ mod tests {
             kind(AuthTokenSource::builder(base, creds()).user_agent("bad\nagent")),
             ErrorKind::Config
         );
+        for timeout in [
+            Duration::ZERO,
+            MAX_TIMEOUT + Duration::from_nanos(1),
+            Duration::MAX,
+        ] {
+            let err = AuthTokenSource::builder(base, creds())
+                .timeout(timeout)
+                .build()
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config);
+            assert!(
+                err.detail().unwrap().starts_with("timeout must be"),
+                "{err}"
+            );
+        }
+        let err = AuthTokenSource::builder(base, creds())
+            .default_lifetime(Duration::MAX)
+            .build()
+            .unwrap_err();
+        assert!(
+            err.detail()
+                .unwrap()
+                .starts_with("default_lifetime must be"),
+            "{err}"
+        );
+        AuthTokenSource::builder(base, creds())
+            .timeout(MAX_TIMEOUT)
+            .default_lifetime(MAX_LIFETIME)
+            .build()
+            .unwrap();
         let source = AuthTokenSource::new("https://h/api/", creds()).unwrap();
         assert_eq!(source.url(), "https://h/api/authtoken");
         assert_eq!(source.user_name(), "alice");

@@ -3,11 +3,14 @@
 use std::fmt;
 
 use secrecy::{ExposeSecret, SecretString};
+use zeroize::Zeroize;
 
 /// A user name and a password for the `/authtoken` endpoint.
 ///
-/// The password is held as a [`SecretString`]: it is zeroed when dropped, and `Debug` shows only
-/// the user name.
+/// The password is held as a [`SecretString`]: it is zeroed when dropped (every clone too), and
+/// `Debug` shows only the user name. [`new`](Credentials::new) also zeroes the `String` it is
+/// given, spare capacity included; what it cannot reach is any copy made before (a config file's
+/// buffer, an environment block).
 ///
 /// ```
 /// use tower_authtoken::Credentials;
@@ -25,10 +28,18 @@ pub struct Credentials {
 
 impl Credentials {
     /// Credentials for `user_name` with `password`.
+    ///
+    /// The password is copied into a buffer of its exact size, and the `String` it came in is
+    /// zeroed (spare capacity included) before it is freed. (Handing the `String` to
+    /// `SecretString` directly would shrink it in place when it has spare capacity, and the
+    /// allocator would free the old block unwiped.)
     pub fn new(user_name: impl Into<String>, password: impl Into<String>) -> Self {
+        let mut password: String = password.into();
+        let exact: Box<str> = Box::from(password.as_str());
+        password.zeroize();
         Credentials {
             user_name: user_name.into(),
-            password: SecretString::from(password.into()),
+            password: SecretString::from(exact),
         }
     }
 

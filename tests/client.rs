@@ -2,12 +2,14 @@
 //! misbehave in the right way, against a few bytes written straight to a socket).
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::header;
+use proptest::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tower_authtoken::testing::{Failure, ReferenceServer, TimestampFormat};
+use tower_authtoken::token::MAX_LIFETIME;
 use tower_authtoken::{AuthTokenSource, Credentials, Error, ErrorKind, TokenSource};
 
 fn source_for(server: &ReferenceServer) -> AuthTokenSource {
@@ -205,7 +207,7 @@ async fn status_503_maps_to_server() {
 #[tokio::test]
 async fn unexpected_statuses_map_to_server() {
     let server = ReferenceServer::start().await;
-    for status in [302, 405, 418] {
+    for status in [405, 418] {
         server.push_failure(Failure::Status(status));
         let error = source_for(&server).fetch().await.unwrap_err();
         assert_eq!(error.kind(), ErrorKind::Server, "{status}");
@@ -421,13 +423,344 @@ async fn redirects_are_not_followed() {
     .await;
     let source = AuthTokenSource::new(&format!("http://{addr}"), target.credentials()).unwrap();
     let error = source.fetch().await.unwrap_err();
-    assert_eq!(error.kind(), ErrorKind::Server);
+    assert_eq!(error.kind(), ErrorKind::Config, "{error}");
+    assert!(!error.is_transient());
     assert_eq!(error.status().map(|s| s.as_u16()), Some(307));
+    assert_eq!(
+        error.detail(),
+        Some(
+            format!(
+                "POST http://{addr}/authtoken answered 307 Temporary Redirect to \
+                 {}/authtoken: check the base URL; redirects of a login are not followed, so \
+                 that the password never goes elsewhere",
+                target.base_url()
+            )
+            .as_str()
+        )
+    );
     assert_eq!(
         target.login_attempts(),
         0,
         "the password went to the redirect target"
     );
+}
+
+#[tokio::test]
+async fn every_redirect_status_is_a_config_error_naming_the_location() {
+    for status in [301, 302, 303, 307, 308] {
+        let addr = raw_server(move |mut stream| async move {
+            let head = format!(
+                "HTTP/1.1 {status} Moved\r\nLocation: /v2/authtoken\r\nContent-Length: 0\r\n\r\n"
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+        })
+        .await;
+        let source = AuthTokenSource::new(
+            &format!("http://{addr}/v1"),
+            Credentials::new("alice", "pw"),
+        )
+        .unwrap();
+        let error = source.fetch().await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Config, "{status}: {error}");
+        let detail = error.detail().unwrap();
+        assert!(
+            detail.starts_with(&format!(
+                "POST http://{addr}/v1/authtoken answered {status}"
+            )),
+            "{detail}"
+        );
+        assert!(
+            detail.contains(&format!(
+                " to http://{addr}/v2/authtoken: check the base URL"
+            )),
+            "{detail}"
+        );
+    }
+}
+
+/// The login URL of a raw server whose every answer is `404` with this content type and body.
+async fn not_found_with(content_type: &'static str, body: &'static str) -> Error {
+    let addr = raw_server(move |mut stream| async move {
+        let head = format!(
+            "HTTP/1.1 404 Not Found\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+    })
+    .await;
+    AuthTokenSource::new(
+        &format!("http://{addr}/wrong/prefix"),
+        Credentials::new("alice", "S3cret-in-404"),
+    )
+    .unwrap()
+    .fetch()
+    .await
+    .unwrap_err()
+}
+
+#[tokio::test]
+async fn a_404_that_is_not_no_user_found_is_a_wrong_url_showing_the_url_called() {
+    for (content_type, body) in [
+        (
+            "text/html",
+            "<html><body><h1>404 Not Found</h1></body></html>",
+        ),
+        ("text/plain", ""),
+        ("text/plain", "Cannot POST /wrong/prefix/authtoken"),
+        (
+            "application/json",
+            r#"{"timestamp":"2026-11-28T10:00:00Z","status":404,"error":"Not Found","path":"/wrong/prefix/authtoken"}"#,
+        ),
+    ] {
+        let error = not_found_with(content_type, body).await;
+        assert_eq!(error.kind(), ErrorKind::Config, "{body}: {error}");
+        assert!(!error.is_transient());
+        assert_eq!(error.status().map(|s| s.as_u16()), Some(404));
+        let text = error.to_string();
+        assert!(
+            text.contains("/wrong/prefix/authtoken answered 404 Not Found"),
+            "{text}"
+        );
+        assert!(text.contains("check the base URL"), "{text}");
+        assert!(!all_text(&error).contains("S3cret-in-404"), "{error:?}");
+        assert!(!text.contains("<html>"), "{text}");
+    }
+    // The documented answer is still an unknown user, as plain text too.
+    let error = not_found_with("text/plain", "No user found with username: alice").await;
+    assert_eq!(error.kind(), ErrorKind::UnknownUser, "{error}");
+}
+
+#[tokio::test]
+async fn a_base_url_that_already_ends_in_authtoken_is_not_extended() {
+    let server = ReferenceServer::start().await;
+    for (base, login_url) in [
+        (
+            format!("{}/authtoken", server.base_url()),
+            format!("{}/authtoken", server.base_url()),
+        ),
+        (
+            format!("{}/api/authtoken/", server.base_url()),
+            format!("{}/api/authtoken", server.base_url()),
+        ),
+    ] {
+        let source = AuthTokenSource::new(&base, server.credentials()).unwrap();
+        assert_eq!(source.url(), login_url);
+        source.fetch().await.unwrap();
+    }
+    assert_eq!(server.logins(), 2);
+    // And on the wire, the request line is the URL given, once.
+    let (request_tx, request_rx) = tokio::sync::oneshot::channel();
+    let addr = raw_server_with_request(move |request, mut stream| async move {
+        let _ = request_tx.send(request);
+        let _ = stream
+            .write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
+            .await;
+    })
+    .await;
+    let source = AuthTokenSource::new(
+        &format!("http://{addr}/v1/authtoken"),
+        Credentials::new("a", "b"),
+    )
+    .unwrap();
+    let _ = source.fetch().await;
+    let request = String::from_utf8(request_rx.await.unwrap()).unwrap();
+    assert!(
+        request.starts_with("POST /v1/authtoken HTTP/1.1\r\n"),
+        "{request}"
+    );
+}
+
+#[tokio::test]
+async fn insecure_transport_error_names_the_host_and_the_switch() {
+    let error = AuthTokenSource::new(
+        "http://api.example.com:8080/v1",
+        Credentials::new("alice", "pw"),
+    )
+    .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InsecureTransport);
+    let text = error.to_string();
+    assert!(text.contains("'api.example.com'"), "{text}");
+    assert!(
+        text.contains("AuthTokenSourceBuilder::allow_insecure_http(true)"),
+        "{text}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server's clock
+
+/// An HTTP date for `instant`.
+fn http_date(instant: SystemTime) -> String {
+    jiff::fmt::rfc2822::DateTimePrinter::new()
+        .timestamp_to_rfc9110_string(&jiff::Timestamp::try_from(instant).unwrap())
+        .unwrap()
+}
+
+/// A login URL whose one answer is `200` with `body`, and a `Date` header if given.
+async fn answering(body: String, date: Option<String>) -> String {
+    let addr = raw_server(move |mut stream| async move {
+        let date = date.map_or_else(String::new, |date| format!("Date: {date}\r\n"));
+        let head = format!(
+            "HTTP/1.1 200 OK\r\n{date}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+    })
+    .await;
+    format!("http://{addr}")
+}
+
+/// `instant` cut to whole seconds, as an HTTP date carries it.
+fn whole_seconds(instant: SystemTime) -> SystemTime {
+    let since = instant.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+    SystemTime::UNIX_EPOCH + Duration::from_secs(since.as_secs())
+}
+
+#[tokio::test]
+async fn expires_without_issued_is_read_against_the_date_header_whatever_the_servers_clock() {
+    let hour = Duration::from_secs(3600);
+    let now = SystemTime::now();
+    for server_now in [now - hour, now + hour, now] {
+        let date = whole_seconds(server_now);
+        let expires = jiff::Timestamp::try_from(date + Duration::from_secs(30)).unwrap();
+        let body = serde_json::json!({"token": "t", "expires": expires.to_string()}).to_string();
+        let base = answering(body, Some(http_date(date))).await;
+        let token = AuthTokenSource::new(&base, Credentials::new("a", "b"))
+            .unwrap()
+            .fetch()
+            .await
+            .unwrap();
+        assert_eq!(token.lifetime(), Duration::from_secs(30), "{date:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_token_expired_by_the_date_header_is_an_invalid_response() {
+    // The server's clock is an hour ahead of ours; by it, the token expired a minute ago.
+    let date = whole_seconds(SystemTime::now() + Duration::from_secs(3600));
+    let expires = jiff::Timestamp::try_from(date - Duration::from_secs(60)).unwrap();
+    let body = serde_json::json!({"token": "t", "expires": expires.to_string()}).to_string();
+    let base = answering(body, Some(http_date(date))).await;
+    let error = AuthTokenSource::new(&base, Credentials::new("a", "b"))
+        .unwrap()
+        .fetch()
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidResponse);
+    assert_eq!(
+        error.detail(),
+        Some("expires is before the response's Date: the token has expired")
+    );
+}
+
+#[tokio::test]
+async fn without_a_date_header_our_clock_only_shortens_the_lifetime() {
+    let now = SystemTime::now();
+    let soon = jiff::Timestamp::try_from(now + Duration::from_secs(20)).unwrap();
+    let body = serde_json::json!({"token": "t", "expires": soon.to_string()}).to_string();
+    let token = AuthTokenSource::new(&answering(body, None).await, Credentials::new("a", "b"))
+        .unwrap()
+        .fetch()
+        .await
+        .unwrap();
+    assert!(token.lifetime() <= Duration::from_secs(20), "{token:?}");
+    assert!(token.lifetime() > Duration::from_secs(15), "{token:?}");
+    let later = jiff::Timestamp::try_from(now + Duration::from_secs(7200)).unwrap();
+    let body = serde_json::json!({"token": "t", "expires": later.to_string()}).to_string();
+    let token = AuthTokenSource::new(&answering(body, None).await, Credentials::new("a", "b"))
+        .unwrap()
+        .fetch()
+        .await
+        .unwrap();
+    assert_eq!(
+        token.lifetime(),
+        Duration::from_secs(300),
+        "capped at the default"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Settings
+
+/// Durations of every size, the edges of the accepted ranges among them.
+fn any_duration() -> impl Strategy<Value = Duration> {
+    let edges = [
+        Duration::ZERO,
+        Duration::from_nanos(1),
+        Duration::from_secs(3600),
+        Duration::from_secs(3600) + Duration::from_nanos(1),
+        MAX_LIFETIME,
+        MAX_LIFETIME + Duration::from_nanos(1),
+        Duration::MAX,
+    ];
+    prop_oneof![
+        (any::<u64>(), 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+        (0u64..4000, 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+        (0u64..40_000_000).prop_map(Duration::from_secs),
+        prop::sample::select(edges.to_vec()),
+    ]
+}
+
+#[test]
+fn build_refuses_out_of_range_durations_by_name_and_accepted_ones_never_panic() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // A port nobody listens on: a login fails at once with a transport error.
+    let closed = runtime.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    });
+    let config = ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(timeout in any_duration(), lifetime in any_duration())| {
+        let built = AuthTokenSource::builder(&format!("http://{closed}"), Credentials::new("a", "b"))
+            .timeout(timeout)
+            .default_lifetime(lifetime)
+            .build();
+        let timeout_ok = !timeout.is_zero() && timeout <= Duration::from_secs(3600);
+        let lifetime_ok = !lifetime.is_zero() && lifetime <= MAX_LIFETIME;
+        match built {
+            Ok(source) => {
+                prop_assert!(timeout_ok && lifetime_ok, "{timeout:?} {lifetime:?} accepted");
+                // Refused at once, or timed out first when the timeout is a few nanoseconds.
+                let error = runtime.block_on(source.fetch()).unwrap_err();
+                prop_assert!(
+                    matches!(error.kind(), ErrorKind::Transport | ErrorKind::Timeout),
+                    "{error:?}"
+                );
+            }
+            Err(error) => {
+                prop_assert_eq!(error.kind(), ErrorKind::Config);
+                let detail = error.detail().unwrap_or_default();
+                if !timeout_ok {
+                    prop_assert!(detail.starts_with("timeout must be"), "{detail}");
+                } else {
+                    prop_assert!(!lifetime_ok, "{timeout:?} {lifetime:?} refused: {detail}");
+                    prop_assert!(detail.starts_with("default_lifetime must be"), "{detail}");
+                }
+            }
+        }
+    });
+}
+
+#[tokio::test]
+async fn the_largest_accepted_settings_log_in_and_give_a_usable_token() {
+    let base = answering(r#"{"token":"t"}"#.to_owned(), None).await;
+    let token = AuthTokenSource::builder(&base, Credentials::new("a", "b"))
+        .timeout(Duration::from_secs(3600))
+        .default_lifetime(MAX_LIFETIME)
+        .build()
+        .unwrap()
+        .fetch()
+        .await
+        .unwrap();
+    assert_eq!(token.lifetime(), MAX_LIFETIME);
+    assert!(token.expires_at() > token.received_at());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -369,9 +369,20 @@ fn lifetime_selection_rules() {
             Lifetime(secs(1200)),
         ),
         (
-            "expires without issued is not compared with the local clock",
-            json!({"token": "abc", "expires": "2001-01-01T00:00:00Z"}).to_string(),
+            "expires without issued and without a Date, in our past, is refused",
+            json!({"token": "abc", "expires": "2001-01-01T00:00:00Z", "expiresIn": 60}).to_string(),
+            Refused("expires is in the past by our clock"),
+        ),
+        (
+            "expires without issued and without a Date, far ahead, is capped at the default",
+            json!({"token": "abc", "expires": "2999-01-01T00:00:00Z"}).to_string(),
             Lifetime(DEFAULT),
+        ),
+        (
+            "expires without issued and without a Date never lengthens another reading",
+            json!({"token": "abc", "expires": "2999-01-01T00:00:00Z", "expiresIn": 3600})
+                .to_string(),
+            Lifetime(secs(3600)),
         ),
         (
             "issued without expires gives no reading",
@@ -379,8 +390,13 @@ fn lifetime_selection_rules() {
             Lifetime(DEFAULT),
         ),
         (
-            "a JWT with exp but no iat gives no reading",
+            "a JWT with exp but no iat, in our past and without a Date, is refused",
             json!({"token": jwt(&json!({"exp": NOV_28_10H}))}).to_string(),
+            Refused("the JWT's exp is in the past by our clock"),
+        ),
+        (
+            "a JWT with exp but no iat, far ahead and without a Date, is capped at the default",
+            json!({"token": jwt(&json!({"exp": 32_503_680_000_u64}))}).to_string(),
             Lifetime(DEFAULT),
         ),
         (
@@ -440,6 +456,128 @@ fn lifetime_selection_rules() {
             Refused("expires is not a timestamp"),
         ),
     ]);
+}
+
+/// Parses `body` as if its response carried `Date: <date>`.
+fn parse_dated(body: &Value, date: SystemTime) -> Result<Token, Error> {
+    Token::from_response_body_with_date(body.to_string().as_bytes(), DEFAULT, Some(date))
+}
+
+/// `instant` in RFC 3339, and with an offset of `offset_hours`.
+fn rfc3339(instant: SystemTime, offset_hours: i8) -> String {
+    jiff::Timestamp::try_from(instant)
+        .unwrap()
+        .display_with_offset(jiff::tz::Offset::constant(offset_hours))
+        .to_string()
+}
+
+#[test]
+fn expires_without_issued_is_read_against_the_servers_date_whatever_its_clock() {
+    // The server's clock is an hour behind ours, in step, an hour ahead, or in 1994; its
+    // timestamps in UTC or another zone. Every time, `expires` is 30 s after its `Date`.
+    let now = SystemTime::now();
+    let hour = secs(3600);
+    let whole = |t: SystemTime| at(t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs());
+    for server_now in [now - hour, now, now + hour, at(784_111_777)] {
+        let date = whole(server_now);
+        let expires = date + secs(30);
+        for offset in [0, 5, -8] {
+            let body = json!({"token": "abc", "expires": rfc3339(expires, offset)});
+            let token = parse_dated(&body, date).unwrap();
+            assert_eq!(token.lifetime(), secs(30), "{body} against {date:?}");
+            assert_eq!(token.expires(), Some(expires));
+        }
+        // The same with an `expiresIn` that is longer: the Date reading is smaller and wins.
+        let body = json!({"token": "abc", "expires": rfc3339(expires, 0), "expiresIn": 600});
+        assert_eq!(parse_dated(&body, date).unwrap().lifetime(), secs(30));
+    }
+}
+
+#[test]
+fn a_token_expired_by_the_servers_date_is_an_invalid_response_not_a_default_lifetime() {
+    let date = at(NOV_28_10H);
+    for (expires, detail) in [
+        (
+            at(NOV_28_10H),
+            "expires equals the response's Date: the token has expired",
+        ),
+        (
+            at(NOV_28_10H - 1),
+            "expires is before the response's Date: the token has expired",
+        ),
+        (
+            at(NOV_28_10H - 86_400),
+            "expires is before the response's Date: the token has expired",
+        ),
+    ] {
+        let body = json!({"token": "abc", "expires": rfc3339(expires, 2), "expiresIn": 3600});
+        let err = parse_dated(&body, date).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidResponse);
+        assert_eq!(err.detail(), Some(detail));
+    }
+    // With `issued` beside it, `expires` is measured against `issued`, not the Date.
+    let body = json!({
+        "token": "abc", "issued": "2026-11-28T09:00:00Z", "expires": "2026-11-28T09:10:00Z",
+    });
+    assert_eq!(parse_dated(&body, date).unwrap().lifetime(), secs(600));
+}
+
+#[test]
+fn oauth2_field_names_are_read_as_aliases() {
+    let date = at(NOV_28_10H);
+    let token = parse_dated(
+        &json!({"access_token": "abc", "token_type": "bearer", "expires_in": 900}),
+        date,
+    )
+    .unwrap();
+    assert_eq!(token.expose_secret(), "abc");
+    assert_eq!(token.token_type(), Some("bearer"));
+    assert_eq!(token.lifetime(), secs(900));
+    check(vec![
+        (
+            "expires_in as a string",
+            json!({"access_token": "abc", "expires_in": "PT2M"}).to_string(),
+            Lifetime(secs(120)),
+        ),
+        (
+            "both token names with the same value",
+            json!({"token": "abc", "access_token": "abc", "expiresIn": 60}).to_string(),
+            Lifetime(secs(60)),
+        ),
+        (
+            "expiresIn and expires_in are two readings: the smaller wins",
+            json!({"token": "abc", "expiresIn": 60, "expires_in": 3600}).to_string(),
+            Lifetime(secs(60)),
+        ),
+        (
+            "expires_in is held to the same rules as expiresIn",
+            json!({"token": "abc", "expiresIn": 60, "expires_in": 0}).to_string(),
+            Refused("expires_in is 0"),
+        ),
+        (
+            "different token and access_token are ambiguous",
+            json!({"token": "SECRETone", "access_token": "SECRETtwo"}).to_string(),
+            Refused("token and access_token differ"),
+        ),
+        (
+            "different type and token_type are ambiguous",
+            json!({"token": "abc", "type": "Bearer", "token_type": "DPoP"}).to_string(),
+            Refused("type and token_type differ"),
+        ),
+        (
+            "an access_token of the wrong type is refused",
+            json!({"access_token": {"v": 1}}).to_string(),
+            Refused("the access_token is neither a string nor a number"),
+        ),
+        (
+            "a null access_token is absent",
+            json!({"token": "abc", "access_token": null, "expiresIn": 60}).to_string(),
+            Lifetime(secs(60)),
+        ),
+    ]);
+    let both_types =
+        parse(json!({"token": "a", "type": "Bearer", "token_type": "bearer"}).to_string());
+    assert_eq!(both_types.unwrap().token_type(), Some("Bearer"));
 }
 
 #[test]
@@ -738,6 +876,38 @@ proptest! {
             body.truncate(cut.index(body.len() + 1));
         }
         assert_well_behaved(&parse(&body), "SECRET")?;
+    }
+
+    #[test]
+    fn an_expiry_without_issued_is_read_against_any_server_date(
+        date in 1_000_000_000i64..4_000_000_000,
+        reading in any_reading(),
+        encoding in any::<u8>(),
+        expires_in in prop::option::of(any_reading()),
+    ) {
+        let mut body = serde_json::Map::new();
+        body.insert("token".to_owned(), json!("opaque-token"));
+        body.insert("expires".to_owned(), encode_instant(date + reading, encoding));
+        let mut readings = vec![reading];
+        if let Some(expires_in) = expires_in {
+            readings.push(expires_in);
+            body.insert("expiresIn".to_owned(), json!(expires_in));
+        }
+        let server_date = SystemTime::UNIX_EPOCH + secs(date.unsigned_abs());
+        let outcome = Token::from_response_body_with_date(
+            Value::Object(body).to_string().as_bytes(),
+            DEFAULT,
+            Some(server_date),
+        );
+        let max = i64::try_from(MAX_LIFETIME.as_secs()).unwrap();
+        if readings.iter().all(|&r| 0 < r && r <= max) {
+            let token = outcome.map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+            let smallest = readings.iter().min().map(|&r| secs(r.unsigned_abs()));
+            prop_assert_eq!(Some(token.lifetime()), smallest);
+        } else {
+            let err = outcome.err().ok_or_else(|| TestCaseError::fail("accepted a bad reading"))?;
+            prop_assert_eq!(err.kind(), ErrorKind::InvalidResponse);
+        }
     }
 
     #[test]

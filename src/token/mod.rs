@@ -1,4 +1,41 @@
 //! The token model: a bearer token, what the server said about it, and how long we may use it.
+//!
+//! # How long a token lives: which reading wins
+//!
+//! A response may state the token's lifetime several ways. Every statement is a *reading*:
+//!
+//! 1. `expiresIn` and `expires_in`: the lifetime itself.
+//! 2. `expires - issued`, and the JWT's `exp - iat`: an expiry measured against the issue
+//!    instant written beside it, on the same server clock and at the same precision.
+//! 3. An expiry without its issue instant (`expires` without `issued`, a JWT `exp` without
+//!    `iat`) is measured against the response's `Date` header: the server's own clock at the
+//!    moment it answered, so a server clock hours away from ours changes nothing. `Date` has
+//!    whole seconds, so this reading may be up to one second long; the cache's expiry margin
+//!    absorbs that.
+//! 4. Without a `Date` header, such an expiry is measured against *our* wall clock. The two
+//!    clocks may disagree, so this reading may only ever *shorten* the lifetime: it counts
+//!    against the other readings, and when there is no other reading it is capped at the
+//!    default lifetime rather than replacing it.
+//!
+//! **The smallest reading wins**, and the caller's default applies only when there is no reading
+//! at all. The smallest, because each reading is the server's own statement of when the token
+//! stops working, and using a token past *any* of them risks a 401; renewing a little early
+//! costs one login. **Every reading must be positive and at most [`MAX_LIFETIME`]**, or the
+//! response is refused with [`ErrorKind::InvalidResponse`](crate::ErrorKind::InvalidResponse):
+//! a token that one reading says has already expired (an `expires` at or before the `Date`, or in
+//! our past when there is no `Date`) is unusable, and a reading that makes no sense means a
+//! broken server whose other readings are guesswork too.
+//!
+//! # Secrets in memory
+//!
+//! A [`Token`]'s value lives in one buffer, shared by every clone of the token and of its
+//! [`header_value`](Token::header_value); it is zeroed when the last of them is dropped. The
+//! parser's own copies of the value are zeroed too, on every path out of the parser, errors
+//! included. Copies made by others are beyond this crate's reach: the HTTP stack's buffers that
+//! received the response and that encode each request's head (the `Authorization` header among
+//! them), TLS buffers, `serde_json`'s scratch buffer for a token written with JSON escapes, and
+//! the kernel's socket buffers. The full list, for the password too, is in the docs of
+//! `AuthTokenSource` (feature `reqwest`), under "Secrets in memory".
 
 mod parse;
 
@@ -10,12 +47,13 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::HeaderValue;
 use tokio::time::Instant;
+use zeroize::Zeroizing;
 
 use crate::Error;
 
 pub(crate) use parse::parse_token_response;
 #[cfg(feature = "reqwest")]
-pub(crate) use parse::{MAX_BODY, parse_timestamp};
+pub(crate) use parse::{MAX_BODY, parse_timestamp, wipe_json};
 
 /// The longest lifetime we believe. A server that claims more is misconfigured or hostile.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 60 * 60);
@@ -74,8 +112,13 @@ fn bearer_header(value: &str) -> Result<HeaderValue, Error> {
         )));
     }
     // An owner-backed `Bytes`: every clone is one reference count, and the first one does not
-    // allocate (a `Vec`-backed one would, to become shareable).
-    let bytes = Bytes::from_owner(format!("{BEARER_PREFIX}{value}"));
+    // allocate (a `Vec`-backed one would, to become shareable). The owner zeroes the bytes when
+    // the last reference drops. Sized exactly, so that building it never reallocates and leaves
+    // no partial copy behind.
+    let mut text = Vec::with_capacity(BEARER_PREFIX.len() + value.len());
+    text.extend_from_slice(BEARER_PREFIX.as_bytes());
+    text.extend_from_slice(value.as_bytes());
+    let bytes = Bytes::from_owner(Zeroizing::new(text));
     let mut header = HeaderValue::from_maybe_shared(bytes)
         .map_err(|_| Error::invalid_response("the token is not a valid header value"))?;
     header.set_sensitive(true);
@@ -105,13 +148,34 @@ impl Token {
         Self::from_parts(value.as_ref(), lifetime, Instant::now(), None, None, None)
     }
 
-    /// Parses a `/authtoken` response body, as [`AuthTokenSource`](crate::AuthTokenSource) does.
+    /// Parses a `/authtoken` response body that came without a `Date` header.
     ///
-    /// Lenient in format (numbers or strings, many timestamp formats, unknown fields ignored),
-    /// strict in meaning (a usable token and a believable lifetime). `default_lifetime` applies
-    /// when the response carries no expiry at all. The lifetime is anchored to now.
+    /// Lenient in format (numbers or strings, many timestamp formats, OAuth2 field names, unknown
+    /// fields ignored), strict in meaning (a usable token and a believable lifetime).
+    /// `default_lifetime` applies when the response carries no expiry at all. The lifetime is
+    /// anchored to now.
+    ///
+    /// Without a `Date` header, an `expires` without `issued` can only be measured against this
+    /// machine's clock, which may only shorten the lifetime. If you have the response's `Date`
+    /// header, use [`from_response_body_with_date`](Token::from_response_body_with_date).
     pub fn from_response_body(body: &[u8], default_lifetime: Duration) -> Result<Token, Error> {
-        parse_token_response(body, default_lifetime, Instant::now())
+        parse_token_response(body, default_lifetime, Instant::now(), None)
+    }
+
+    /// Parses a `/authtoken` response body, as [`AuthTokenSource`](crate::AuthTokenSource) does,
+    /// with the instant of the response's `Date` header (`server_date`), if it had one.
+    ///
+    /// The `Date` is the server's clock at the moment it answered: an `expires` given without
+    /// `issued` (or a JWT `exp` without `iat`) is measured against it, so a server clock far from
+    /// ours changes nothing. Parse the header as an HTTP-date (RFC 9110), or pass `None` for
+    /// [`from_response_body`](Token::from_response_body)'s rules. Which reading of the lifetime
+    /// wins is explained in the [module docs](self).
+    pub fn from_response_body_with_date(
+        body: &[u8],
+        default_lifetime: Duration,
+        server_date: Option<SystemTime>,
+    ) -> Result<Token, Error> {
+        parse_token_response(body, default_lifetime, Instant::now(), server_date)
     }
 
     pub(crate) fn from_parts(

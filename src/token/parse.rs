@@ -6,6 +6,12 @@
 //! * **Format.** Unknown fields are ignored. Every field may be a JSON string or a JSON number;
 //!   `null` and (except for `token`) a blank string count as absent. Any other JSON type (a
 //!   boolean, an array, an object) is refused, and so is a field that appears twice.
+//! * **OAuth2 names.** `access_token`, `token_type` and `expires_in` are read as aliases of
+//!   `token`, `type` and `expiresIn`. A field given under both names must say the same thing:
+//!   `token` and `access_token` must be equal, `type` and `token_type` equal ignoring ASCII case
+//!   (then `type` is kept), or the response is refused as ambiguous, since we cannot tell which
+//!   one the server means. `expiresIn` and `expires_in` are two readings of the lifetime, like any
+//!   other (below).
 //! * **`token`** is required and is not trimmed: it must be non-empty visible ASCII, or the
 //!   response is refused (a CR/LF would be a header injection). A numeric token is taken as its
 //!   JSON text.
@@ -20,14 +26,14 @@
 //! * **JWT.** When the token looks like a JWT, its payload is decoded *without verification* and
 //!   numeric `exp` and `iat` claims are read. A token that is not a decodable JWT is simply opaque.
 //!
-//! The lifetime is the smallest of the available readings — `expiresIn`, `expires - issued`, and
-//! the JWT's `exp - iat` — and the caller's default when there is none. Every available reading
-//! must be positive and at most [`MAX_LIFETIME`], or the response is refused. The server's clock
-//! is never compared with ours: `expires` alone (without `issued`) gives no reading.
+//! The lifetime is chosen from every reading the response gives, as the [`token` module
+//! docs](super) explain: the smallest positive reading wins.
 //!
-//! No error detail ever contains the token, nor any string taken from the body.
+//! No error detail ever contains the token, nor any string taken from the body. The parsed
+//! strings that may hold the token are wiped (zeroed) when they are dropped; see
+//! [`SecretValue`].
 
-use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
@@ -37,9 +43,10 @@ use jiff::fmt::temporal::Pieces;
 use jiff::fmt::{rfc2822, strtime};
 use jiff::tz::Offset;
 use jiff::{SignedDuration, Span, SpanRelativeTo, Timestamp};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Number, Value};
 use tokio::time::Instant;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::MAX_LIFETIME;
 use crate::{Error, Token};
@@ -60,16 +67,52 @@ static RFC2822: rfc2822::DateTimeParser = rfc2822::DateTimeParser::new().relaxed
 /// (`Sunday, 06-Nov-94 08:49:37 GMT`) and asctime (`Sun Nov  6 08:49:37 1994`), both in UTC.
 const OBSOLETE_HTTP_DATES: [&str; 2] = ["%A, %d-%b-%y %H:%M:%S GMT", "%a %b %e %H:%M:%S %Y"];
 
-/// The fields of a token response. A missing field and `null` both become `None`.
+/// The fields of a token response, under our API's names and the OAuth2 ones. A missing field
+/// and `null` both become `None`.
 #[derive(Deserialize)]
 struct RawResponse {
     #[serde(rename = "type")]
     token_type: Option<Value>,
-    token: Option<Value>,
+    #[serde(rename = "token_type")]
+    oauth_token_type: Option<Value>,
+    token: Option<SecretValue>,
+    access_token: Option<SecretValue>,
     #[serde(rename = "expiresIn")]
     expires_in: Option<Value>,
+    #[serde(rename = "expires_in")]
+    oauth_expires_in: Option<Value>,
     issued: Option<Value>,
     expires: Option<Value>,
+}
+
+/// A JSON value that may hold the token: every string in it is zeroed when it is dropped.
+///
+/// `serde_json` allocates each string of a `Value` to its exact length, so the string's buffer
+/// is the only copy this crate makes while parsing; wiping it on drop covers every path out of
+/// the parse, errors included. What `serde_json` cannot hand over is its scratch buffer, used
+/// only for a string written with JSON escapes (`\/`, `\u0041`): that buffer is freed unwiped.
+struct SecretValue(Value);
+
+impl<'de> Deserialize<'de> for SecretValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Value::deserialize(deserializer).map(SecretValue)
+    }
+}
+
+impl Drop for SecretValue {
+    fn drop(&mut self) {
+        wipe_json(&mut self.0);
+    }
+}
+
+/// Zeroes every string in `value`, in place.
+pub(crate) fn wipe_json(value: &mut Value) {
+    match value {
+        Value::String(text) => text.zeroize(),
+        Value::Array(items) => items.iter_mut().for_each(wipe_json),
+        Value::Object(map) => map.values_mut().for_each(wipe_json),
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
 }
 
 /// A field's value, once absent, `null` and blank fields are set aside.
@@ -92,8 +135,33 @@ enum Numeric {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {
     ExpiresIn,
+    OAuthExpiresIn,
     ExpiresMinusIssued,
+    ExpiresMinusDate,
+    ExpiresMinusLocalClock,
     JwtExpMinusIat,
+    JwtExpMinusDate,
+    JwtExpMinusLocalClock,
+}
+
+impl Source {
+    /// Whether the reading compares the server's clock with ours, so that it may only shorten
+    /// the lifetime.
+    fn is_local(self) -> bool {
+        matches!(
+            self,
+            Source::ExpiresMinusLocalClock | Source::JwtExpMinusLocalClock
+        )
+    }
+}
+
+/// What an expiry given without its issue instant is measured against.
+#[derive(Debug, Clone, Copy)]
+enum Reference {
+    /// The response's `Date` header: the server's clock.
+    ServerDate(SystemTime),
+    /// Our wall clock, for a response without a `Date` header.
+    LocalClock(SystemTime),
 }
 
 /// One statement in the response about how long the token lives.
@@ -103,7 +171,8 @@ struct Reading {
     value: SignedDuration,
 }
 
-/// Parses a token response body that arrived at `received_at`.
+/// Parses a token response body that arrived at `received_at`, with the response's `Date`
+/// header (`server_date`) if it had one.
 ///
 /// `default_lifetime` applies when the response says nothing about the token's lifetime. See the
 /// [module documentation](self) for the rules.
@@ -111,30 +180,68 @@ pub(crate) fn parse_token_response(
     body: &[u8],
     default_lifetime: Duration,
     received_at: Instant,
+    server_date: Option<SystemTime>,
+) -> Result<Token, Error> {
+    let reference = match server_date {
+        Some(date) => Reference::ServerDate(date),
+        None => Reference::LocalClock(SystemTime::now()),
+    };
+    parse_with_reference(body, default_lifetime, received_at, reference)
+}
+
+/// [`parse_token_response`], with the instant an expiry without an issue instant is measured
+/// against given explicitly.
+fn parse_with_reference(
+    body: &[u8],
+    default_lifetime: Duration,
+    received_at: Instant,
+    reference: Reference,
 ) -> Result<Token, Error> {
     let raw = parse_body(body)?;
-    let value = token_value(raw.token.as_ref())?;
-    let token_type = scalar("type", raw.token_type.as_ref())?.map(|s| match s {
-        Scalar::Text(text) => text.to_owned(),
-        Scalar::Number(number) => number.to_string(),
-    });
+    let value = token_value(
+        raw.token.as_ref().map(|v| &v.0),
+        raw.access_token.as_ref().map(|v| &v.0),
+    )?;
+    let token_type = type_field(raw.token_type.as_ref(), raw.oauth_token_type.as_ref())?;
     let issued = timestamp_field("issued", raw.issued.as_ref())?;
     let expires = timestamp_field("expires", raw.expires.as_ref())?;
-    let expires_in = expires_in_field(raw.expires_in.as_ref())?;
+    let expires_in = expires_in_field("expiresIn", raw.expires_in.as_ref())?;
+    let oauth_expires_in = expires_in_field("expires_in", raw.oauth_expires_in.as_ref())?;
+    let (jwt_iat, jwt_exp) = jwt_times(&value).unwrap_or_default();
 
+    let reading = |source, value| Reading { source, value };
     let readings = [
-        expires_in.map(|value| Reading {
-            source: Source::ExpiresIn,
-            value,
-        }),
-        issued.zip(expires).map(|(issued, expires)| Reading {
-            source: Source::ExpiresMinusIssued,
-            value: time_between(issued, expires),
-        }),
-        jwt_lifetime(&value).map(|value| Reading {
-            source: Source::JwtExpMinusIat,
-            value,
-        }),
+        expires_in.map(|value| reading(Source::ExpiresIn, value)),
+        oauth_expires_in.map(|value| reading(Source::OAuthExpiresIn, value)),
+        match (issued, expires) {
+            (Some(issued), Some(expires)) => Some(reading(
+                Source::ExpiresMinusIssued,
+                time_between(issued, expires),
+            )),
+            (None, Some(expires)) => Some(match reference {
+                Reference::ServerDate(date) => {
+                    reading(Source::ExpiresMinusDate, time_between(date, expires))
+                }
+                Reference::LocalClock(now) => {
+                    reading(Source::ExpiresMinusLocalClock, time_between(now, expires))
+                }
+            }),
+            (_, None) => None,
+        },
+        match (jwt_iat, jwt_exp) {
+            (Some(iat), Some(exp)) => Some(reading(Source::JwtExpMinusIat, iat.seconds_until(exp))),
+            (None, Some(exp)) => Some(match reference {
+                Reference::ServerDate(date) => reading(
+                    Source::JwtExpMinusDate,
+                    epoch_seconds(date).seconds_until(exp),
+                ),
+                Reference::LocalClock(now) => reading(
+                    Source::JwtExpMinusLocalClock,
+                    epoch_seconds(now).seconds_until(exp),
+                ),
+            }),
+            (_, None) => None,
+        },
     ];
     let lifetime = choose_lifetime(readings.into_iter().flatten(), default_lifetime)?;
     Token::from_parts(&value, lifetime, received_at, token_type, issued, expires)
@@ -186,17 +293,57 @@ fn json_error(error: &serde_json::Error) -> Error {
     }
 }
 
-/// The token value: required, a string taken as is, or a number taken as its JSON text.
+/// The token value: required, under `token` or `access_token` (equal if both are given); a
+/// string taken as is, or a number taken as its JSON text.
 ///
-/// It is checked later by [`Token::from_parts`].
-fn token_value(value: Option<&Value>) -> Result<Cow<'_, str>, Error> {
-    match value {
-        None | Some(Value::Null) => Err(Error::invalid_response("the response has no token")),
-        Some(Value::String(token)) => Ok(Cow::Borrowed(token)),
-        Some(Value::Number(number)) => Ok(Cow::Owned(number.to_string())),
-        Some(_) => Err(Error::invalid_response(
-            "the token is neither a string nor a number",
-        )),
+/// The copy returned is wiped when dropped. It is checked later by [`Token::from_parts`].
+fn token_value(
+    token: Option<&Value>,
+    access_token: Option<&Value>,
+) -> Result<Zeroizing<String>, Error> {
+    let read = |field: &str, value: Option<&Value>| match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(token)) => Ok(Some(Zeroizing::new(token.clone()))),
+        Some(Value::Number(number)) => {
+            // Room for any JSON number's text, so that writing it never reallocates and leaves
+            // no unwiped partial copy behind.
+            let mut text = Zeroizing::new(String::with_capacity(64));
+            let _ = write!(text, "{number}");
+            Ok(Some(text))
+        }
+        Some(_) => Err(Error::invalid_response(format!(
+            "the {field} is neither a string nor a number"
+        ))),
+    };
+    match (read("token", token)?, read("access_token", access_token)?) {
+        (Some(token), Some(access_token)) if *token != *access_token => Err(
+            Error::invalid_response("token and access_token differ: the token is ambiguous"),
+        ),
+        (Some(token), _) | (None, Some(token)) => Ok(token),
+        (None, None) => Err(Error::invalid_response("the response has no token")),
+    }
+}
+
+/// The token type, under `type` or `token_type` (equal but for ASCII case if both are given;
+/// then `type` is kept).
+fn type_field(
+    token_type: Option<&Value>,
+    oauth_token_type: Option<&Value>,
+) -> Result<Option<String>, Error> {
+    let read = |field: &str, value: Option<&Value>| {
+        Ok::<_, Error>(scalar(field, value)?.map(|s| match s {
+            Scalar::Text(text) => text.to_owned(),
+            Scalar::Number(number) => number.to_string(),
+        }))
+    };
+    match (
+        read("type", token_type)?,
+        read("token_type", oauth_token_type)?,
+    ) {
+        (Some(a), Some(b)) if !a.trim().eq_ignore_ascii_case(b.trim()) => Err(
+            Error::invalid_response("type and token_type differ: the token type is ambiguous"),
+        ),
+        (a, b) => Ok(a.or(b)),
     }
 }
 
@@ -229,17 +376,19 @@ fn timestamp_field(field: &str, value: Option<&Value>) -> Result<Option<SystemTi
     })
 }
 
-/// Reads the `expiresIn` field; present but unreadable is an error.
+/// Reads the `expiresIn` field (or its alias `field`); present but unreadable is an error.
 ///
 /// The sign is kept so that a negative value can be reported as such.
-fn expires_in_field(value: Option<&Value>) -> Result<Option<SignedDuration>, Error> {
-    let parsed = match scalar("expiresIn", value)? {
+fn expires_in_field(field: &str, value: Option<&Value>) -> Result<Option<SignedDuration>, Error> {
+    let parsed = match scalar(field, value)? {
         None => return Ok(None),
         Some(Scalar::Text(text)) => parse_expires_in(text),
         Some(Scalar::Number(number)) => Numeric::from_json(number).map(Numeric::to_seconds),
     };
     parsed.map(Some).ok_or_else(|| {
-        Error::invalid_response("expiresIn is neither a number of seconds nor an ISO 8601 duration")
+        Error::invalid_response(format!(
+            "{field} is neither a number of seconds nor an ISO 8601 duration"
+        ))
     })
 }
 
@@ -427,17 +576,33 @@ fn time_between(earlier: SystemTime, later: SystemTime) -> SignedDuration {
     }
 }
 
-/// The JWT's `exp - iat`, read without verification; `None` unless the token is a JWT whose
-/// payload has both claims as numbers.
-fn jwt_lifetime(token: &str) -> Option<SignedDuration> {
+/// An instant as seconds since the Unix epoch, to measure a JWT's `exp` against.
+fn epoch_seconds(instant: SystemTime) -> Numeric {
+    let since_epoch = time_between(SystemTime::UNIX_EPOCH, instant);
+    if since_epoch.subsec_nanos() == 0 {
+        Numeric::Int(since_epoch.as_secs().into())
+    } else {
+        Numeric::Float(since_epoch.as_secs_f64())
+    }
+}
+
+/// The JWT's numeric `iat` and `exp` claims (seconds since the epoch), read without
+/// verification; `None` unless the token is a JWT, and each claim `None` unless it is a number.
+fn jwt_times(token: &str) -> Option<(Option<Numeric>, Option<Numeric>)> {
     let claims = jwt_claims(token)?;
     let numeric_claim = |name: &str| match claims.get(name)? {
         Value::Number(number) => Numeric::from_json(number),
         _ => None,
     };
-    let exp = numeric_claim("exp")?;
-    let iat = numeric_claim("iat")?;
-    Some(iat.seconds_until(exp))
+    Some((numeric_claim("iat"), numeric_claim("exp")))
+}
+
+/// The JWT's `exp - iat`, read without verification; `None` unless the token is a JWT whose
+/// payload has both claims as numbers.
+#[cfg(test)]
+fn jwt_lifetime(token: &str) -> Option<SignedDuration> {
+    let (iat, exp) = jwt_times(token)?;
+    Some(iat?.seconds_until(exp?))
 }
 
 /// Decodes a JWT's payload, if the token looks like one: three base64url segments separated by
@@ -467,15 +632,36 @@ impl Reading {
     fn lifetime(self) -> Result<Duration, Error> {
         let (name, zero, negative) = match self.source {
             Source::ExpiresIn => ("expiresIn", "expiresIn is 0", "expiresIn is negative"),
+            Source::OAuthExpiresIn => ("expires_in", "expires_in is 0", "expires_in is negative"),
             Source::ExpiresMinusIssued => (
                 "expires - issued",
                 "expires equals issued",
                 "expires is before issued",
             ),
+            Source::ExpiresMinusDate => (
+                "expires - the response's Date",
+                "expires equals the response's Date: the token has expired",
+                "expires is before the response's Date: the token has expired",
+            ),
+            Source::ExpiresMinusLocalClock => (
+                "expires - our clock's now",
+                "expires is now by our clock (the response has no Date header)",
+                "expires is in the past by our clock (the response has no Date header)",
+            ),
             Source::JwtExpMinusIat => (
                 "the JWT's exp - iat",
                 "the JWT's exp equals its iat",
                 "the JWT's exp is before its iat",
+            ),
+            Source::JwtExpMinusDate => (
+                "the JWT's exp - the response's Date",
+                "the JWT's exp equals the response's Date: the token has expired",
+                "the JWT's exp is before the response's Date: the token has expired",
+            ),
+            Source::JwtExpMinusLocalClock => (
+                "the JWT's exp - our clock's now",
+                "the JWT's exp is now by our clock (the response has no Date header)",
+                "the JWT's exp is in the past by our clock (the response has no Date header)",
             ),
         };
         if self.value.is_zero() {
@@ -486,6 +672,10 @@ impl Reading {
         }
         match Duration::try_from(self.value) {
             Ok(lifetime) if lifetime <= MAX_LIFETIME => Ok(lifetime),
+            // Our clock far behind the server's (a device without a real-time clock) is no
+            // reason to refuse: a local reading only ever shortens, so a long one just says
+            // nothing.
+            _ if self.source.is_local() => Ok(MAX_LIFETIME),
             _ => Err(Error::invalid_response(format!(
                 "{name} is {} s, over a year",
                 self.value.as_secs()
@@ -494,22 +684,31 @@ impl Reading {
     }
 }
 
-/// The smallest of the readings, or `default` when there is none.
+/// The smallest of the readings; `default` when there is none.
 ///
 /// Every reading must be positive and at most [`MAX_LIFETIME`]: one that is not means the server
-/// is broken, and trusting the others would be guesswork.
+/// is broken (or the token already expired), and trusting the others would be guesswork. A
+/// reading against our own clock ([`Source::is_local`]) may only shorten the lifetime: alone,
+/// it is capped at `default`.
 fn choose_lifetime(
     readings: impl IntoIterator<Item = Reading>,
     default: Duration,
 ) -> Result<Duration, Error> {
-    readings
-        .into_iter()
-        .map(Reading::lifetime)
-        .try_fold(None, |shortest: Option<Duration>, lifetime| {
-            let lifetime = lifetime?;
-            Ok(Some(shortest.map_or(lifetime, |s| s.min(lifetime))))
-        })
-        .map(|shortest| shortest.unwrap_or(default))
+    let (mut server, mut local) = (None::<Duration>, None::<Duration>);
+    for reading in readings {
+        let lifetime = reading.lifetime()?;
+        let shortest = if reading.source.is_local() {
+            &mut local
+        } else {
+            &mut server
+        };
+        *shortest = Some(shortest.map_or(lifetime, |s| s.min(lifetime)));
+    }
+    Ok(match (server, local) {
+        (Some(server), local) => local.map_or(server, |local| server.min(local)),
+        (None, Some(local)) => local.min(default),
+        (None, None) => default,
+    })
 }
 
 #[cfg(test)]
@@ -822,7 +1021,12 @@ mod tests {
     }
 
     fn parse(body: &str) -> Result<Token, Error> {
-        parse_token_response(body.as_bytes(), Duration::from_secs(300), Instant::now())
+        parse_token_response(
+            body.as_bytes(),
+            Duration::from_secs(300),
+            Instant::now(),
+            None,
+        )
     }
 
     fn detail(body: &str) -> String {
@@ -894,6 +1098,207 @@ mod tests {
             detail(r#"{"token":"t","expires":1e300}"#),
             "expires is not a timestamp in a known format, or out of range"
         );
+    }
+
+    /// Parses `body` as if it arrived with `reference` for an expiry without an issue instant.
+    fn parse_against(body: &str, reference: Reference) -> Result<Duration, Error> {
+        parse_with_reference(
+            body.as_bytes(),
+            Duration::from_secs(300),
+            Instant::now(),
+            reference,
+        )
+        .map(|token| token.lifetime())
+    }
+
+    #[test]
+    fn expires_without_issued_is_measured_against_the_servers_date_whatever_its_offset() {
+        // The server's clock is an hour behind ours, in step, or an hour ahead: only
+        // `expires - Date` counts, so the lifetime is 30 s every time.
+        let now = SystemTime::now();
+        let hour = Duration::from_secs(3600);
+        for date in [now - hour, now, now + hour] {
+            let date = date
+                - Duration::from_nanos(u64::from(
+                    date.duration_since(SystemTime::UNIX_EPOCH)
+                        .unwrap()
+                        .subsec_nanos(),
+                ));
+            let expires = date + Duration::from_secs(30);
+            let expires_text = jiff::Timestamp::try_from(expires).unwrap().to_string();
+            let expires_epoch = expires.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+            for body in [
+                format!(r#"{{"token":"t","expires":"{expires_text}"}}"#),
+                format!(r#"{{"token":"t","expires":{}}}"#, expires_epoch.as_secs()),
+                format!(
+                    r#"{{"token":"{}"}}"#,
+                    jwt(&format!(r#"{{"exp":{}}}"#, expires_epoch.as_secs()))
+                ),
+            ] {
+                let token = parse_token_response(
+                    body.as_bytes(),
+                    Duration::from_secs(300),
+                    Instant::now(),
+                    Some(date),
+                )
+                .unwrap();
+                assert_eq!(token.lifetime(), Duration::from_secs(30), "{body}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_token_that_expired_by_the_servers_date_is_refused() {
+        let date = Reference::ServerDate(epoch(NOV_28));
+        let at_date = r#"{"token":"t","expires":"2026-11-28T10:00:00Z","expiresIn":60}"#;
+        let err = parse_against(at_date, date).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidResponse);
+        assert_eq!(
+            err.detail(),
+            Some("expires equals the response's Date: the token has expired")
+        );
+        let before = r#"{"token":"t","expires":"2026-11-28T09:59:59Z"}"#;
+        assert_eq!(
+            parse_against(before, date).unwrap_err().detail(),
+            Some("expires is before the response's Date: the token has expired")
+        );
+        // `issued` takes precedence over Date as what `expires` is measured against.
+        let with_issued =
+            r#"{"token":"t","issued":"2026-11-28T09:00:00Z","expires":"2026-11-28T09:30:00Z"}"#;
+        assert_eq!(
+            parse_against(with_issued, date).unwrap(),
+            Duration::from_secs(1800)
+        );
+    }
+
+    #[test]
+    fn without_a_date_our_clock_may_only_shorten_the_lifetime() {
+        let now = Reference::LocalClock(epoch(NOV_28));
+        // Alone, a local reading is capped at the default lifetime (300 s here) ...
+        let far = r#"{"token":"t","expires":"2026-11-28T12:00:00Z"}"#;
+        assert_eq!(parse_against(far, now).unwrap(), Duration::from_secs(300));
+        // ... shortens it when it is shorter ...
+        let near = r#"{"token":"t","expires":"2026-11-28T10:00:30Z"}"#;
+        assert_eq!(parse_against(near, now).unwrap(), Duration::from_secs(30));
+        // ... never lengthens another reading ...
+        let longer = r#"{"token":"t","expires":"2026-11-28T12:00:00Z","expiresIn":600}"#;
+        assert_eq!(
+            parse_against(longer, now).unwrap(),
+            Duration::from_secs(600)
+        );
+        // ... and shortens one.
+        let shorter = r#"{"token":"t","expires":"2026-11-28T10:01:00Z","expiresIn":600}"#;
+        assert_eq!(
+            parse_against(shorter, now).unwrap(),
+            Duration::from_secs(60)
+        );
+        let past = r#"{"token":"t","expires":"2026-11-28T09:00:00Z","expiresIn":600}"#;
+        assert_eq!(
+            parse_against(past, now).unwrap_err().detail(),
+            Some("expires is in the past by our clock (the response has no Date header)")
+        );
+    }
+
+    #[test]
+    fn a_jwt_exp_without_iat_is_measured_like_expires() {
+        let token = jwt(&format!(r#"{{"exp":{}}}"#, NOV_28 + 90));
+        let body = format!(r#"{{"token":"{token}"}}"#);
+        assert_eq!(
+            parse_against(&body, Reference::ServerDate(epoch(NOV_28))).unwrap(),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            parse_against(&body, Reference::ServerDate(epoch(NOV_28 + 90)))
+                .unwrap_err()
+                .detail(),
+            Some("the JWT's exp equals the response's Date: the token has expired")
+        );
+        assert_eq!(
+            parse_against(&body, Reference::LocalClock(epoch(NOV_28))).unwrap(),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            parse_against(&body, Reference::LocalClock(epoch(NOV_28 + 100)))
+                .unwrap_err()
+                .detail(),
+            Some("the JWT's exp is in the past by our clock (the response has no Date header)")
+        );
+    }
+
+    #[test]
+    fn oauth2_names_are_aliases_and_must_agree() {
+        let date = Reference::ServerDate(epoch(NOV_28));
+        let oauth = r#"{"access_token":"t","token_type":"bearer","expires_in":120}"#;
+        let token = parse_with_reference(
+            oauth.as_bytes(),
+            Duration::from_secs(300),
+            Instant::now(),
+            date,
+        )
+        .unwrap();
+        assert_eq!(token.expose_secret(), "t");
+        assert_eq!(token.token_type(), Some("bearer"));
+        assert_eq!(token.lifetime(), Duration::from_secs(120));
+        // Both names, the same meaning: accepted; `type` is kept.
+        let both = r#"{"token":"t","access_token":"t","type":"Bearer","token_type":"bearer"}"#;
+        let token = parse(both).unwrap();
+        assert_eq!(token.token_type(), Some("Bearer"));
+        // Two lifetimes are two readings: the smaller wins.
+        let two = r#"{"token":"t","expiresIn":600,"expires_in":"60"}"#;
+        assert_eq!(parse(two).unwrap().lifetime(), Duration::from_secs(60));
+        assert_eq!(
+            detail(r#"{"token":"SECRETa","access_token":"SECRETb"}"#),
+            "token and access_token differ: the token is ambiguous"
+        );
+        assert_eq!(
+            detail(r#"{"token":"t","type":"Bearer","token_type":"MAC"}"#),
+            "type and token_type differ: the token type is ambiguous"
+        );
+        assert_eq!(
+            detail(r#"{"token":"t","expires_in":-1}"#),
+            "expires_in is negative"
+        );
+        assert_eq!(
+            detail(r#"{"access_token":[]}"#),
+            "the access_token is neither a string nor a number"
+        );
+    }
+
+    #[test]
+    fn a_local_reading_alone_is_capped_at_the_default() {
+        let default = Duration::from_secs(300);
+        let local = |secs| reading(Source::ExpiresMinusLocalClock, secs);
+        assert_eq!(choose_lifetime([local(3600)], default).unwrap(), default);
+        assert_eq!(
+            choose_lifetime([local(30)], default).unwrap(),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            choose_lifetime([local(3600), reading(Source::ExpiresIn, 900)], default).unwrap(),
+            Duration::from_secs(900)
+        );
+        assert_eq!(
+            choose_lifetime([local(60), reading(Source::ExpiresIn, 900)], default).unwrap(),
+            Duration::from_secs(60)
+        );
+        // Decades ahead by our clock (ours is far behind): no error, and still capped.
+        assert_eq!(
+            choose_lifetime([local(i64::MAX)], default).unwrap(),
+            default
+        );
+    }
+
+    #[test]
+    fn wipe_json_empties_every_string() {
+        // `zeroize` zeroes a string's whole buffer and then empties it; that the bytes are
+        // zeroed before the buffer is freed is checked by an allocator in `tests/wipe.rs`.
+        let mut value = SecretValue(Value::String("SECRET".to_owned()));
+        wipe_json(&mut value.0);
+        assert_eq!(value.0, Value::String(String::new()));
+        let mut nested: Value =
+            serde_json::from_str(r#"{"a":["SECRET",{"b":"xy"}],"n":1}"#).unwrap();
+        wipe_json(&mut nested);
+        assert_eq!(nested, serde_json::json!({"a": ["", {"b": ""}], "n": 1}));
     }
 
     #[test]
