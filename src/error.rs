@@ -29,11 +29,13 @@ pub enum ErrorKind {
     AuthenticationFailed,
     /// `403 Forbidden`: the account may not obtain tokens.
     Forbidden,
-    /// `404 Not Found`: the server knows no user with this user name.
+    /// `404 Not Found` with the API's "No user found with username" message: the server knows no
+    /// user with this user name. (Any other `404` means the URL is wrong: [`Config`](Self::Config).)
     UnknownUser,
     /// `429 Too Many Requests`: the login endpoint is rate limiting us.
     RateLimited,
-    /// A `5xx` answer, or any other unexpected status.
+    /// A `5xx` answer, or any other unexpected status (not a redirect: that is
+    /// [`Config`](Self::Config)).
     Server,
     /// The login did not complete within its timeout.
     Timeout,
@@ -41,12 +43,12 @@ pub enum ErrorKind {
     Transport,
     /// The server answered `200` with a body that is not a usable token response.
     InvalidResponse,
-    /// The configuration was refused, for example an `http://` URL to a remote host.
+    /// The configuration is wrong: a setting out of its range, a URL that does not parse, or a
+    /// login URL that answers with a redirect or with a `404` that is not the API's own.
     Config,
     /// The token would be sent to a plain `http://` URL on a non-loopback host.
     InsecureTransport,
-    /// The cache was used outside a Tokio runtime, its runtime shut down, or a token source
-    /// panicked.
+    /// The cache was used outside a Tokio runtime, or a token source panicked.
     Runtime,
 }
 

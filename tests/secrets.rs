@@ -181,7 +181,9 @@ async fn trace_a_whole_session() {
     assert_eq!(cache.stats().invalidations, 1);
 
     // A 401 over hyper, whose renewal fails with a 500, then with a 401 that echoes the
-    // password; callers in the backoff get the error.
+    // password; callers in the backoff get the error. (The renewed token serves for a while
+    // first: a 401 right after a renewal would count as part of a storm and be spaced out.)
+    sleep(11 * SECOND).await;
     server.push_failure(Failure::Status(500));
     server.push_failure(Failure::Body {
         status: 401,
@@ -286,6 +288,15 @@ async fn an_error_of_every_kind(server: &ReferenceServer) -> Vec<Error> {
         echo(400),
         echo(401),
         echo(403),
+        // The API's own 404 (an unknown user), echoing the password...
+        Failure::Body {
+            status: 404,
+            content_type: "text/plain".into(),
+            body: format!(
+                "No user found with username: alice; you sent {PASSWORD}, which is wrong"
+            ),
+        },
+        // ...and a foreign one (a wrong base URL), which is a configuration error.
         echo(404),
         Failure::RateLimited {
             retry_after: "30".into(),
@@ -382,7 +393,7 @@ async fn check_every_error() {
         .unwrap();
     assert_eq!(
         unknown.detail(),
-        Some("you sent [redacted], which is wrong")
+        Some("No user found with username: alice; you sent [redacted], which is wrong")
     );
 }
 
