@@ -42,20 +42,39 @@
 //!
 //! # Guarantees
 //!
-//! - **Fast hot path.** A request with a warm token costs one atomic pointer check against the
-//!   `ArcSwap` holding the token, one header clone
-//!   (a reference count) and no allocation, lock or clock read; the inner future is not boxed.
+//! Each holds against the servers and runtimes named here; the [`TokenCache`] docs say how, and
+//! `TESTING.md` names the test that proves it and the world it runs in.
+//!
+//! - **Fast hot path.** A request with a warm token costs one `ArcSwap` load, one read of a
+//!   coarse monotonic clock (a few nanoseconds), one header clone (a reference count) and no
+//!   allocation or lock; the inner future is not boxed.
 //! - **No stalls.** Renewal starts ahead of expiry (60 s by default, half the life of short
 //!   tokens) in the background; requests keep using the current token meanwhile.
 //! - **Single flight.** Any number of concurrent callers share one fetch, and cancelling the
 //!   caller that started it cancels nothing for the others.
-//! - **Failures keep what works.** A failed renewal never discards a valid token; retries back
-//!   off with jitter; with no valid token, callers fail fast with the last typed [`Error`] instead
-//!   of hammering the login endpoint.
-//! - **No expired token.** A token is taken out of service by a timer a margin before it
-//!   expires; its lifetime is measured on the local monotonic clock, never against the server's.
+//! - **No expired token, whatever the runtime.** Every request checks its token's deadline on
+//!   the clock itself, so a late timer never lets an expired token out: not after `block_on`
+//!   returns from an idle spell, not in a process thawed after `SIGSTOP`, not when the runtime
+//!   running the renewal is idle or gone. Lifetimes are measured on the local monotonic clock,
+//!   which stops while the machine is suspended: after a resume, the server's `401` is what
+//!   retires a token it let expire.
+//! - **Any runtime, any number of runtimes.** A caller whose runtime runs gets a token within
+//!   one login plus about half a second even if the runtime running the renewal shut down or
+//!   stopped running tasks; never [`ErrorKind::Runtime`] while its own runtime runs.
+//! - **Every server's answer understood.** A server that keeps one live token per user, binds
+//!   new tokens to the session's expiry, or slides the expiry is served without errors and with
+//!   one login per lifetime; a token it re-issues is never withdrawn before its expiry.
+//! - **No login storms.** A [`LoginBudget`] (5 at once, then 4 a second) caps every login; `401`s
+//!   of tokens rejected right after their login are spaced 1 s, 2 s, 4 s ... 60 s apart, so an
+//!   API that rejects every token costs a handful of logins a minute.
+//! - **Failures keep what works.** A failed renewal never discards a valid token; a transient
+//!   failure is retried about once a second for as long as it lasts, so callers are served
+//!   again within about a second of the endpoint's recovery; with no valid token, callers fail
+//!   fast with the last typed [`Error`], whose `retry_after()` says when the next attempt is.
+//! - **Settings cannot panic.** Builders refuse out-of-range settings by name.
 //! - **Secrets stay secret.** Passwords and tokens never appear in `Debug`, `Display`, errors or
-//!   logs, and the `Authorization` header is marked sensitive.
+//!   logs, the `Authorization` header is marked sensitive, and the crate's own buffers holding
+//!   them are zeroed before they are freed.
 //! - **No leaks.** The background task stops when the last handle is dropped.
 //!
 //! # Features
