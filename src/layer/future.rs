@@ -35,27 +35,29 @@ pin_project! {
             key: u64,
             id: u64,
         },
-        // No token was ready: wait for one, then call the service that `poll_ready` prepared.
-        // Boxed, so that the warm path's future stays as small as the inner one.
-        Fetching {
-            fetching: Box<Fetching<S, Req>>,
-        },
-        // Refused before sending.
-        Failed {
-            error: Option<Error>,
+        // Waiting for a token, or refused before sending. Boxed, so that the warm path's future
+        // stays as small as the inner one and dropping it is cheap.
+        Cold {
+            cold: Box<Cold<S, Req>>,
         },
     }
 }
 
-/// The cold path's state: the fetch to wait for, and what to send once it is done.
-struct Fetching<S, Req> {
-    token: BoxFetch<'static>,
-    /// The service `poll_ready` prepared and the request, until the token arrives.
-    ready: Option<(S, Req)>,
-    cache: TokenCache,
+/// The cold path's states.
+enum Cold<S, Req> {
+    /// No token was ready: wait for one, then call the service that `poll_ready` prepared.
+    Fetching {
+        token: BoxFetch<'static>,
+        /// The service `poll_ready` prepared and the request, until the token arrives.
+        ready: Option<(S, Req)>,
+        cache: TokenCache,
+    },
+    /// Refused before sending.
+    Failed(Option<Error>),
 }
 
 impl<F, S, Req> ResponseFuture<F, S, Req> {
+    #[inline]
     pub(super) fn called(fut: F, key: u64, id: u64) -> Self {
         ResponseFuture {
             state: State::Called { fut, key, id },
@@ -65,8 +67,8 @@ impl<F, S, Req> ResponseFuture<F, S, Req> {
     pub(super) fn fetching(inner: S, req: Req, cache: TokenCache) -> Self {
         let owned = cache.clone();
         ResponseFuture {
-            state: State::Fetching {
-                fetching: Box::new(Fetching {
+            state: State::Cold {
+                cold: Box::new(Cold::Fetching {
                     token: Box::pin(async move { owned.token().await }),
                     ready: Some((inner, req)),
                     cache,
@@ -77,7 +79,9 @@ impl<F, S, Req> ResponseFuture<F, S, Req> {
 
     pub(super) fn failed(error: Error) -> Self {
         ResponseFuture {
-            state: State::Failed { error: Some(error) },
+            state: State::Cold {
+                cold: Box::new(Cold::Failed(Some(error))),
+            },
         }
     }
 }
@@ -97,42 +101,62 @@ where
         loop {
             let mut this = self.as_mut().project();
             match this.state.as_mut().project() {
-                StateProj::Fetching { fetching } => {
-                    let token = match ready!(fetching.token.as_mut().poll(cx)) {
-                        Ok(token) => token,
-                        Err(error) => return Poll::Ready(Err(error.into())),
-                    };
-                    let (mut inner, mut req) = fetching
-                        .ready
-                        .take()
-                        .expect("ResponseFuture polled after completion");
-                    req.set_authorization(token.header_value().clone());
-                    let fut = inner.call(req);
-                    let key = fetching.cache.key();
-                    this.state.set(State::Called {
-                        fut,
-                        key,
-                        id: token.id(),
-                    });
-                }
                 StateProj::Called { fut, key, id } => {
                     return match ready!(fut.poll(cx)) {
                         Ok(response) => {
                             if response.response_status() == StatusCode::UNAUTHORIZED {
-                                crate::cache::invalidate(*key, *id);
+                                rejected(*key, *id);
                             }
                             Poll::Ready(Ok(response))
                         }
                         Err(error) => Poll::Ready(Err(error.into())),
                     };
                 }
-                StateProj::Failed { error } => {
-                    let error = error
-                        .take()
-                        .expect("ResponseFuture polled after completion");
-                    return Poll::Ready(Err(error.into()));
+                StateProj::Cold { cold } => {
+                    let called = ready!(cold.poll_cold(cx))?;
+                    this.state.set(called);
                 }
             }
+        }
+    }
+}
+
+/// Takes the token `id` of the cache `key` out of service after a `401`: the rare case, kept
+/// out of the warm path's code.
+#[cold]
+#[inline(never)]
+fn rejected(key: u64, id: u64) {
+    crate::cache::invalidate(key, id);
+}
+
+impl<S, Req> Cold<S, Req> {
+    /// Waits for the token, then calls the service; returns the state to go on with.
+    #[inline(never)]
+    fn poll_cold<F>(&mut self, cx: &mut Context<'_>) -> Poll<Result<State<F, S, Req>, Error>>
+    where
+        S: Service<Req, Future = F>,
+        Req: AuthorizeRequest,
+    {
+        match self {
+            Cold::Fetching {
+                token,
+                ready,
+                cache,
+            } => {
+                let token = ready!(token.as_mut().poll(cx))?;
+                let (mut inner, mut req) = ready
+                    .take()
+                    .expect("ResponseFuture polled after completion");
+                req.set_authorization(token.header_value().clone());
+                Poll::Ready(Ok(State::Called {
+                    fut: inner.call(req),
+                    key: cache.key(),
+                    id: token.id(),
+                }))
+            }
+            Cold::Failed(error) => Poll::Ready(Err(error
+                .take()
+                .expect("ResponseFuture polled after completion"))),
         }
     }
 }
@@ -140,9 +164,11 @@ where
 impl<F, S, Req> fmt::Debug for ResponseFuture<F, S, Req> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
-            State::Fetching { .. } => "fetching",
             State::Called { .. } => "called",
-            State::Failed { .. } => "failed",
+            State::Cold { cold } => match **cold {
+                Cold::Fetching { .. } => "fetching",
+                Cold::Failed(_) => "failed",
+            },
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
