@@ -77,19 +77,19 @@ impl<F, S, Req> ResponseFuture<F, S, Req> {
         }
     }
 
-    /// The identity of the token the request went out with, once it went out.
-    fn token_id(&self) -> Option<u64> {
-        match &self.state {
-            State::Called { id, .. } => Some(*id),
-            State::Cold { .. } => None,
-        }
-    }
-
     pub(super) fn failed(error: Error) -> Self {
         ResponseFuture {
             state: State::Cold {
                 cold: Box::new(Cold::Failed(Some(error))),
             },
+        }
+    }
+
+    /// The identity of the token the request went out with, once it went out.
+    fn token_id(&self) -> Option<u64> {
+        match &self.state {
+            State::Called { id, .. } => Some(*id),
+            State::Cold { .. } => None,
         }
     }
 }

@@ -50,13 +50,13 @@
 //! outermost (the first to see a request) to the innermost:
 //!
 //! ```text
-//! ServiceBuilder::new()
-//!     .buffer(1024)                        // holds requests in a queue        ┐ above: each request,
-//!     .retry(policy)                       // sends a request again            │ and each attempt,
-//!     .timeout(Duration::from_secs(10))    // bounds the whole wait            │ is authorized as it
-//!     .concurrency_limit(64)               // waits for a permit               ┘ leaves them
-//!     .layer(BearerAuthLayer::new(cache))  // sets the token current at that moment
-//!     .service(transport)                  // hyper-util's client, reqwest::Client, a tonic Channel
+//! ServiceBuilder::new()                     // outermost: sees each request first
+//!     .buffer(1024)                         // holds requests in a queue
+//!     .retry(policy)                        // sends a request again
+//!     .timeout(Duration::from_secs(10))     // bounds the whole wait, a login included
+//!     .concurrency_limit(64)                // waits for a permit
+//!     .layer(BearerAuthLayer::new(cache))   // sets the token current as each attempt leaves
+//!     .service(transport)                   // hyper-util's client, reqwest::Client, a Channel
 //! ```
 //!
 //! The layer sets the header in `call`, with the token that is current at that instant.
@@ -80,7 +80,7 @@
 //! replays a request inside the layer with the renewed token; a general retry layer above can
 //! retry a `401` too, since each of its attempts is authorized afresh.
 //!
-//! The same order with the layers of tower's default features, compiled:
+//! The same order, compiled (with tower's `timeout` and `limit` features):
 //!
 //! ```
 //! # use std::convert::Infallible;

@@ -80,7 +80,8 @@ pub trait ReplayableRequest: AuthorizeRequest + Sized {
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), tower::BoxError> {
-/// let upstream = service_fn(|_: Request<Upload>| async { Ok::<_, Infallible>(Response::new(())) });
+/// let upstream =
+///     service_fn(|_: Request<Upload>| async { Ok::<_, Infallible>(Response::new(())) });
 /// let client = BearerAuthLayer::new(TokenCache::new(Fixed))
 ///     .retry_on_unauthorized()
 ///     .layer(upstream);
