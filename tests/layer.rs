@@ -395,6 +395,36 @@ async fn retry_does_not_replay_with_the_token_the_server_just_rejected() {
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
+#[tokio::test(start_paused = true)]
+async fn retry_works_with_a_service_and_future_that_are_not_send() {
+    // An `Rc` makes the service and its future `!Send`, as on a current-thread runtime; the
+    // replay needs neither `Send` nor `'static`.
+    let source = ScriptedSource::new(HOUR);
+    let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::<HeaderValue>::new()));
+    let record = seen.clone();
+    let upstream = service_fn(move |req: Request<()>| {
+        let record = record.clone();
+        async move {
+            let header = req.headers()[AUTHORIZATION].clone();
+            let status = if header == "Bearer token-1" {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::OK
+            };
+            record.borrow_mut().push(header);
+            let mut response = Response::new(());
+            *response.status_mut() = status;
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let service = BearerAuthLayer::new(cache(&source))
+        .retry_on_unauthorized()
+        .layer(upstream);
+    let response = service.oneshot(Request::new(())).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(*seen.borrow(), ["Bearer token-1", "Bearer token-2"]);
+}
+
 /// An inner service that is ready only once, then must be cloned: it proves the layer calls the
 /// very service `poll_ready` prepared.
 #[derive(Clone)]
