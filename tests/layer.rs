@@ -7,9 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt, service_fn};
+use tower_authtoken::layer::ReplayBody;
 use tower_authtoken::{BearerAuth, BearerAuthLayer, Error, ErrorKind, TokenCache};
 
 use support::{Next, ScriptedSource, cache};
@@ -250,6 +252,177 @@ async fn retry_returns_the_original_401_when_no_new_token_can_be_had() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(seen.calls(), 1);
+}
+
+/// A request body read as it is sent, like hyper's `Incoming` or a tonic stream: it is not
+/// `Clone` and cannot be copied, so it is never replayed.
+struct Streamed;
+
+impl ReplayBody for Streamed {
+    fn try_clone_body(&self) -> Option<Self> {
+        None
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_sends_a_body_that_cannot_be_replayed_once_and_still_invalidates_its_token() {
+    let source = ScriptedSource::new(HOUR);
+    let seen = Seen::default();
+    let cache = cache(&source);
+    let service = BearerAuthLayer::new(cache.clone())
+        .retry_on_unauthorized()
+        .layer(upstream::<Streamed>(seen.clone(), true));
+    let request = Request::get("/cars").body(Streamed).unwrap();
+    let response = service.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(seen.calls(), 1, "a body that cannot be copied is sent once");
+    assert_eq!(cache.stats().invalidations, 1);
+
+    let request = Request::get("/cars").body(Streamed).unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(seen.last(), "Bearer token-2");
+}
+
+/// What one request looked like when it reached the inner service.
+#[derive(Debug, PartialEq)]
+struct Sent {
+    method: Method,
+    uri: String,
+    authorization: HeaderValue,
+    trace: Option<HeaderValue>,
+    extension: Option<&'static str>,
+    body: Bytes,
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_replays_a_bytes_body_with_the_same_method_uri_headers_extensions_and_content() {
+    let source = ScriptedSource::new(HOUR);
+    let sent = Arc::new(Mutex::new(Vec::<Sent>::new()));
+    let record = sent.clone();
+    let upstream = service_fn(move |req: Request<Bytes>| {
+        let record = record.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let authorization = parts.headers[AUTHORIZATION].clone();
+            let status = if authorization == "Bearer token-1" {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::OK
+            };
+            record.lock().unwrap().push(Sent {
+                method: parts.method,
+                uri: parts.uri.to_string(),
+                authorization,
+                trace: parts.headers.get("x-trace").cloned(),
+                extension: parts.extensions.get::<&'static str>().copied(),
+                body,
+            });
+            let mut response = Response::new(());
+            *response.status_mut() = status;
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let service = BearerAuthLayer::new(cache(&source))
+        .retry_on_unauthorized()
+        .layer(upstream);
+    let mut request = Request::put("/cars/7?x=1")
+        .header("x-trace", "abc")
+        .body(Bytes::from_static(b"{\"doors\":5}"))
+        .unwrap();
+    request.extensions_mut().insert("request extension");
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let sent = sent.lock().unwrap();
+    assert_eq!(sent.len(), 2, "sent, then replayed once");
+    assert_eq!(sent[0].authorization, "Bearer token-1");
+    assert_eq!(sent[1].authorization, "Bearer token-2");
+    for attempt in sent.iter() {
+        assert_eq!(attempt.method, Method::PUT);
+        assert_eq!(attempt.uri, "/cars/7?x=1");
+        assert_eq!(attempt.trace.as_ref().unwrap(), "abc");
+        assert_eq!(attempt.extension, Some("request extension"));
+        assert_eq!(attempt.body, Bytes::from_static(b"{\"doors\":5}"));
+    }
+}
+
+#[cfg(feature = "reqwest")]
+#[tokio::test(start_paused = true)]
+async fn retry_replays_a_buffered_reqwest_body_but_sends_a_streaming_one_once() {
+    for (body, calls) in [
+        (reqwest::Body::from("payload"), 2),
+        (
+            reqwest::Body::wrap(http_body_util::Full::new(Bytes::from_static(b"payload"))),
+            1,
+        ),
+    ] {
+        let source = ScriptedSource::new(HOUR);
+        let seen = Seen::default();
+        let service = BearerAuthLayer::new(cache(&source))
+            .retry_on_unauthorized()
+            .layer(upstream::<reqwest::Body>(seen.clone(), true));
+        let request = Request::get("/cars").body(body).unwrap();
+        service.oneshot(request).await.unwrap();
+        assert_eq!(seen.calls(), calls);
+    }
+}
+
+/// Plan contract (the lead's cache rewrite): an invalidation that follows another within 1 s is
+/// ignored and the token stays in service. Until it lands, the second invalidation withdraws
+/// token-2 as well and this test fails with 4 calls.
+#[tokio::test(start_paused = true)]
+async fn retry_does_not_replay_with_the_token_the_server_just_rejected() {
+    let source = ScriptedSource::new(HOUR);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let always_401 = service_fn(move |_: Request<()>| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let mut response = Response::new(());
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+        std::future::ready(Ok::<_, Infallible>(response))
+    });
+    let service = BearerAuthLayer::new(cache(&source))
+        .retry_on_unauthorized()
+        .layer(always_401);
+    // token-1 is rejected and withdrawn; the replay carries token-2, which is rejected too.
+    let response = service.clone().oneshot(Request::new(())).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // At once, token-2 is still in service: its 401 is returned, not replayed with token-2.
+    let response = service.oneshot(Request::new(())).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_works_with_a_service_and_future_that_are_not_send() {
+    // An `Rc` makes the service and its future `!Send`, as on a current-thread runtime; the
+    // replay needs neither `Send` nor `'static`.
+    let source = ScriptedSource::new(HOUR);
+    let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::<HeaderValue>::new()));
+    let record = seen.clone();
+    let upstream = service_fn(move |req: Request<()>| {
+        let record = record.clone();
+        async move {
+            let header = req.headers()[AUTHORIZATION].clone();
+            let status = if header == "Bearer token-1" {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::OK
+            };
+            record.borrow_mut().push(header);
+            let mut response = Response::new(());
+            *response.status_mut() = status;
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let service = BearerAuthLayer::new(cache(&source))
+        .retry_on_unauthorized()
+        .layer(upstream);
+    let response = service.oneshot(Request::new(())).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(*seen.borrow(), ["Bearer token-1", "Bearer token-2"]);
 }
 
 /// An inner service that is ready only once, then must be cloned: it proves the layer calls the

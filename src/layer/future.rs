@@ -35,27 +35,29 @@ pin_project! {
             key: u64,
             id: u64,
         },
-        // No token was ready: wait for one, then call the service that `poll_ready` prepared.
-        // Boxed, so that the warm path's future stays as small as the inner one.
-        Fetching {
-            fetching: Box<Fetching<S, Req>>,
-        },
-        // Refused before sending.
-        Failed {
-            error: Option<Error>,
+        // Waiting for a token, or refused before sending. Boxed, so that the warm path's future
+        // stays as small as the inner one and dropping it is cheap.
+        Cold {
+            cold: Box<Cold<S, Req>>,
         },
     }
 }
 
-/// The cold path's state: the fetch to wait for, and what to send once it is done.
-struct Fetching<S, Req> {
-    token: BoxFetch<'static>,
-    /// The service `poll_ready` prepared and the request, until the token arrives.
-    ready: Option<(S, Req)>,
-    cache: TokenCache,
+/// The cold path's states.
+enum Cold<S, Req> {
+    /// No token was ready: wait for one, then call the service that `poll_ready` prepared.
+    Fetching {
+        token: BoxFetch<'static>,
+        /// The service `poll_ready` prepared and the request, until the token arrives.
+        ready: Option<(S, Req)>,
+        cache: TokenCache,
+    },
+    /// Refused before sending.
+    Failed(Option<Error>),
 }
 
 impl<F, S, Req> ResponseFuture<F, S, Req> {
+    #[inline]
     pub(super) fn called(fut: F, key: u64, id: u64) -> Self {
         ResponseFuture {
             state: State::Called { fut, key, id },
@@ -65,8 +67,8 @@ impl<F, S, Req> ResponseFuture<F, S, Req> {
     pub(super) fn fetching(inner: S, req: Req, cache: TokenCache) -> Self {
         let owned = cache.clone();
         ResponseFuture {
-            state: State::Fetching {
-                fetching: Box::new(Fetching {
+            state: State::Cold {
+                cold: Box::new(Cold::Fetching {
                     token: Box::pin(async move { owned.token().await }),
                     ready: Some((inner, req)),
                     cache,
@@ -77,7 +79,17 @@ impl<F, S, Req> ResponseFuture<F, S, Req> {
 
     pub(super) fn failed(error: Error) -> Self {
         ResponseFuture {
-            state: State::Failed { error: Some(error) },
+            state: State::Cold {
+                cold: Box::new(Cold::Failed(Some(error))),
+            },
+        }
+    }
+
+    /// The identity of the token the request went out with, once it went out.
+    fn token_id(&self) -> Option<u64> {
+        match &self.state {
+            State::Called { id, .. } => Some(*id),
+            State::Cold { .. } => None,
         }
     }
 }
@@ -97,42 +109,62 @@ where
         loop {
             let mut this = self.as_mut().project();
             match this.state.as_mut().project() {
-                StateProj::Fetching { fetching } => {
-                    let token = match ready!(fetching.token.as_mut().poll(cx)) {
-                        Ok(token) => token,
-                        Err(error) => return Poll::Ready(Err(error.into())),
-                    };
-                    let (mut inner, mut req) = fetching
-                        .ready
-                        .take()
-                        .expect("ResponseFuture polled after completion");
-                    req.set_authorization(token.header_value().clone());
-                    let fut = inner.call(req);
-                    let key = fetching.cache.key();
-                    this.state.set(State::Called {
-                        fut,
-                        key,
-                        id: token.id(),
-                    });
-                }
                 StateProj::Called { fut, key, id } => {
                     return match ready!(fut.poll(cx)) {
                         Ok(response) => {
                             if response.response_status() == StatusCode::UNAUTHORIZED {
-                                crate::cache::invalidate(*key, *id);
+                                rejected(*key, *id);
                             }
                             Poll::Ready(Ok(response))
                         }
                         Err(error) => Poll::Ready(Err(error.into())),
                     };
                 }
-                StateProj::Failed { error } => {
-                    let error = error
-                        .take()
-                        .expect("ResponseFuture polled after completion");
-                    return Poll::Ready(Err(error.into()));
+                StateProj::Cold { cold } => {
+                    let called = ready!(cold.poll_cold(cx))?;
+                    this.state.set(called);
                 }
             }
+        }
+    }
+}
+
+/// Takes the token `id` of the cache `key` out of service after a `401`: the rare case, kept
+/// out of the warm path's code.
+#[cold]
+#[inline(never)]
+fn rejected(key: u64, id: u64) {
+    crate::cache::invalidate(key, id);
+}
+
+impl<S, Req> Cold<S, Req> {
+    /// Waits for the token, then calls the service; returns the state to go on with.
+    #[inline(never)]
+    fn poll_cold<F>(&mut self, cx: &mut Context<'_>) -> Poll<Result<State<F, S, Req>, Error>>
+    where
+        S: Service<Req, Future = F>,
+        Req: AuthorizeRequest,
+    {
+        match self {
+            Cold::Fetching {
+                token,
+                ready,
+                cache,
+            } => {
+                let token = ready!(token.as_mut().poll(cx))?;
+                let (mut inner, mut req) = ready
+                    .take()
+                    .expect("ResponseFuture polled after completion");
+                req.set_authorization(token.header_value().clone());
+                Poll::Ready(Ok(State::Called {
+                    fut: inner.call(req),
+                    key: cache.key(),
+                    id: token.id(),
+                }))
+            }
+            Cold::Failed(error) => Poll::Ready(Err(error
+                .take()
+                .expect("ResponseFuture polled after completion"))),
         }
     }
 }
@@ -140,9 +172,11 @@ where
 impl<F, S, Req> fmt::Debug for ResponseFuture<F, S, Req> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
-            State::Fetching { .. } => "fetching",
             State::Called { .. } => "called",
-            State::Failed { .. } => "failed",
+            State::Cold { cold } => match **cold {
+                Cold::Fetching { .. } => "fetching",
+                Cold::Failed(_) => "failed",
+            },
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
@@ -150,23 +184,25 @@ impl<F, S, Req> fmt::Debug for ResponseFuture<F, S, Req> {
     }
 }
 
-/// The boxed replay of a request after a `401`.
-pub(super) type BoxReplay<R> = Pin<Box<dyn Future<Output = Result<R, BoxError>> + Send>>;
+/// What a replay needs: a clone of the service, the cache, and a copy of the request.
+pub(super) struct Replay<S, Req> {
+    pub(super) inner: S,
+    pub(super) cache: TokenCache,
+    pub(super) request: Req,
+}
 
 pin_project! {
     /// The response future of [`BearerAuth`](crate::BearerAuth) with
     /// [`retry_on_unauthorized`](crate::BearerAuthLayer::retry_on_unauthorized).
     ///
-    /// The first attempt is a plain [`ResponseFuture`]. Only after a `401`, when the request
-    /// could be replayed, does a boxed replay with the renewed token follow.
+    /// The first attempt is a plain [`ResponseFuture`], beside the copy of the request to replay
+    /// if it may be replayed. Only after a `401` does it wait for a renewed token and send the
+    /// copy with it; nothing is boxed until then.
     pub struct RetryFuture<F, S, Req, R> {
         #[pin]
         state: RetryState<F, S, Req, R>,
     }
 }
-
-/// What a replay needs: a way to build it from the first response.
-pub(super) type ReplayFn<R> = Box<dyn FnOnce(R) -> BoxReplay<R> + Send>;
 
 pin_project! {
     #[project = RetryStateProj]
@@ -174,16 +210,37 @@ pin_project! {
         First {
             #[pin]
             fut: ResponseFuture<F, S, Req>,
-            replay: Option<ReplayFn<R>>,
+            replay: Option<Replay<S, Req>>,
         },
-        Replaying {
-            fut: BoxReplay<R>,
+        // The first attempt got `401`: waiting for a renewed token. Boxed, since it is rare.
+        Renewing {
+            renewing: Box<Renewing<S, Req, R>>,
+        },
+        // The copy went out with the token `id` of the cache `key`.
+        Replayed {
+            #[pin]
+            fut: F,
+            key: u64,
+            id: u64,
         },
     }
 }
 
+/// Waiting for the token to replay with, then for the service to be ready.
+struct Renewing<S, Req, R> {
+    token: BoxFetch<'static>,
+    /// The token the first attempt carried, which the server rejected.
+    rejected: u64,
+    /// The `401` to return if no other token can be had.
+    first: Option<R>,
+    replay: Option<Replay<S, Req>>,
+    /// The renewed token, once it is set on the copy.
+    renewed: Option<u64>,
+}
+
 impl<F, S, Req, R> RetryFuture<F, S, Req, R> {
-    pub(super) fn new(fut: ResponseFuture<F, S, Req>, replay: Option<ReplayFn<R>>) -> Self {
+    #[inline]
+    pub(super) fn new(fut: ResponseFuture<F, S, Req>, replay: Option<Replay<S, Req>>) -> Self {
         RetryFuture {
             state: RetryState::First { fut, replay },
         }
@@ -205,21 +262,99 @@ where
         loop {
             let mut this = self.as_mut().project();
             match this.state.as_mut().project() {
-                RetryStateProj::First { fut, replay } => {
-                    let response = ready!(fut.poll(cx))?;
-                    let replay = match replay.take() {
-                        Some(replay) if response.response_status() == StatusCode::UNAUTHORIZED => {
-                            replay
-                        }
-                        _ => return Poll::Ready(Ok(response)),
+                RetryStateProj::First { mut fut, replay } => {
+                    let response = ready!(fut.as_mut().poll(cx))?;
+                    if response.response_status() != StatusCode::UNAUTHORIZED {
+                        return Poll::Ready(Ok(response));
+                    }
+                    let (Some(replay), Some(rejected)) = (replay.take(), fut.token_id()) else {
+                        return Poll::Ready(Ok(response));
                     };
-                    this.state.set(RetryState::Replaying {
-                        fut: replay(response),
+                    let cache = replay.cache.clone();
+                    this.state.set(RetryState::Renewing {
+                        renewing: Box::new(Renewing {
+                            token: Box::pin(async move { cache.token().await }),
+                            rejected,
+                            first: Some(response),
+                            replay: Some(replay),
+                            renewed: None,
+                        }),
                     });
                 }
-                RetryStateProj::Replaying { fut } => return fut.as_mut().poll(cx),
+                RetryStateProj::Renewing { renewing } => {
+                    let id = match renewing.renewed {
+                        Some(id) => id,
+                        None => match ready!(renewing.poll_token(cx)) {
+                            Some(id) => id,
+                            None => {
+                                let first = renewing.first.take();
+                                return Poll::Ready(Ok(
+                                    first.expect("RetryFuture polled after completion")
+                                ));
+                            }
+                        },
+                    };
+                    let replay = renewing
+                        .replay
+                        .as_mut()
+                        .expect("RetryFuture polled after completion");
+                    ready!(replay.inner.poll_ready(cx)).map_err(Into::into)?;
+                    let Replay {
+                        mut inner,
+                        cache,
+                        request,
+                    } = renewing
+                        .replay
+                        .take()
+                        .expect("RetryFuture polled after completion");
+                    this.state.set(RetryState::Replayed {
+                        fut: inner.call(request),
+                        key: cache.key(),
+                        id,
+                    });
+                }
+                RetryStateProj::Replayed { fut, key, id } => {
+                    let response = ready!(fut.poll(cx)).map_err(Into::into)?;
+                    if response.response_status() == StatusCode::UNAUTHORIZED {
+                        rejected(*key, *id);
+                    }
+                    return Poll::Ready(Ok(response));
+                }
             }
         }
+    }
+}
+
+impl<S, Req: AuthorizeRequest, R> Renewing<S, Req, R> {
+    /// Waits for a token other than the rejected one and sets it on the copy; returns its
+    /// identity, or `None` if there is none and the first `401` is the answer.
+    fn poll_token(&mut self, cx: &mut Context<'_>) -> Poll<Option<u64>> {
+        let token = match ready!(self.token.as_mut().poll(cx)) {
+            Ok(token) if token.id() != self.rejected => token,
+            Ok(_) => {
+                tracing::debug!("the cache kept the rejected token; not replaying");
+                return Poll::Ready(None);
+            }
+            Err(error) => {
+                tracing::debug!(
+                    error_kind = error.kind().as_str(),
+                    "no renewed token to replay with"
+                );
+                return Poll::Ready(None);
+            }
+        };
+        // The first response is no longer needed: release it before sending again.
+        self.first = None;
+        tracing::debug!("replaying a request rejected with 401 with the renewed token");
+        let replay = self
+            .replay
+            .as_mut()
+            .expect("RetryFuture polled after completion");
+        replay
+            .request
+            .set_authorization(token.header_value().clone());
+        self.renewed = Some(token.id());
+        Poll::Ready(Some(token.id()))
     }
 }
 
@@ -227,7 +362,8 @@ impl<F, S, Req, R> fmt::Debug for RetryFuture<F, S, Req, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             RetryState::First { .. } => "first",
-            RetryState::Replaying { .. } => "replaying",
+            RetryState::Renewing { .. } => "renewing",
+            RetryState::Replayed { .. } => "replayed",
         };
         f.debug_struct("RetryFuture")
             .field("state", &state)

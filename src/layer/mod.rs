@@ -42,6 +42,71 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Where the layer goes
+//!
+//! `BearerAuthLayer` goes directly above the transport, below every layer that holds, repeats
+//! or times a request. [`ServiceBuilder`](tower::ServiceBuilder) lists layers from the
+//! outermost (the first to see a request) to the innermost:
+//!
+//! ```text
+//! ServiceBuilder::new()                     // outermost: sees each request first
+//!     .buffer(1024)                         // holds requests in a queue
+//!     .retry(policy)                        // sends a request again
+//!     .timeout(Duration::from_secs(10))     // bounds the whole wait, a login included
+//!     .concurrency_limit(64)                // waits for a permit
+//!     .layer(BearerAuthLayer::new(cache))   // sets the token current as each attempt leaves
+//!     .service(transport)                   // hyper-util's client, reqwest::Client, a Channel
+//! ```
+//!
+//! The layer sets the header in `call`, with the token that is current at that instant.
+//! Whatever sits below it receives the request with the header already set:
+//!
+//! - A **retry** layer below it sends its copy of the request again with the header it was
+//!   given, even if the token was renewed or rejected in between; a `401` retried that way gets
+//!   another `401`. Above it, every attempt passes through `BearerAuth` and carries the current
+//!   token (after a `401`, the renewed one).
+//! - A **buffer** below it keeps requests in its queue with their headers set; a request that
+//!   waits longer than the token's remaining life goes out with an expired token. Above it, the
+//!   header is set when the request leaves the queue.
+//! - A **timeout** above it also bounds the wait for a login when the cache has no token; below
+//!   it, only the transport's part is bounded (the login has its own
+//!   [`fetch_timeout`](crate::TokenCacheBuilder::fetch_timeout)).
+//! - **Concurrency and rate limits** wait in `poll_ready`, before the header is set, so the token
+//!   stays fresh on either side; above is the usual place, since below, a request that waits for
+//!   a login holds one of their permits meanwhile.
+//!
+//! For the `401` itself, [`retry_on_unauthorized`](BearerAuthLayer::retry_on_unauthorized)
+//! replays a request inside the layer with the renewed token; a general retry layer above can
+//! retry a `401` too, since each of its attempts is authorized afresh.
+//!
+//! The same order, compiled (with tower's `timeout` and `limit` features):
+//!
+//! ```
+//! # use std::convert::Infallible;
+//! # use std::time::Duration;
+//! # use http::{Request, Response};
+//! # use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! # use tower_authtoken::{BearerAuthLayer, Error, Token, TokenCache, TokenSource};
+//! # struct Fixed;
+//! # impl TokenSource for Fixed {
+//! #     async fn fetch(&self) -> Result<Token, Error> {
+//! #         Token::new("opaque", Duration::from_secs(3600))
+//! #     }
+//! # }
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! # let cache = TokenCache::new(Fixed);
+//! # let transport = service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(())) });
+//! let client = ServiceBuilder::new()
+//!     .timeout(Duration::from_secs(10))
+//!     .concurrency_limit(64)
+//!     .layer(BearerAuthLayer::new(cache))
+//!     .service(transport);
+//! client.oneshot(Request::new(())).await?;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod future;
 mod request;
@@ -51,13 +116,13 @@ use std::mem;
 use std::task::{Context, Poll};
 
 use http::Method;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, Service};
 
 use crate::cache::SlotReader;
 use crate::error::BoxError;
 use crate::{Error, ErrorKind, TokenCache};
-use future::{ReplayFn, ResponseFuture, RetryFuture};
-pub use request::{AuthorizeRequest, ReplayableRequest, StatusResponse};
+use future::{Replay, ResponseFuture, RetryFuture};
+pub use request::{AuthorizeRequest, ReplayBody, ReplayableRequest, StatusResponse};
 
 /// Marks a [`BearerAuth`] that does not replay requests (the default).
 #[derive(Debug, Clone, Copy, Default)]
@@ -98,12 +163,22 @@ impl BearerAuthLayer {
 impl<P> BearerAuthLayer<P> {
     /// Replays a request once, with the renewed token, when the upstream answers `401`.
     ///
-    /// Only requests that can be replayed are: an `http::Request` whose body type is `Clone`,
-    /// or a `reqwest::Request` whose [`try_clone`](reqwest::Request::try_clone) succeeds. Only
-    /// idempotent methods (`GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`, `DELETE`) are replayed,
-    /// because replaying a `POST` may repeat its side effect; see
-    /// [`retry_on_unauthorized_any_method`](Self::retry_on_unauthorized_any_method). If no new
-    /// token can be had, the original `401` response is returned. Default: off.
+    /// Only requests that can be copied are replayed: an `http::Request<B>` whose body's
+    /// [`ReplayBody::try_clone_body`] returns a copy (`()`, `String`, `Vec<u8>`, `Bytes`,
+    /// `&'static str`, `&'static [u8]`, a buffered `reqwest::Body`, or a body type of your own
+    /// that implements [`ReplayBody`]), or a `reqwest::Request` whose
+    /// [`try_clone`](reqwest::Request::try_clone) succeeds. A request whose body cannot be
+    /// copied (a stream) is sent once, and its `401` reaches the caller after invalidating the
+    /// token, exactly as without this setting. Method, URI, headers and extensions are copied
+    /// with the body; the copy is made before the first attempt is sent.
+    ///
+    /// Only idempotent methods (`GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`, `DELETE`) are
+    /// replayed, because replaying a `POST` may repeat its side effect; see
+    /// [`retry_on_unauthorized_any_method`](Self::retry_on_unauthorized_any_method). If no
+    /// other token than the rejected one can be had (the fetch fails, or the cache keeps the
+    /// rejected token in service), the original `401` response is returned. Nothing is
+    /// allocated for the replay until a `401` arrives, beyond the copy of the request.
+    /// Default: off.
     pub fn retry_on_unauthorized(self) -> BearerAuthLayer<ReplayOnUnauthorized> {
         BearerAuthLayer {
             cache: self.cache,
@@ -258,11 +333,10 @@ where
 
 impl<S, Req> Service<Req> for BearerAuth<S, ReplayOnUnauthorized>
 where
-    S: Service<Req> + Clone + Send + 'static,
-    S::Response: StatusResponse + Send + 'static,
+    S: Service<Req> + Clone,
+    S::Response: StatusResponse,
     S::Error: Into<BoxError>,
-    S::Future: Send,
-    Req: ReplayableRequest + Send + 'static,
+    Req: ReplayableRequest,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -274,53 +348,15 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let replay = self
-            .policy
-            .allows(req.request_method())
-            .then(|| req.try_replay())
-            .flatten()
-            .map(|copy| {
-                let inner = self.inner.clone();
-                let cache = self.cache.clone();
-                Box::new(
-                    move |first: S::Response| -> future::BoxReplay<S::Response> {
-                        Box::pin(replay_once(inner, cache, copy, first))
-                    },
-                ) as ReplayFn<S::Response>
-            });
+        let replay = if self.policy.allows(req.request_method()) {
+            req.try_replay().map(|request| Replay {
+                inner: self.inner.clone(),
+                cache: self.cache.clone(),
+                request,
+            })
+        } else {
+            None
+        };
         RetryFuture::new(self.authorize(req), replay)
     }
-}
-
-/// Sends `req` again with a renewed token; returns `first` if no token can be had.
-async fn replay_once<S, Req>(
-    inner: S,
-    cache: TokenCache,
-    mut req: Req,
-    first: S::Response,
-) -> Result<S::Response, BoxError>
-where
-    S: Service<Req>,
-    S::Response: StatusResponse,
-    S::Error: Into<BoxError>,
-    Req: AuthorizeRequest,
-{
-    let token = match cache.token().await {
-        Ok(token) => token,
-        Err(error) => {
-            tracing::debug!(
-                error_kind = error.kind().as_str(),
-                "no renewed token to replay with"
-            );
-            return Ok(first);
-        }
-    };
-    drop(first);
-    tracing::debug!("replaying a request rejected with 401 with the renewed token");
-    req.set_authorization(token.header_value().clone());
-    let response = inner.oneshot(req).await.map_err(Into::into)?;
-    if response.response_status() == http::StatusCode::UNAUTHORIZED {
-        cache.invalidate(&token);
-    }
-    Ok(response)
 }

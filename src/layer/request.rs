@@ -1,5 +1,6 @@
 //! What the layer needs from a request and a response, for `http` and `reqwest` types alike.
 
+use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header::AUTHORIZATION};
 
 use crate::loopback::is_loopback_host;
@@ -27,13 +28,91 @@ pub trait AuthorizeRequest: sealed::Sealed {
 /// A request that may be replayable once, for
 /// [`retry_on_unauthorized`](crate::BearerAuthLayer::retry_on_unauthorized).
 ///
-/// `http::Request<B>` is replayable when its body type is `Clone`; a `reqwest::Request` when
-/// [`try_clone`](reqwest::Request::try_clone) succeeds (not for streaming bodies).
+/// `http::Request<B>` is one when its body type implements [`ReplayBody`]; a `reqwest::Request`
+/// always is, and is replayed when [`try_clone`](reqwest::Request::try_clone) succeeds (not for
+/// streaming bodies). A request that cannot be copied is sent once, as without the setting.
 pub trait ReplayableRequest: AuthorizeRequest + Sized {
     /// A copy to send again, or `None` if the request cannot be replayed.
     #[doc(hidden)]
     fn try_replay(&self) -> Option<Self>;
 }
+
+/// A request body that [`retry_on_unauthorized`](crate::BearerAuthLayer::retry_on_unauthorized)
+/// can copy, to send a request again after a `401`.
+///
+/// [`try_clone_body`](Self::try_clone_body) returns a copy of the body, or `None` when the body
+/// cannot be sent twice (a stream read as it is sent); a request whose body returns `None` is
+/// sent once and its `401` reaches the caller, exactly as without the setting.
+///
+/// Implemented for the buffered bodies of `std`, [`bytes`] and `http`: `()`, [`String`],
+/// `Vec<u8>`, [`Bytes`], `&'static str` and `&'static [u8]`, which are always copied; and, with
+/// the `reqwest` feature, for [`reqwest::Body`], copied when it is buffered
+/// ([`as_bytes`](reqwest::Body::as_bytes) is `Some`) and not replayed when it streams.
+///
+/// Implement it for a body type of your own, returning `None` if it streams; such a body
+/// then works with `retry_on_unauthorized` and is simply not replayed:
+///
+/// ```
+/// # use std::convert::Infallible;
+/// # use std::time::Duration;
+/// use http::{Request, Response};
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_authtoken::layer::ReplayBody;
+/// use tower_authtoken::{BearerAuthLayer, TokenCache};
+/// # use tower_authtoken::{Error, Token, TokenSource};
+/// # struct Fixed;
+/// # impl TokenSource for Fixed {
+/// #     async fn fetch(&self) -> Result<Token, Error> {
+/// #         Token::new("opaque", Duration::from_secs(3600))
+/// #     }
+/// # }
+///
+/// /// A body read from a file as it is sent: not `Clone`, and it cannot be sent twice.
+/// struct Upload {
+///     // ...
+/// }
+///
+/// impl ReplayBody for Upload {
+///     fn try_clone_body(&self) -> Option<Self> {
+///         None
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower::BoxError> {
+/// let upstream =
+///     service_fn(|_: Request<Upload>| async { Ok::<_, Infallible>(Response::new(())) });
+/// let client = BearerAuthLayer::new(TokenCache::new(Fixed))
+///     .retry_on_unauthorized()
+///     .layer(upstream);
+/// client.oneshot(Request::put("/files/1").body(Upload {})?).await?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// A body type from another crate needs its implementation here (the orphan rule keeps you
+/// from writing it): hyper's `Incoming`, `http-body-util`'s bodies and tonic's body have none
+/// yet, so `retry_on_unauthorized` does not apply to them.
+pub trait ReplayBody: Sized {
+    /// A copy of the body to send again, or `None` if it cannot be replayed.
+    fn try_clone_body(&self) -> Option<Self>;
+}
+
+/// Bodies that are plain values, copied with `Clone`.
+macro_rules! replay_by_clone {
+    ($($body:ty),* $(,)?) => {
+        $(
+            impl ReplayBody for $body {
+                #[inline]
+                fn try_clone_body(&self) -> Option<Self> {
+                    Some(self.clone())
+                }
+            }
+        )*
+    };
+}
+
+replay_by_clone!((), String, Vec<u8>, Bytes, &'static str, &'static [u8]);
 
 /// A response whose status the layer inspects, to invalidate a token the server rejected.
 pub trait StatusResponse: sealed::Sealed {
@@ -62,9 +141,15 @@ impl<B> AuthorizeRequest for http::Request<B> {
     }
 }
 
-impl<B: Clone> ReplayableRequest for http::Request<B> {
+impl<B: ReplayBody> ReplayableRequest for http::Request<B> {
     fn try_replay(&self) -> Option<Self> {
-        Some(self.clone())
+        let mut copy = http::Request::new(self.body().try_clone_body()?);
+        *copy.method_mut() = self.method().clone();
+        *copy.uri_mut() = self.uri().clone();
+        *copy.version_mut() = self.version();
+        *copy.headers_mut() = self.headers().clone();
+        *copy.extensions_mut() = self.extensions().clone();
+        Some(copy)
     }
 }
 
@@ -104,6 +189,13 @@ mod reqwest_impls {
     impl ReplayableRequest for reqwest::Request {
         fn try_replay(&self) -> Option<Self> {
             self.try_clone()
+        }
+    }
+
+    impl ReplayBody for reqwest::Body {
+        fn try_clone_body(&self) -> Option<Self> {
+            self.as_bytes()
+                .map(|bytes| Bytes::copy_from_slice(bytes).into())
         }
     }
 
