@@ -27,7 +27,9 @@
 //! - hyper-util's legacy client, calling the reference server over loopback (fewer rounds: each
 //!   request takes tens of microseconds).
 //!
-//! The cheap ones run on one thread and on two (as in `hot_path/two_threads`). It prints a table;
+//! The cheap ones run on one thread and on two (as in `hot_path/two_threads`). Each time is read
+//! by the wall clock and by the measuring thread's CPU clock, which does not count the time other
+//! processes ran instead of ours: on a shared machine, read the CPU figures. It prints a table;
 //! `cargo bench --bench hot_path -- rounds` runs this section alone.
 
 mod common;
