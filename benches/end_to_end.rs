@@ -6,6 +6,11 @@
 //! a single-threaded runtime. `end_to_end/sequential` sends one request at a time, so that every
 //! nanosecond the layer adds shows in the latency; `end_to_end/concurrent_8` keeps 8 requests in
 //! flight. The figure to compare is the throughput (requests/s) of the two variants of a group.
+//!
+//! After the criterion groups, the section `end_to_end/rounds` measures the ratio the robust way:
+//! many short rounds, each timing the floor and `BearerAuth` back to back (in alternating order),
+//! and the median and spread of the per-round ratios of requests/s. It prints a table;
+//! `cargo bench --bench end_to_end -- rounds` runs it alone.
 
 mod common;
 
@@ -14,46 +19,21 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http::{Request, Response};
+use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::runtime::Runtime;
-use tower::{BoxError, Service, ServiceExt};
+use tower::{BoxError, Service};
 use tower_authtoken::testing::ReferenceServer;
 use tower_authtoken::{AuthTokenSource, BearerAuth, TokenCache, TokenSource};
 use tower_http::auth::AddAuthorization;
 
-use common::ServerThread;
+use common::{Clock, Ratio, Rounds, RoundsMode, Sample, ServerThread, interleave, print_table};
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
-
-/// Sends `n` requests one after another and checks that each is accepted.
-async fn send<S>(mut service: S, url: String, n: u64)
-where
-    S: Service<Request<Empty<Bytes>>, Response = Response<Incoming>>,
-    S::Error: Into<BoxError>,
-{
-    for _ in 0..n {
-        let request = Request::get(&url)
-            .body(Empty::new())
-            .expect("a valid request");
-        let response = service
-            .ready()
-            .await
-            .map_err(Into::into)
-            .expect("the client is ready")
-            .call(request)
-            .await
-            .map_err(Into::into)
-            .expect("a response");
-        assert_eq!(response.status(), StatusCode::OK);
-        let body = response.into_body().collect().await.expect("the body");
-        std::hint::black_box(body);
-    }
-}
 
 /// Sends `iters` requests with `concurrency` of them in flight at a time; returns how long that
 /// took.
@@ -66,7 +46,7 @@ where
     let tasks: Vec<_> = (0..concurrency)
         .map(|i| {
             let n = iters / concurrency + u64::from(i < iters % concurrency);
-            tokio::task::spawn_local(send(service.clone(), url.to_owned(), n))
+            tokio::task::spawn_local(common::send_http(service.clone(), url.to_owned(), n))
         })
         .collect();
     for task in tasks {
@@ -87,10 +67,7 @@ fn bench<S>(
     S::Error: Into<BoxError>,
 {
     group.bench_function(variant, |b| {
-        b.iter_custom(|iters| {
-            let work = run(service, setting.url, concurrency, iters);
-            setting.runtime.block_on(setting.local.run_until(work))
-        })
+        b.iter_custom(|iters| setting.time(service, concurrency, iters))
     });
 }
 
@@ -99,6 +76,19 @@ struct Setting<'a> {
     runtime: &'a Runtime,
     local: &'a tokio::task::LocalSet,
     url: &'a str,
+}
+
+impl Setting<'_> {
+    /// Sends `iters` requests through `service`, `concurrency` at a time; returns how long that
+    /// took.
+    fn time<S>(&self, service: &S, concurrency: u64, iters: u64) -> Duration
+    where
+        S: Service<Request<Empty<Bytes>>, Response = Response<Incoming>> + Clone + 'static,
+        S::Error: Into<BoxError>,
+    {
+        let work = run(service, self.url, concurrency, iters);
+        self.runtime.block_on(self.local.run_until(work))
+    }
 }
 
 fn end_to_end(c: &mut Criterion) {
@@ -147,34 +137,55 @@ fn end_to_end(c: &mut Criterion) {
     }
 
     // Criterion measures one variant after the other, so a change in the machine's load between
-    // them shows up as a difference. Alternating short rounds of the two cancels that out.
-    for concurrency in [1, 8] {
-        let rounds = 15;
-        let requests = 2_000;
-        let mut ratios: Vec<f64> = (0..rounds)
-            .map(|_| {
-                let work = run(&floor, setting.url, concurrency, requests);
-                let floor_time = runtime.block_on(local.run_until(work));
-                let work = run(&bearer, setting.url, concurrency, requests);
-                let bearer_time = runtime.block_on(local.run_until(work));
-                // Requests/s with the layer divided by requests/s with the static header.
-                floor_time.as_secs_f64() / bearer_time.as_secs_f64()
-            })
-            .collect();
-        ratios.sort_by(f64::total_cmp);
-        println!(
-            "end_to_end/{}: bearer_auth/floor requests/s = {:.3} (median of {rounds} alternating \
-             rounds of {requests} requests; range {:.3}-{:.3})",
-            match concurrency {
-                1 => "sequential".to_owned(),
-                n => format!("concurrent_{n}"),
-            },
-            ratios[rounds / 2],
-            ratios[0],
-            ratios[rounds - 1],
-        );
+    // them shows up as a difference. Short rounds that time both back to back, in alternating
+    // order, cancel that out: report the median and spread of their per-round ratios.
+    let mode = common::rounds_mode("end_to_end/rounds");
+    if mode == RoundsMode::Skip {
+        return;
     }
+    let (warm_up, rounds, requests) = match mode {
+        RoundsMode::Smoke => (1, 2, 20),
+        // More rounds of fewer requests pin the median down better than the reverse on a
+        // loaded machine.
+        _ => (6, 150, 200),
+    };
+    let started = Instant::now();
+    let results: Vec<Rounds> = [1, 8]
+        .into_iter()
+        .map(|concurrency| Rounds {
+            label: match concurrency {
+                1 => "sequential".to_owned(),
+                n => format!("{n} in flight"),
+            },
+            threads: 1,
+            requests,
+            rounds: interleave(
+                warm_up,
+                rounds,
+                || Sample::measure(|| _ = setting.time(&floor, concurrency, requests)),
+                || Sample::measure(|| _ = setting.time(&bearer, concurrency, requests)),
+            ),
+        })
+        .collect();
+    print_table(
+        "end_to_end/rounds: BearerAuth/floor requests/s. Each round times the floor and \
+         BearerAuth back to back, in alternating order; ratio = median of the per-round ratios; \
+         ns = median time per request; cpu = the client thread's CPU time",
+        Ratio::Throughput,
+        &[Clock::Wall, Clock::Cpu],
+        &results,
+    );
+    println!(
+        "end_to_end/rounds took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
-criterion_group!(benches, end_to_end);
+criterion_group! {
+    name = benches;
+    // The HTML plots take longer to draw than the measurements on this machine; the estimates
+    // are still written to `target/criterion`.
+    config = Criterion::default().without_plots();
+    targets = end_to_end
+}
 criterion_main!(benches);

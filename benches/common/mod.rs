@@ -82,6 +82,72 @@ pub fn upstream()
     })
 }
 
+/// The no-op inner service: it answers `200` at once with a [`std::future::Ready`]. It only
+/// passes the request through [`std::hint::black_box`], so that the compiler must build it.
+#[derive(Clone, Copy, Debug)]
+pub struct NoOp;
+
+impl Service<Request<()>> for NoOp {
+    type Response = Response<()>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<()>, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<()>) -> Self::Future {
+        std::hint::black_box(&req);
+        std::future::ready(Ok(Response::new(())))
+    }
+}
+
+/// An inner service written as most are: a `service_fn` whose `async` block owns the request,
+/// so that its future holds the request while it runs.
+pub fn async_upstream()
+-> impl Service<Request<()>, Response = Response<()>, Error = Infallible, Future: Send>
++ Clone
++ Send
++ 'static {
+    service_fn(|req: Request<()>| async move {
+        std::hint::black_box(&req);
+        Ok::<_, Infallible>(Response::new(()))
+    })
+}
+
+/// Sends `n` `GET` requests to `url` one after another through `service` (hyper-util's client,
+/// bare or wrapped), reads each body, and checks that each is accepted.
+pub async fn send_http<S>(mut service: S, url: String, n: u64)
+where
+    S: Service<
+            Request<http_body_util::Empty<bytes::Bytes>>,
+            Response = Response<hyper::body::Incoming>,
+        >,
+    S::Error: Into<tower::BoxError>,
+{
+    use http_body_util::BodyExt;
+    for _ in 0..n {
+        let request = Request::get(&url)
+            .body(http_body_util::Empty::new())
+            .expect("a valid request");
+        let response = service
+            .ready()
+            .await
+            .map_err(Into::into)
+            .expect("the client is ready")
+            .call(request)
+            .await
+            .map_err(Into::into)
+            .expect("a response");
+        assert_eq!(response.status(), http::StatusCode::OK);
+        let body = response.into_body().collect().await.expect("the body");
+        std::hint::black_box(body);
+    }
+}
+
 /// One way of sending an authorized request: `ready().await` then `call(req).await`.
 pub trait Client {
     fn send(&mut self, req: Request<()>) -> impl Future<Output = Response<()>> + Send;
@@ -247,7 +313,7 @@ where
 pub async fn run<C: Client>(client: &mut C, iters: u64) -> Duration {
     let start = std::time::Instant::now();
     for _ in 0..iters {
-        let response = client.send(Request::new(())).await;
+        let response = client.send(std::hint::black_box(Request::new(()))).await;
         std::hint::black_box(response);
     }
     start.elapsed()
@@ -335,6 +401,357 @@ impl Drop for ServerThread {
         }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interleaved rounds: the ratio of two variants, robust to drift in the machine's load.
+// ---------------------------------------------------------------------------------------------
+
+/// How the interleaved-rounds section of a bench binary should run, from its command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoundsMode {
+    /// `cargo bench`: the full number of rounds.
+    Full,
+    /// `cargo test --benches` or `cargo bench -- --test`: a few short rounds, to check that the
+    /// section works.
+    Smoke,
+    /// `--list`, `--profile-time`, or a filter that does not select the section.
+    Skip,
+}
+
+/// Criterion's options that take a value: the word after them is not a filter.
+const OPTIONS_WITH_VALUE: &[&str] = &[
+    "-c",
+    "--color",
+    "-s",
+    "--save-baseline",
+    "-b",
+    "--baseline",
+    "--baseline-lenient",
+    "--format",
+    "--profile-time",
+    "--load-baseline",
+    "--sample-size",
+    "--warm-up-time",
+    "--measurement-time",
+    "--nresamples",
+    "--noise-threshold",
+    "--confidence-level",
+    "--significance-level",
+    "--plotting-backend",
+    "--output-format",
+];
+
+/// Reads the command line as criterion does: `--bench` without `--test` benchmarks, anything
+/// else tests. The section named `section` (say `hot_path/rounds`) runs when no filter is given
+/// or when the filter is a part of its name (`rounds`, `hot_path`).
+pub fn rounds_mode(section: &str) -> RoundsMode {
+    let mut args = std::env::args().skip(1);
+    let (mut bench, mut test, mut skip) = (false, false, false);
+    let mut filter = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--bench" => bench = true,
+            "--test" => test = true,
+            "--list" | "--profile-time" | "--ignored" => skip = true,
+            option if OPTIONS_WITH_VALUE.contains(&option) => {
+                args.next();
+            }
+            option if option.starts_with('-') => {}
+            word => filter = filter.or(Some(word.to_owned())),
+        }
+    }
+    if skip || filter.is_some_and(|filter| !section.contains(filter.as_str())) {
+        RoundsMode::Skip
+    } else if bench && !test {
+        RoundsMode::Full
+    } else {
+        RoundsMode::Smoke
+    }
+}
+
+/// The time one variant took for a round's requests, by two clocks.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    /// Elapsed wall time.
+    pub wall: Duration,
+    /// CPU time of the measuring thread (the mean of the measuring threads, when there are
+    /// several). Unlike wall time, it does not count the time other processes ran instead of
+    /// ours, so it stays meaningful on a loaded machine. On platforms other than Linux it is the
+    /// wall time.
+    pub cpu: Duration,
+}
+
+impl Sample {
+    /// Runs `work` on this thread and measures it by both clocks.
+    pub fn measure(work: impl FnOnce()) -> Sample {
+        let stopwatch = Stopwatch::start();
+        work();
+        stopwatch.stop()
+    }
+
+    /// The sample of several threads that ran at the same time: the longest wall time, and the
+    /// mean CPU time.
+    pub fn concurrent(samples: &[Sample]) -> Sample {
+        let n = u32::try_from(samples.len()).expect("a few threads");
+        Sample {
+            wall: samples.iter().map(|s| s.wall).max().expect("one sample"),
+            cpu: samples.iter().map(|s| s.cpu).sum::<Duration>() / n,
+        }
+    }
+}
+
+/// Measures the work this thread does between [`Stopwatch::start`] and [`Stopwatch::stop`].
+pub struct Stopwatch {
+    wall: std::time::Instant,
+    cpu: Option<Duration>,
+}
+
+impl Stopwatch {
+    pub fn start() -> Stopwatch {
+        Stopwatch {
+            wall: std::time::Instant::now(),
+            cpu: thread_cpu_time(),
+        }
+    }
+
+    /// Call it on the thread that called `start`.
+    pub fn stop(self) -> Sample {
+        let cpu = thread_cpu_time();
+        let wall = self.wall.elapsed();
+        Sample {
+            wall,
+            cpu: match (self.cpu, cpu) {
+                (Some(start), Some(end)) => end.saturating_sub(start),
+                _ => wall,
+            },
+        }
+    }
+}
+
+/// The CPU time this thread has used, from `CLOCK_THREAD_CPUTIME_ID`.
+#[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+fn thread_cpu_time() -> Option<Duration> {
+    /// `struct timespec` on 64-bit Linux.
+    #[repr(C)]
+    struct Timespec {
+        tv_sec: i64,
+        tv_nsec: i64,
+    }
+    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
+    unsafe extern "C" {
+        fn clock_gettime(clock: i32, time: *mut Timespec) -> i32;
+    }
+    let mut time = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `time` is a valid, writable `struct timespec`, and the clock ID is a constant the
+    // kernel knows.
+    let status = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut time) };
+    (status == 0).then(|| {
+        Duration::new(
+            u64::try_from(time.tv_sec).unwrap_or(0),
+            u32::try_from(time.tv_nsec).unwrap_or(0),
+        )
+    })
+}
+
+#[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
+fn thread_cpu_time() -> Option<Duration> {
+    None
+}
+
+/// Which clock a figure is read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clock {
+    Wall,
+    Cpu,
+}
+
+impl Clock {
+    fn read(self, sample: &Sample) -> Duration {
+        match self {
+            Clock::Wall => sample.wall,
+            Clock::Cpu => sample.cpu,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Clock::Wall => "wall",
+            Clock::Cpu => "cpu",
+        }
+    }
+}
+
+/// The two samples of one round: the floor's and `BearerAuth`'s, for the same number of
+/// requests.
+#[derive(Clone, Copy, Debug)]
+pub struct Round {
+    pub floor: Sample,
+    pub bearer: Sample,
+}
+
+/// Runs `warm_up` rounds it discards, then `rounds` rounds. Each round measures both variants
+/// once, back to back: the floor first in even rounds, `BearerAuth` first in odd ones, so that
+/// going first or second, and a slow drift in the machine's load, cost both the same.
+pub fn interleave(
+    warm_up: usize,
+    rounds: usize,
+    mut floor: impl FnMut() -> Sample,
+    mut bearer: impl FnMut() -> Sample,
+) -> Vec<Round> {
+    (0..warm_up + rounds)
+        .map(|i| {
+            if i % 2 == 0 {
+                let floor = floor();
+                Round {
+                    floor,
+                    bearer: bearer(),
+                }
+            } else {
+                let bearer = bearer();
+                Round {
+                    floor: floor(),
+                    bearer,
+                }
+            }
+        })
+        .skip(warm_up)
+        .collect()
+}
+
+/// The `q` quantile (0 to 1) of `sorted`, interpolated linearly between the two nearest ranks.
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    assert!(!sorted.is_empty(), "a quantile of no rounds");
+    let rank = q * (sorted.len() - 1) as f64;
+    let (low, high) = (rank.floor() as usize, rank.ceil() as usize);
+    sorted[low] + (sorted[high] - sorted[low]) * (rank - low as f64)
+}
+
+/// The spread of one figure over the rounds.
+#[derive(Clone, Copy, Debug)]
+pub struct Spread {
+    pub median: f64,
+    pub p25: f64,
+    pub p75: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(mut values: Vec<f64>) -> Spread {
+        values.sort_by(f64::total_cmp);
+        Spread {
+            median: quantile(&values, 0.5),
+            p25: quantile(&values, 0.25),
+            p75: quantile(&values, 0.75),
+            min: values[0],
+            max: values[values.len() - 1],
+        }
+    }
+}
+
+/// Which ratio of the two variants a table reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ratio {
+    /// Time per request, `BearerAuth` / floor: 1.10 means 10 % slower than the floor.
+    Time,
+    /// Requests/s, `BearerAuth` / floor: 0.99 means 1 % fewer requests per second.
+    Throughput,
+}
+
+/// The rounds of one setting, ready to print.
+#[derive(Clone, Debug)]
+pub struct Rounds {
+    pub label: String,
+    pub threads: usize,
+    pub requests: u64,
+    pub rounds: Vec<Round>,
+}
+
+/// What a set of rounds shows by one clock: per-request times of each variant and the
+/// per-round ratio.
+#[derive(Clone, Copy, Debug)]
+pub struct Summary {
+    /// Nanoseconds per request of the floor, over the rounds.
+    pub floor_ns: Spread,
+    /// Nanoseconds per request of `BearerAuth`, over the rounds.
+    pub bearer_ns: Spread,
+    /// The per-round ratio.
+    pub ratio: Spread,
+}
+
+impl Summary {
+    pub fn of(rounds: &Rounds, clock: Clock, ratio: Ratio) -> Summary {
+        let per_request =
+            |sample: &Sample| clock.read(sample).as_nanos() as f64 / rounds.requests as f64;
+        let round_ratio = |round: &Round| {
+            let floor = clock.read(&round.floor).as_secs_f64();
+            let bearer = clock.read(&round.bearer).as_secs_f64();
+            match ratio {
+                Ratio::Time => bearer / floor,
+                Ratio::Throughput => floor / bearer,
+            }
+        };
+        Summary {
+            floor_ns: Spread::of(
+                rounds
+                    .rounds
+                    .iter()
+                    .map(|r| per_request(&r.floor))
+                    .collect(),
+            ),
+            bearer_ns: Spread::of(
+                rounds
+                    .rounds
+                    .iter()
+                    .map(|r| per_request(&r.bearer))
+                    .collect(),
+            ),
+            ratio: Spread::of(rounds.rounds.iter().map(round_ratio).collect()),
+        }
+    }
+}
+
+/// Prints a table of `results`, one row per setting and clock: the medians of the per-request
+/// times of both variants, then the per-round ratio's median, interquartile range and extremes.
+pub fn print_table(title: &str, ratio: Ratio, clocks: &[Clock], results: &[Rounds]) {
+    println!();
+    println!("{title}");
+    println!(
+        "{:<28} {:>3} {:>5} {:>13} {:>10} {:>10} {:>7} {:>13} {:>13}",
+        "inner service / setting",
+        "thr",
+        "clock",
+        "rounds x reqs",
+        "floor ns",
+        "bearer ns",
+        match ratio {
+            Ratio::Time => "time",
+            Ratio::Throughput => "req/s",
+        },
+        "p25-p75",
+        "min-max"
+    );
+    for &clock in clocks {
+        for result in results {
+            let summary = Summary::of(result, clock, ratio);
+            println!(
+                "{:<28} {:>3} {:>5} {:>13} {:>10.1} {:>10.1} {:>7.3} {:>13} {:>13}",
+                result.label,
+                result.threads,
+                clock.name(),
+                format!("{} x {}", result.rounds.len(), result.requests),
+                summary.floor_ns.median,
+                summary.bearer_ns.median,
+                summary.ratio.median,
+                format!("{:.3}-{:.3}", summary.ratio.p25, summary.ratio.p75),
+                format!("{:.3}-{:.3}", summary.ratio.min, summary.ratio.max),
+            );
         }
     }
 }
