@@ -109,7 +109,7 @@ pub use credentials::Credentials;
 #[doc(inline)]
 pub use error::{Error, ErrorKind};
 #[doc(inline)]
-pub use layer::{BearerAuth, BearerAuthLayer};
+pub use layer::{BearerAuth, BearerAuthLayer, ReplayBody};
 #[doc(inline)]
 pub use source::TokenSource;
 #[doc(inline)]

@@ -473,3 +473,40 @@ async fn accessors_reach_the_inner_service() {
     service.get_mut().ready = true;
     assert!(service.into_inner().ready);
 }
+
+/// Sends a request with `body` through a replaying layer over an upstream that rejects the
+/// first token; returns how many times the upstream saw it.
+async fn attempts_with<B: ReplayBody + Send + 'static>(body: B) -> usize {
+    let source = ScriptedSource::new(HOUR);
+    let seen = Arc::new(Mutex::new(0usize));
+    let count = seen.clone();
+    let upstream = service_fn(move |req: Request<B>| {
+        *count.lock().unwrap() += 1;
+        let status = if req.headers()[AUTHORIZATION] == "Bearer token-1" {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::OK
+        };
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        std::future::ready(Ok::<_, Infallible>(response))
+    });
+    let service = BearerAuthLayer::new(cache(&source))
+        .retry_on_unauthorized()
+        .layer(upstream);
+    let request = Request::get("/cars").body(body).unwrap();
+    service.oneshot(request).await.unwrap();
+    *seen.lock().unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_replays_hyper_utils_full_and_empty_bodies_but_never_a_boxed_stream() {
+    use http_body_util::{BodyExt, Empty, Full};
+    assert_eq!(attempts_with(Full::new(Bytes::from_static(b"{}"))).await, 2);
+    assert_eq!(attempts_with(Empty::<Bytes>::new()).await, 2);
+    let boxed = Full::new(Bytes::from_static(b"{}"))
+        .map_err(|never| match never {})
+        .boxed();
+    let boxed: http_body_util::combinators::BoxBody<Bytes, Infallible> = boxed;
+    assert_eq!(attempts_with(boxed).await, 1, "a stream is sent once");
+}

@@ -45,8 +45,13 @@ pub trait ReplayableRequest: AuthorizeRequest + Sized {
 /// sent once and its `401` reaches the caller, exactly as without the setting.
 ///
 /// Implemented for the buffered bodies of `std`, [`bytes`] and `http`: `()`, [`String`],
-/// `Vec<u8>`, [`Bytes`], `&'static str` and `&'static [u8]`, which are always copied; and, with
-/// the `reqwest` feature, for [`reqwest::Body`], copied when it is buffered
+/// `Vec<u8>`, [`Bytes`], `&'static str` and `&'static [u8]`, which are always copied; for
+/// `http-body-util`'s [`Full`](http_body_util::Full) and [`Empty`](http_body_util::Empty), which
+/// are copied too (hyper-util's client usually sends one of these); for hyper's
+/// [`Incoming`](hyper::body::Incoming) and `http-body-util`'s boxed bodies
+/// ([`BoxBody`](http_body_util::combinators::BoxBody),
+/// [`UnsyncBoxBody`](http_body_util::combinators::UnsyncBoxBody)), which are streams and never
+/// replayed; and, with the `reqwest` feature, for [`reqwest::Body`], copied when it is buffered
 /// ([`as_bytes`](reqwest::Body::as_bytes) is `Some`) and not replayed when it streams.
 ///
 /// Implement it for a body type of your own, returning `None` if it streams; such a body
@@ -91,8 +96,8 @@ pub trait ReplayableRequest: AuthorizeRequest + Sized {
 /// ```
 ///
 /// A body type from another crate needs its implementation here (the orphan rule keeps you
-/// from writing it): hyper's `Incoming`, `http-body-util`'s bodies and tonic's body have none
-/// yet, so `retry_on_unauthorized` does not apply to them.
+/// from writing it): tonic's body has none yet, so `retry_on_unauthorized` does not compile
+/// with it; wrap it in a body type of your own that returns `None`.
 pub trait ReplayBody: Sized {
     /// A copy of the body to send again, or `None` if it cannot be replayed.
     fn try_clone_body(&self) -> Option<Self>;
@@ -113,6 +118,40 @@ macro_rules! replay_by_clone {
 }
 
 replay_by_clone!((), String, Vec<u8>, Bytes, &'static str, &'static [u8]);
+
+impl<D: Clone> ReplayBody for http_body_util::Full<D> {
+    #[inline]
+    fn try_clone_body(&self) -> Option<Self> {
+        Some(self.clone())
+    }
+}
+
+impl<D> ReplayBody for http_body_util::Empty<D> {
+    #[inline]
+    fn try_clone_body(&self) -> Option<Self> {
+        Some(Self::new())
+    }
+}
+
+/// Bodies that stream: sent once, never replayed.
+macro_rules! never_replayed {
+    ($(<$($param:ident),*> $body:ty),* $(,)?) => {
+        $(
+            impl<$($param),*> ReplayBody for $body {
+                #[inline]
+                fn try_clone_body(&self) -> Option<Self> {
+                    None
+                }
+            }
+        )*
+    };
+}
+
+never_replayed!(
+    <> hyper::body::Incoming,
+    <D, E> http_body_util::combinators::BoxBody<D, E>,
+    <D, E> http_body_util::combinators::UnsyncBoxBody<D, E>,
+);
 
 /// A response whose status the layer inspects, to invalidate a token the server rejected.
 pub trait StatusResponse: sealed::Sealed {
