@@ -19,7 +19,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::backtrace::Backtrace;
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::Duration;
 
@@ -109,6 +109,10 @@ unsafe impl GlobalAlloc for Scanning {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        let watched = WATCHED.load(Ordering::Relaxed);
+        if watched != 0 && (ptr as usize..ptr as usize + layout.size()).contains(&watched) {
+            WATCHED_FREED.store(true, Ordering::Relaxed);
+        }
         if scanning_here() {
             for (name, secret) in SECRETS {
                 // SAFETY: the block is live, `layout.size()` bytes, until `System.dealloc`.
@@ -126,6 +130,10 @@ unsafe impl GlobalAlloc for Scanning {
 
 #[global_allocator]
 static GLOBAL: Scanning = Scanning;
+
+/// An address inside a block whose release a test waits for (0: none), and whether it was freed.
+static WATCHED: AtomicUsize = AtomicUsize::new(0);
+static WATCHED_FREED: AtomicBool = AtomicBool::new(false);
 
 /// The tests of this file run one at a time: the allocator and its hits are global.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -511,4 +519,58 @@ fn the_scanner_sees_an_unwiped_copy() {
         matches!(&hits[0].freer, Freer::TestCode(symbol) if symbol.contains("the_scanner_sees")),
         "{hits:#?}"
     );
+}
+
+/// A source of distinct 100 s tokens, `replaced-1`, `replaced-2`, ...
+struct Numbered(AtomicUsize);
+
+impl TokenSource for Numbered {
+    async fn fetch(&self) -> Result<Token, tower_authtoken::Error> {
+        let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+        Token::new(format!("replaced-{n}"), Duration::from_secs(100))
+    }
+}
+
+#[test]
+fn a_replaced_token_is_released_at_once_even_by_idle_service_clones() {
+    use tower::{Layer, ServiceExt};
+    let _alone = alone();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let cache = tower_authtoken::TokenCache::new(Numbered(AtomicUsize::new(0)));
+        let upstream = tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(()))
+        });
+        let service = tower_authtoken::BearerAuthLayer::new(cache.clone()).layer(upstream);
+        // Two clones that each sent a request with the first token, then sit idle.
+        let idle = service.clone();
+        idle.clone().oneshot(http::Request::new(())).await.unwrap();
+        service
+            .clone()
+            .oneshot(http::Request::new(()))
+            .await
+            .unwrap();
+
+        let first = cache.current().unwrap();
+        assert_eq!(first.expose_secret(), "replaced-1");
+        WATCHED_FREED.store(false, Ordering::SeqCst);
+        WATCHED.store(first.expose_secret().as_ptr() as usize, Ordering::SeqCst);
+        drop(first);
+
+        // The renewal at half its life replaces it; nobody sends a request meanwhile.
+        tokio::time::sleep(Duration::from_secs(51)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(cache.current().unwrap().expose_secret(), "replaced-2");
+        let freed = WATCHED_FREED.load(Ordering::SeqCst);
+        WATCHED.store(0, Ordering::SeqCst);
+        assert!(
+            freed,
+            "an idle clone, or the cache, kept the replaced token alive"
+        );
+        drop((service, idle));
+    });
 }
