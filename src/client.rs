@@ -198,6 +198,7 @@ pub struct AuthTokenSource {
     timeout: Duration,
     user_agent: HeaderValue,
     default_lifetime: Duration,
+    allow_insecure_http: bool,
 }
 
 impl AuthTokenSource {
@@ -624,6 +625,10 @@ impl TokenSource for AuthTokenSource {
     fn user_name(&self) -> Option<&str> {
         Some(self.credentials.user_name())
     }
+
+    fn allows_insecure_http(&self) -> bool {
+        self.allow_insecure_http
+    }
 }
 
 impl fmt::Debug for AuthTokenSource {
@@ -694,6 +699,9 @@ impl AuthTokenSourceBuilder {
     /// `::1`, where the traffic never leaves the machine; anywhere else it would send the
     /// password in clear text, so [`build`](Self::build) fails with
     /// [`ErrorKind::InsecureTransport`] unless you opt in here.
+    ///
+    /// A [`TokenCache`](crate::TokenCache) over this source follows the same decision for the
+    /// requests [`BearerAuth`](crate::BearerAuth) sends with its tokens: one opt-in is enough.
     pub fn allow_insecure_http(mut self, allow: bool) -> Self {
         self.allow_insecure_http = allow;
         self
@@ -764,6 +772,7 @@ impl AuthTokenSourceBuilder {
             timeout: self.timeout,
             user_agent,
             default_lifetime: self.default_lifetime,
+            allow_insecure_http: self.allow_insecure_http,
         })
     }
 }

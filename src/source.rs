@@ -37,6 +37,16 @@ pub trait TokenSource: Send + Sync + 'static {
     fn user_name(&self) -> Option<&str> {
         None
     }
+
+    /// Whether tokens from this source may be sent over plain `http://` to a host that is not
+    /// loopback. A [`TokenCache`](crate::TokenCache) over it allows it when either this or
+    /// [`TokenCacheBuilder::allow_insecure_http`](crate::TokenCacheBuilder::allow_insecure_http)
+    /// says so, so that one opt-in on the login client is enough.
+    /// [`AuthTokenSource`](crate::AuthTokenSource) answers with its own builder's
+    /// `allow_insecure_http`. Default: `false`.
+    fn allows_insecure_http(&self) -> bool {
+        false
+    }
 }
 
 /// A boxed, type-erased future of a fetch.
@@ -46,6 +56,7 @@ pub(crate) type BoxFetch<'a> = Pin<Box<dyn Future<Output = Result<Token, Error>>
 pub(crate) trait DynTokenSource: Send + Sync + 'static {
     fn fetch_boxed(&self) -> BoxFetch<'_>;
     fn user_name(&self) -> Option<&str>;
+    fn allows_insecure_http(&self) -> bool;
 }
 
 impl<T: TokenSource> DynTokenSource for T {
@@ -55,6 +66,10 @@ impl<T: TokenSource> DynTokenSource for T {
 
     fn user_name(&self) -> Option<&str> {
         TokenSource::user_name(self)
+    }
+
+    fn allows_insecure_http(&self) -> bool {
+        TokenSource::allows_insecure_http(self)
     }
 }
 
@@ -68,5 +83,9 @@ impl<T: TokenSource> TokenSource for Arc<T> {
 
     fn user_name(&self) -> Option<&str> {
         (**self).user_name()
+    }
+
+    fn allows_insecure_http(&self) -> bool {
+        (**self).allows_insecure_http()
     }
 }

@@ -113,6 +113,14 @@ async fn a_plain_http_target_on_a_remote_host_is_refused_before_sending() {
     let err = service.clone().oneshot(request).await.unwrap_err();
     let err = err.downcast::<Error>().expect("a tower_authtoken::Error");
     assert_eq!(err.kind(), ErrorKind::InsecureTransport);
+    let says = err.to_string();
+    for named in [
+        "'api.example.com'",
+        "TokenCacheBuilder::allow_insecure_http(true)",
+        "AuthTokenSourceBuilder::allow_insecure_http(true)",
+    ] {
+        assert!(says.contains(named), "{says} does not name {named}");
+    }
     assert_eq!(seen.calls(), 0, "nothing was sent");
 
     for allowed in [
@@ -136,6 +144,31 @@ async fn allow_insecure_http_lets_the_token_go_to_plain_http() {
         .build()
         .unwrap();
     let service = BearerAuth::new(upstream::<()>(seen.clone(), false), cache);
+    let request = Request::get("http://api.example.com/cars")
+        .body(())
+        .unwrap();
+    service.oneshot(request).await.unwrap();
+    assert_eq!(seen.calls(), 1);
+}
+
+/// A source whose login client was allowed plain http, as `AuthTokenSourceBuilder` does.
+struct AllowsPlainHttp(ScriptedSource);
+
+impl tower_authtoken::TokenSource for AllowsPlainHttp {
+    async fn fetch(&self) -> Result<tower_authtoken::Token, Error> {
+        self.0.fetch().await
+    }
+
+    fn allows_insecure_http(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_opt_in_on_the_login_client_is_enough_for_the_layer() {
+    let source = AllowsPlainHttp(ScriptedSource::new(HOUR));
+    let seen = Seen::default();
+    let service = BearerAuth::new(upstream::<()>(seen.clone(), false), TokenCache::new(source));
     let request = Request::get("http://api.example.com/cars")
         .body(())
         .unwrap();

@@ -455,9 +455,11 @@ impl TokenCache {
         }
     }
 
-    /// Whether the cache may send tokens over plain `http://` to non-loopback hosts.
+    /// Whether the cache may send tokens over plain `http://` to non-loopback hosts: when its
+    /// builder or its source says so.
     pub(crate) fn allows_insecure_http(&self) -> bool {
-        self.shared().config.allow_insecure_http
+        let shared = self.shared();
+        shared.config.allow_insecure_http || shared.source.allows_insecure_http()
     }
 
     #[inline]
@@ -842,7 +844,11 @@ impl TokenCacheBuilder {
     }
 
     /// Lets [`BearerAuth`](crate::BearerAuth) attach the token to plain `http://` URLs on
-    /// non-loopback hosts. Default: `false`, such requests fail before they are sent.
+    /// non-loopback hosts. Default: `false`, such requests fail before they are sent, with an
+    /// error naming the host; unless the source allows it
+    /// ([`TokenSource::allows_insecure_http`], which
+    /// [`AuthTokenSourceBuilder::allow_insecure_http`](crate::AuthTokenSourceBuilder::allow_insecure_http)
+    /// sets), so that one opt-in is enough.
     pub fn allow_insecure_http(mut self, allow: bool) -> Self {
         self.config.allow_insecure_http = allow;
         self

@@ -281,8 +281,10 @@ impl<S, P> BearerAuth<S, P> {
         S: Service<Req> + Clone,
         Req: AuthorizeRequest,
     {
-        if req.is_insecure_target() && !self.cache.allows_insecure_http() {
-            return ResponseFuture::failed(Error::new(ErrorKind::InsecureTransport));
+        if let Some(host) = req.insecure_host()
+            && !self.cache.allows_insecure_http()
+        {
+            return ResponseFuture::failed(insecure_transport(host));
         }
         match self.reader.current() {
             Some((value, id)) => {
@@ -359,4 +361,14 @@ where
         };
         RetryFuture::new(self.authorize(req), replay)
     }
+}
+
+/// The error for a request to plain `http://` on `host`, naming both switches that allow it.
+#[cold]
+fn insecure_transport(host: &str) -> Error {
+    Error::new(ErrorKind::InsecureTransport).with_detail(format!(
+        "the request URL is plain http to '{host}', which is not loopback: \
+         TokenCacheBuilder::allow_insecure_http(true), or \
+         AuthTokenSourceBuilder::allow_insecure_http(true) on the cache's source, allows it"
+    ))
 }

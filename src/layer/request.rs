@@ -14,9 +14,9 @@ mod sealed {
 ///
 /// Sealed: it names the types this crate supports and cannot be implemented elsewhere.
 pub trait AuthorizeRequest: sealed::Sealed {
-    /// Whether the request goes to an absolute `http://` URL on a non-loopback host.
+    /// The host, when the request goes to an absolute `http://` URL on a non-loopback host.
     #[doc(hidden)]
-    fn is_insecure_target(&self) -> bool;
+    fn insecure_host(&self) -> Option<&str>;
     /// Sets the `Authorization` header, replacing any existing value.
     #[doc(hidden)]
     fn set_authorization(&mut self, value: HeaderValue);
@@ -164,9 +164,13 @@ impl<B> sealed::Sealed for http::Request<B> {}
 
 impl<B> AuthorizeRequest for http::Request<B> {
     #[inline]
-    fn is_insecure_target(&self) -> bool {
+    fn insecure_host(&self) -> Option<&str> {
         let uri = self.uri();
-        uri.scheme() == Some(&http::uri::Scheme::HTTP) && !uri.host().is_some_and(is_loopback_host)
+        if uri.scheme() != Some(&http::uri::Scheme::HTTP) {
+            return None;
+        }
+        let host = uri.host().unwrap_or_default();
+        (!is_loopback_host(host)).then_some(host)
     }
 
     #[inline]
@@ -209,9 +213,13 @@ mod reqwest_impls {
 
     impl AuthorizeRequest for reqwest::Request {
         #[inline]
-        fn is_insecure_target(&self) -> bool {
+        fn insecure_host(&self) -> Option<&str> {
             let url = self.url();
-            url.scheme() == "http" && !url.host_str().is_some_and(is_loopback_host)
+            if url.scheme() != "http" {
+                return None;
+            }
+            let host = url.host_str().unwrap_or_default();
+            (!is_loopback_host(host)).then_some(host)
         }
 
         #[inline]
