@@ -841,8 +841,10 @@ async fn renewal_returning_the_same_token_with_what_is_left_of_its_life_is_kept_
     assert_eq!(rig.token_at_once().expose_secret(), first.expose_secret());
     rig.assert_accepted().await;
     assert_eq!(rig.server.login_attempts(), 2, "no login before the expiry");
-    // The next login is at its expiry, and gets a new token.
-    sleep_until(t0 + LIFETIME + MS).await;
+    // The next login is at its expiry (and 50 ms of grace), and gets a new token.
+    sleep_until(t0 + LIFETIME + 40 * MS).await;
+    assert_eq!(rig.server.login_attempts(), 2, "not before the grace");
+    sleep_until(t0 + LIFETIME + 60 * MS).await;
     assert_eq!(rig.server.login_attempts(), 3);
     assert_ne!(rig.token_at_once().expose_secret(), first.expose_secret());
     rig.assert_accepted().await;

@@ -322,16 +322,16 @@ fn adopt(
     started: Instant,
     now: Instant,
 ) -> Result<Adopted, Error> {
-    // A token from a shared store may be a peer's, read with its remaining life (`PTTL`) at
-    // `received_at`: that reading is exact, and counting from an earlier start would make this
-    // replica renew before its peers and log in needlessly.
-    let anchor = match shared.config.store {
+    // Whether it renews anything, on the cautious reading of its expiry (below).
+    let cautious = match shared.config.store {
+        // A token from a shared store may be a peer's, read with its remaining life (`PTTL`) at
+        // `received_at`: that reading is exact, and counting from an earlier start would make
+        // this replica renew before its peers and log in needlessly.
         Some(_) => token.received_at(),
         None => token.received_at().min(started),
     };
-    let expires_at = anchor + token.lifetime();
     if let Some((last_expiry, last_lifetime)) = control.last
-        && !schedule::extends(last_expiry, last_lifetime, expires_at)
+        && !schedule::extends(last_expiry, last_lifetime, cautious + token.lifetime())
         && control.renewal == Renewal::Early
     {
         control.renewal = Renewal::AtExpiry;
@@ -340,6 +340,13 @@ fn adopt(
              last one: it replaces tokens only once they expire, so logins now happen at expiry"
         );
     }
+    // A token the server replaces only at expiry is planned from the answer's arrival: the
+    // latest its expiry can be, so that the login that replaces it does not come too early.
+    let anchor = match control.renewal {
+        Renewal::Early => cautious,
+        Renewal::AtExpiry => token.received_at(),
+    };
+    let expires_at = anchor + token.lifetime();
     let plan = schedule::plan(
         anchor,
         token.lifetime(),
@@ -348,8 +355,9 @@ fn adopt(
         fastrand::f64(),
     );
     if now >= plan.deadline {
-        if plan.renewal == Renewal::AtExpiry && now < plan.expires_at {
-            control.due_at = Some(plan.expires_at);
+        if plan.renewal == Renewal::AtExpiry && now < plan.renew_at {
+            // The server answered with the token it is about to let expire: not replaced yet.
+            control.due_at = Some(plan.renew_at);
             control.last = Some((expires_at, token.lifetime()));
             return Ok(Adopted::AtItsExpiry);
         }

@@ -28,8 +28,13 @@ pub(crate) const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// The longest `Retry-After` we obey, so that a hostile server cannot park us for a year.
 pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);
 /// The largest margin kept before the expiry of a token the server will not replace before it
-/// expires: callers wait at most this long (plus a login) at each such expiry.
-pub(crate) const AT_EXPIRY_MARGIN: Duration = Duration::from_secs(1);
+/// expires. With [`AT_EXPIRY_GRACE`], callers wait at most a second (plus a login) at each such
+/// expiry.
+pub(crate) const AT_EXPIRY_MARGIN: Duration = Duration::from_millis(950);
+/// How long after a token's expiry, as read on its arrival, the login that replaces it is made
+/// when the server replaces tokens only once they expire: enough for the server's clock to agree
+/// that it has expired.
+pub(crate) const AT_EXPIRY_GRACE: Duration = Duration::from_millis(50);
 /// The first pause between two honoured invalidations; it doubles with each one in a row.
 pub(crate) const FIRST_INVALIDATION_GAP: Duration = Duration::from_secs(1);
 /// The longest pause between two honoured invalidations.
@@ -83,8 +88,11 @@ pub(crate) struct Lead {
 ///   lockstep. A shorter token is renewed at half its life, minus up to a quarter of that half as
 ///   jitter. The renewal never starts after the deadline nor before the token arrived.
 /// - [`Renewal::AtExpiry`]: the server will not hand out a new token before this one expires, so
-///   the token is served until `expires_at − min(hard_margin, 1 s)` (the configured margin, if
-///   there is one, is kept as it is), and the next login is planned at `expires_at`.
+///   the token is served until `expires_at − min(hard_margin, 950 ms)` (the configured margin,
+///   if there is one, is kept as it is), and the next login is planned at `expires_at` plus
+///   [`AT_EXPIRY_GRACE`]: earlier, the server would still answer with the token it is about to
+///   let expire. For such a token the caller passes the answer's arrival as `received_at`: the
+///   latest the expiry can be, since the server counted the life before it answered.
 pub(crate) fn plan(
     received_at: Instant,
     lifetime: Duration,
@@ -99,7 +107,7 @@ pub(crate) fn plan(
             None => hard_margin(lifetime, None).min(AT_EXPIRY_MARGIN),
         };
         return Plan {
-            renew_at: expires_at,
+            renew_at: expires_at + AT_EXPIRY_GRACE,
             deadline: expires_at - margin,
             expires_at,
             renewal,
@@ -398,11 +406,20 @@ mod tests {
     }
 
     #[test]
-    fn a_token_the_server_replaces_only_at_expiry_is_served_to_a_second_before_it() {
+    fn a_token_the_server_replaces_only_at_expiry_is_served_to_just_before_it() {
         let t0 = Instant::now();
         let p = plan(t0, 600 * S, lead(), Renewal::AtExpiry, 1.0);
-        assert_eq!(p.renew_at, t0 + 600 * S, "the next login at expiry");
-        assert_eq!(p.deadline, t0 + 599 * S, "served until a second before");
+        assert_eq!(
+            p.renew_at,
+            t0 + 600 * S + AT_EXPIRY_GRACE,
+            "the next login just after expiry"
+        );
+        assert_eq!(
+            p.deadline,
+            t0 + 600 * S - 950 * MS,
+            "served until just before"
+        );
+        assert_eq!(p.renew_at - p.deadline, S, "callers wait a second at most");
         // a short one keeps its tenth
         let p = plan(t0, 2 * S, lead(), Renewal::AtExpiry, 0.0);
         assert_eq!(p.deadline, t0 + 1800 * MS);

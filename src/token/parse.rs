@@ -153,6 +153,11 @@ impl Source {
             Source::ExpiresMinusLocalClock | Source::JwtExpMinusLocalClock
         )
     }
+
+    /// Whether the reading is a difference of two timestamps, which may be cut to whole seconds.
+    fn is_difference(self) -> bool {
+        !matches!(self, Source::ExpiresIn | Source::OAuthExpiresIn)
+    }
 }
 
 /// What an expiry given without its issue instant is measured against.
@@ -694,8 +699,20 @@ fn choose_lifetime(
     readings: impl IntoIterator<Item = Reading>,
     default: Duration,
 ) -> Result<Duration, Error> {
+    let readings: Vec<Reading> = readings.into_iter().collect();
+    // Timestamps in whole seconds that are equal say "under a second", not "zero": when an
+    // `expiresIn` under a second agrees, that difference is no reading at all. (A server that
+    // binds new tokens to a session's expiry answers a login in the session's last second so.)
+    let sub_second_expires_in = readings.iter().any(|r| {
+        matches!(r.source, Source::ExpiresIn | Source::OAuthExpiresIn)
+            && r.value.is_positive()
+            && r.value < SignedDuration::from_secs(1)
+    });
     let (mut server, mut local) = (None::<Duration>, None::<Duration>);
     for reading in readings {
+        if sub_second_expires_in && reading.value.is_zero() && reading.source.is_difference() {
+            continue;
+        }
         let lifetime = reading.lifetime()?;
         let shortest = if reading.source.is_local() {
             &mut local
@@ -940,6 +957,24 @@ mod tests {
             choose_lifetime([reading(Source::JwtExpMinusIat, 7200)], default).unwrap(),
             Duration::from_secs(7200)
         );
+    }
+
+    #[test]
+    fn equal_whole_second_timestamps_defer_to_a_sub_second_expires_in() {
+        let default = Duration::from_secs(300);
+        let zero = reading(Source::ExpiresMinusIssued, 0);
+        let short = Reading {
+            source: Source::ExpiresIn,
+            value: SignedDuration::from_millis(300),
+        };
+        assert_eq!(
+            choose_lifetime([short, zero], default).unwrap(),
+            Duration::from_millis(300),
+            "the session's last second: under a second, as expiresIn says"
+        );
+        // Alone, or against an expiresIn of a second or more, equal timestamps are refused.
+        assert!(choose_lifetime([zero], default).is_err());
+        assert!(choose_lifetime([reading(Source::ExpiresIn, 5), zero], default).is_err());
     }
 
     #[test]
