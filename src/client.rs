@@ -797,7 +797,11 @@ pub(crate) fn redirect_error(
 /// characters. `None` if nothing is left.
 ///
 /// Every intermediate copy, which may hold an echoed password, is zeroed when dropped.
-fn server_message(body: &[u8], content_type: Option<&str>, password: &str) -> Option<String> {
+pub(crate) fn server_message(
+    body: &[u8],
+    content_type: Option<&str>,
+    password: &str,
+) -> Option<String> {
     let raw: Zeroizing<String> = match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(mut value) => {
             let message = match &value {
