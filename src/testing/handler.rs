@@ -596,12 +596,16 @@ fn answer_oauth2(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Response<
         );
     }
     let scope = get("scope");
-    if let (Some(scope), Some(allowed)) = (scope, &state.oauth2_scopes) {
-        if let Some(unknown) = scope.split(' ').find(|s| !allowed.iter().any(|a| a == s)) {
-            let description = format!("scope '{unknown}' is not allowed");
-            drop(state);
-            return bad_request("invalid_scope", &description);
-        }
+    let refused = match (scope, &state.oauth2_scopes) {
+        (Some(scope), Some(allowed)) => scope
+            .split(' ')
+            .find(|s| !allowed.iter().any(|a| a == s))
+            .map(|unknown| format!("scope '{unknown}' is not allowed")),
+        _ => None,
+    };
+    if let Some(description) = refused {
+        drop(state);
+        return bad_request("invalid_scope", &description);
     }
     if let Some(user) = state.users.get_mut(&client_id) {
         user.logins += 1;
