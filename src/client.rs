@@ -2,7 +2,12 @@
 //! returns a [`Token`]. See [`AuthTokenSource`] for the request, the status mapping and an
 //! example.
 //!
-//! Plain `http://` is accepted only to a loopback host, by the crate's one loopback rule.
+//! It also holds what every login client shares (the OAuth2 client of feature `oauth2` uses it
+//! too): the URL checks and the plain-HTTP rule ([`checked_url`]; plain `http://` is accepted
+//! only to a loopback host, by the crate's one loopback rule), the HTTP settings and their
+//! checks ([`HttpOptions`]), one login's send and capped, wiped body read ([`LoginHttp`]), and
+//! the errors for a redirect, a wrong URL and a `429`, with server messages cleaned of the
+//! secret ([`clean_message`]).
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -185,7 +190,8 @@ fn login_url(base_url: &str, login_path: &str, allow_insecure_http: bool) -> Res
 /// [`fetch`](TokenSource::fetch) — or hand it to the token cache, which calls it for you.
 /// Cloning is cheap-ish: the HTTP client is shared, the credentials are copied.
 ///
-/// One login is one `POST {base_url}/authtoken` with the JSON body
+/// One login is one `POST {base_url}/authtoken` (or the
+/// [`login_path`](AuthTokenSourceBuilder::login_path) you set) with the JSON body
 /// `{"userName": ..., "password": ...}` and the headers `Accept: application/json` and
 /// `Content-Type: application/json` (never an `Authorization` header). The answer is mapped to
 /// a [`Token`] or to an [`Error`] whose [`ErrorKind`] says what went wrong:

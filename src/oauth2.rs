@@ -113,6 +113,11 @@ pub enum ClientAuth {
 /// Every error carries the client id as its [`Error::user`] and, once the server answered, the
 /// status.
 ///
+/// [`TokenSource::user_name`] is the client id, so a shared
+/// [`TokenStore`](crate::store::TokenStore) keeps one token per client id: sources with the
+/// same client id but other scopes, audience or token URL must not share a store's key prefix,
+/// or one would be handed the other's token.
+///
 /// # Safety of the secret
 ///
 /// The same as [`AuthTokenSource`](crate::AuthTokenSource)'s for the password (see its "Secrets
