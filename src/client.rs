@@ -87,7 +87,7 @@ pub(crate) fn checked_url(
     if !url.username().is_empty() || url.password().is_some() {
         // Never echo the URL here: its user info may hold a password.
         return Err(Error::config(format!(
-            "the {what} contains user info (user:password@): pass credentials separately instead"
+            "the {what} contains user info (user:password@): pass the credentials to the builder instead"
         )));
     }
     match url.scheme() {
