@@ -2,7 +2,12 @@
 //! returns a [`Token`]. See [`AuthTokenSource`] for the request, the status mapping and an
 //! example.
 //!
-//! Plain `http://` is accepted only to a loopback host, by the crate's one loopback rule.
+//! It also holds what every login client shares (the OAuth2 client of feature `oauth2` uses it
+//! too): the URL checks and the plain-HTTP rule ([`checked_url`]; plain `http://` is accepted
+//! only to a loopback host, by the crate's one loopback rule), the HTTP settings and their
+//! checks ([`HttpOptions`]), one login's send and capped, wiped body read ([`LoginHttp`]), and
+//! the errors for a redirect, a wrong URL and a `429`, with server messages cleaned of the
+//! secret ([`clean_message`]).
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -39,22 +44,51 @@ const REDACTED: &str = "[redacted]";
 /// The default `User-Agent`: `tower-authtoken/<version>`.
 const DEFAULT_USER_AGENT: &str = concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION"));
 
-/// Checks `base_url` and appends `/authtoken` to its path, unless the path already ends with that
-/// segment.
+/// The login path appended to the base URL by default.
+const DEFAULT_LOGIN_PATH: &str = "/authtoken";
+
+/// How one kind of login endpoint is named in error messages, so that every login client gives
+/// the same advice in its own words.
+pub(crate) struct EndpointNames {
+    /// The URL the user configures: `"base URL"`, `"token URL"`.
+    pub(crate) configured: &'static str,
+    /// The URL requests go to: `"login URL"`, `"token URL"`.
+    pub(crate) called: &'static str,
+    /// The builder switch that allows plain http, as the user would write it.
+    pub(crate) insecure_switch: &'static str,
+    /// The secret a redirect could carry elsewhere: `"password"`, `"client secret"`.
+    pub(crate) secret: &'static str,
+}
+
+/// The names of the `/authtoken` endpoint.
+const AUTHTOKEN_NAMES: EndpointNames = EndpointNames {
+    configured: "base URL",
+    called: "login URL",
+    insecure_switch: "AuthTokenSourceBuilder::allow_insecure_http(true)",
+    secret: "password",
+};
+
+/// Parses and checks the URL of a login endpoint, by the rules every login client shares.
 ///
 /// Refuses (with [`ErrorKind::Config`]) a URL that does not parse, is not `http` or `https`,
-/// carries user info, a query or a fragment; refuses (with [`ErrorKind::InsecureTransport`])
-/// plain `http` to a non-loopback host unless `allow_insecure_http`, naming the host and the
-/// switch.
-fn authtoken_url(base_url: &str, allow_insecure_http: bool) -> Result<Url, Error> {
-    let mut url = Url::parse(base_url).map_err(|e| {
-        Error::config(format!("the base URL does not parse as a URL: {e}")).with_source(e)
+/// has no host, carries user info or a fragment, or a query unless `allow_query`; refuses (with
+/// [`ErrorKind::InsecureTransport`]) plain `http` to a non-loopback host unless
+/// `allow_insecure_http`, naming the host and the switch. Messages never echo user info.
+pub(crate) fn checked_url(
+    raw: &str,
+    names: &EndpointNames,
+    allow_query: bool,
+    allow_insecure_http: bool,
+) -> Result<Url, Error> {
+    let what = names.configured;
+    let url = Url::parse(raw).map_err(|e| {
+        Error::config(format!("the {what} does not parse as a URL: {e}")).with_source(e)
     })?;
     if !url.username().is_empty() || url.password().is_some() {
         // Never echo the URL here: its user info may hold a password.
-        return Err(Error::config(
-            "the base URL contains user info (user:password@): pass credentials with Credentials instead",
-        ));
+        return Err(Error::config(format!(
+            "the {what} contains user info (user:password@): pass the credentials to the builder instead"
+        )));
     }
     match url.scheme() {
         "https" => {}
@@ -63,40 +97,88 @@ fn authtoken_url(base_url: &str, allow_insecure_http: bool) -> Result<Url, Error
             if !allow_insecure_http && !is_loopback_host(host) {
                 return Err(
                     Error::new(ErrorKind::InsecureTransport).with_detail(format!(
-                        "the login URL is plain http to '{host}', which is not loopback: \
-                         AuthTokenSourceBuilder::allow_insecure_http(true) allows it"
+                        "the {} is plain http to '{host}', which is not loopback: {} allows it",
+                        names.called, names.insecure_switch
                     )),
                 );
             }
         }
         other => {
             return Err(Error::config(format!(
-                "the base URL's scheme is '{other}': only http and https are supported"
+                "the {what}'s scheme is '{other}': only http and https are supported"
             )));
         }
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(Error::config("the base URL has no host"));
+        return Err(Error::config(format!("the {what} has no host")));
     }
-    if url.query().is_some() {
-        return Err(Error::config(
-            "the base URL must not contain a query ('?...')",
-        ));
+    if !allow_query && url.query().is_some() {
+        return Err(Error::config(format!(
+            "the {what} must not contain a query ('?...')"
+        )));
     }
     if url.fragment().is_some() {
-        return Err(Error::config(
-            "the base URL must not contain a fragment ('#...')",
-        ));
+        return Err(Error::config(format!(
+            "the {what} must not contain a fragment ('#...')"
+        )));
     }
+    Ok(url)
+}
+
+/// The segments of a login path (`/v2/auth/token` gives `["v2", "auth", "token"]`).
+///
+/// Refuses (with [`ErrorKind::Config`] naming `login_path`) an empty path, an empty, `.` or
+/// `..` segment, and any character that is not allowed as is in a URL path: whitespace, a
+/// control character, `?`, `#`, `\`, `%` or anything outside ASCII.
+fn login_path_segments(path: &str) -> Result<Vec<&str>, Error> {
+    let refuse = |why: &str| {
+        Error::config(format!(
+            "login_path must be a path such as \"/v2/auth/token\": {path:?} {why}"
+        ))
+    };
+    let trimmed = path.strip_prefix('/').unwrap_or(path);
+    if trimmed.is_empty() {
+        return Err(refuse("is empty"));
+    }
+    if let Some(c) = trimmed
+        .chars()
+        .find(|c| !c.is_ascii_graphic() || matches!(c, '?' | '#' | '\\' | '%'))
+    {
+        return Err(refuse(&format!("contains {c:?}")));
+    }
+    let segments: Vec<&str> = trimmed
+        .strip_suffix('/')
+        .unwrap_or(trimmed)
+        .split('/')
+        .collect();
+    if segments
+        .iter()
+        .any(|s| s.is_empty() || *s == "." || *s == "..")
+    {
+        return Err(refuse("has an empty, '.' or '..' segment"));
+    }
+    Ok(segments)
+}
+
+/// Checks `base_url` and appends `login_path` to its path, unless the path already ends with
+/// the same segments (compared ignoring ASCII case).
+///
+/// Refuses what [`checked_url`] refuses (a base URL must not have a query either), and a
+/// `login_path` that [`login_path_segments`] refuses.
+fn login_url(base_url: &str, login_path: &str, allow_insecure_http: bool) -> Result<Url, Error> {
+    let mut url = checked_url(base_url, &AUTHTOKEN_NAMES, false, allow_insecure_http)?;
+    let segments = login_path_segments(login_path)?;
     let base = url.path().trim_end_matches('/');
-    let already_there = base
-        .rsplit('/')
-        .next()
-        .is_some_and(|last| last.eq_ignore_ascii_case("authtoken"));
+    let base_segments: Vec<&str> = base.split('/').collect();
+    let already_there = base_segments.len() > segments.len()
+        && base_segments[base_segments.len() - segments.len()..]
+            .iter()
+            .zip(&segments)
+            .all(|(have, want)| have.eq_ignore_ascii_case(want));
     let path = if already_there {
         base.to_owned()
     } else {
-        format!("{base}/authtoken")
+        format!("{base}/{}", segments.join("/"))
     };
     url.set_path(&path);
     Ok(url)
@@ -108,7 +190,8 @@ fn authtoken_url(base_url: &str, allow_insecure_http: bool) -> Result<Url, Error
 /// [`fetch`](TokenSource::fetch) — or hand it to the token cache, which calls it for you.
 /// Cloning is cheap-ish: the HTTP client is shared, the credentials are copied.
 ///
-/// One login is one `POST {base_url}/authtoken` with the JSON body
+/// One login is one `POST {base_url}/authtoken` (or the
+/// [`login_path`](AuthTokenSourceBuilder::login_path) you set) with the JSON body
 /// `{"userName": ..., "password": ...}` and the headers `Accept: application/json` and
 /// `Content-Type: application/json` (never an `Authorization` header). The answer is mapped to
 /// a [`Token`] or to an [`Error`] whose [`ErrorKind`] says what went wrong:
@@ -192,13 +275,9 @@ fn authtoken_url(base_url: &str, allow_insecure_http: bool) -> Result<Url, Error
 /// ```
 #[derive(Clone)]
 pub struct AuthTokenSource {
-    client: reqwest::Client,
+    http: LoginHttp,
     url: Url,
     credentials: Credentials,
-    timeout: Duration,
-    user_agent: HeaderValue,
-    default_lifetime: Duration,
-    allow_insecure_http: bool,
 }
 
 impl AuthTokenSource {
@@ -208,7 +287,7 @@ impl AuthTokenSource {
     /// Any path prefix of `base_url` is kept: `https://h/api/v1` and `https://h/api/v1/` both
     /// log in at `https://h/api/v1/authtoken`. A base URL that already ends with `/authtoken` is
     /// the login URL itself: `https://h/api/v1/authtoken` logs in there, not at
-    /// `.../authtoken/authtoken`.
+    /// `.../authtoken/authtoken`. Another path: [`AuthTokenSourceBuilder::login_path`].
     ///
     /// # Errors
     ///
@@ -219,22 +298,20 @@ impl AuthTokenSource {
         Self::builder(base_url, credentials).build()
     }
 
-    /// A builder for a source that logs in at `{base_url}/authtoken` with `credentials`.
+    /// A builder for a source that logs in at `{base_url}/authtoken` (or another
+    /// [`login_path`](AuthTokenSourceBuilder::login_path)) with `credentials`.
     ///
     /// The URL is checked by [`build`](AuthTokenSourceBuilder::build).
     pub fn builder(base_url: &str, credentials: Credentials) -> AuthTokenSourceBuilder {
         AuthTokenSourceBuilder {
             base_url: base_url.to_owned(),
+            login_path: DEFAULT_LOGIN_PATH.to_owned(),
             credentials,
-            timeout: DEFAULT_TIMEOUT,
-            user_agent: None,
-            client: None,
-            allow_insecure_http: false,
-            default_lifetime: DEFAULT_LIFETIME,
+            http: HttpOptions::default(),
         }
     }
 
-    /// The full login URL, `{base_url}/authtoken`.
+    /// The full login URL: `{base_url}/authtoken`, or `{base_url}{login_path}`.
     pub fn url(&self) -> &str {
         self.url.as_str()
     }
@@ -242,26 +319,6 @@ impl AuthTokenSource {
     /// The user name this source logs in as.
     pub fn user_name(&self) -> &str {
         self.credentials.user_name()
-    }
-
-    /// Logs in once.
-    async fn login(&self) -> Result<Token, Error> {
-        let user = self.credentials.user_name();
-        let started = Instant::now();
-        let result = self.login_inner(user).await;
-        let elapsed = started.elapsed();
-        match &result {
-            Ok(_) => tracing::debug!(user, url = %self.url, ?elapsed, "login succeeded"),
-            Err(error) => tracing::debug!(
-                user,
-                url = %self.url,
-                status = error.status().map(|s| s.as_u16()),
-                kind = %error.kind(),
-                ?elapsed,
-                "login failed"
-            ),
-        }
-        result
     }
 
     async fn login_inner(&self, user: &str) -> Result<Token, Error> {
@@ -274,19 +331,181 @@ impl AuthTokenSource {
                 .with_detail("could not encode the login request")
                 .with_source(e)
         })?;
+        let request = self.http.post(&self.url, "application/json").body(body);
+        let answer = self.http.send(request, user).await?;
+        if answer.status.is_success() {
+            return self.http.parse_token(&answer, user);
+        }
+        Err(status_error(
+            answer.status,
+            &answer.headers,
+            &answer.body,
+            &self.url,
+            user,
+            password,
+        ))
+    }
+}
 
-        let request = self
-            .client
-            .post(self.url.clone())
+/// Runs one login, and logs its outcome at `DEBUG` (the user, the URL, the status and the kind
+/// of error, never a secret).
+pub(crate) async fn traced(
+    user: &str,
+    url: &Url,
+    login: impl Future<Output = Result<Token, Error>>,
+) -> Result<Token, Error> {
+    let started = Instant::now();
+    let result = login.await;
+    let elapsed = started.elapsed();
+    match &result {
+        Ok(_) => tracing::debug!(user, url = %url, ?elapsed, "login succeeded"),
+        Err(error) => tracing::debug!(
+            user,
+            url = %url,
+            status = error.status().map(|s| s.as_u16()),
+            kind = %error.kind(),
+            ?elapsed,
+            "login failed"
+        ),
+    }
+    result
+}
+
+/// The HTTP settings every login client's builder has, with their defaults.
+#[derive(Clone)]
+pub(crate) struct HttpOptions {
+    pub(crate) timeout: Duration,
+    pub(crate) user_agent: Option<String>,
+    pub(crate) client: Option<reqwest::Client>,
+    pub(crate) allow_insecure_http: bool,
+    pub(crate) default_lifetime: Duration,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            timeout: DEFAULT_TIMEOUT,
+            user_agent: None,
+            client: None,
+            allow_insecure_http: false,
+            default_lifetime: DEFAULT_LIFETIME,
+        }
+    }
+}
+
+impl HttpOptions {
+    /// Checks the settings, and builds our own client unless one was given: one that follows
+    /// no redirect and speaks HTTP/1.1 only.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`] naming the setting: a timeout of zero or over an hour, a default
+    /// lifetime of zero or over [`MAX_LIFETIME`], an invalid user agent, or a client that cannot
+    /// be built.
+    pub(crate) fn build(self) -> Result<LoginHttp, Error> {
+        if self.timeout.is_zero() || self.timeout > MAX_TIMEOUT {
+            return Err(Error::config(format!(
+                "timeout must be more than zero and at most {} s (an hour), not {:?}",
+                MAX_TIMEOUT.as_secs(),
+                self.timeout
+            )));
+        }
+        if self.default_lifetime.is_zero() || self.default_lifetime > MAX_LIFETIME {
+            return Err(Error::config(format!(
+                "default_lifetime must be more than zero and at most {} s (a year), not {:?}",
+                MAX_LIFETIME.as_secs(),
+                self.default_lifetime
+            )));
+        }
+        let user_agent = match self.user_agent {
+            None => HeaderValue::from_static(DEFAULT_USER_AGENT),
+            Some(ua) => HeaderValue::try_from(ua).map_err(|e| {
+                Error::config("the user agent is not a valid header value").with_source(e)
+            })?,
+        };
+        let client = match self.client {
+            Some(client) => client,
+            // HTTP/1.1 only: a login is one small request, and h2 would copy a body under 256
+            // bytes (ours, with the secret) into its connection's write buffer, unwiped.
+            // No idle connections kept: a login happens once per token life, and a pooled
+            // connection is driven by the runtime that opened it, so a login from another
+            // runtime could wait on a connection that nobody drives (a runtime left idle).
+            None => reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .http1_only()
+                .pool_max_idle_per_host(0)
+                .build()
+                .map_err(|e| Error::config("could not build the HTTP client").with_source(e))?,
+        };
+        Ok(LoginHttp {
+            client,
+            timeout: self.timeout,
+            user_agent,
+            default_lifetime: self.default_lifetime,
+            allow_insecure_http: self.allow_insecure_http,
+        })
+    }
+
+    /// Adds the settings to a builder's `Debug`.
+    pub(crate) fn debug_fields(&self, d: &mut fmt::DebugStruct<'_, '_>) {
+        d.field("timeout", &self.timeout)
+            .field("user_agent", &self.user_agent)
+            .field("custom_client", &self.client.is_some())
+            .field("allow_insecure_http", &self.allow_insecure_http)
+            .field("default_lifetime", &self.default_lifetime);
+    }
+}
+
+/// The checked HTTP settings of a login client: sends one login and reads its answer, by the
+/// rules every login client shares.
+#[derive(Clone)]
+pub(crate) struct LoginHttp {
+    client: reqwest::Client,
+    pub(crate) timeout: Duration,
+    user_agent: HeaderValue,
+    pub(crate) default_lifetime: Duration,
+    /// Whether plain `http://` to a host that is not loopback was allowed, for the layer too.
+    pub(crate) allow_insecure_http: bool,
+}
+
+/// The answer to one login: its status, its headers, and its body, read with a cap into a buffer
+/// zeroed when dropped.
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    /// When the response head arrived: the token's lifetime runs from here.
+    pub(crate) received_at: Instant,
+    /// The server's clock when it answered (the `Date` header), if it parses.
+    pub(crate) server_date: Option<SystemTime>,
+    /// The body. For an error answer, at most [`MAX_BODY`] bytes of it, and empty if it could
+    /// not be read: it only feeds the message.
+    pub(crate) body: Zeroizing<Vec<u8>>,
+}
+
+impl LoginHttp {
+    /// A `POST` to `url` with the timeout, `Accept: application/json`, the user agent and this
+    /// `Content-Type`.
+    pub(crate) fn post(&self, url: &Url, content_type: &'static str) -> reqwest::RequestBuilder {
+        self.client
+            .post(url.clone())
             .timeout(self.timeout)
             .header(header::ACCEPT, HeaderValue::from_static("application/json"))
-            .header(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )
+            .header(header::CONTENT_TYPE, HeaderValue::from_static(content_type))
             .header(header::USER_AGENT, self.user_agent.clone())
-            .body(body);
+    }
 
+    /// Sends a login request and reads the answer.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Timeout`] or [`ErrorKind::Transport`] when no answer comes, and for a
+    /// successful status whose body breaks off; [`ErrorKind::InvalidResponse`] for a successful
+    /// status whose body is over [`MAX_BODY`].
+    pub(crate) async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        user: &str,
+    ) -> Result<Answer, Error> {
         let mut response = request
             .send()
             .await
@@ -294,43 +513,51 @@ impl AuthTokenSource {
         // The token's lifetime runs from the moment the answer arrived.
         let received_at = Instant::now();
         let status = response.status();
+        let headers = response.headers().clone();
         // The server's clock when it answered, to measure an `expires` without `issued` against.
-        let server_date = response
-            .headers()
+        let server_date = headers
             .get(header::DATE)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_timestamp);
-
-        if status.is_success() {
+        let body = if status.is_success() {
             if response
                 .content_length()
                 .is_some_and(|len| len > MAX_BODY as u64)
             {
                 return Err(too_large(user, status));
             }
-            let body = match read_capped(&mut response, MAX_BODY).await {
+            match read_capped(&mut response, MAX_BODY).await {
                 Ok(Capped::Complete(body)) => body,
                 Ok(Capped::Overflow(_)) => return Err(too_large(user, status)),
                 Err(e) => return Err(request_error(e, user, Some(status))),
-            };
-            return crate::token::parse_token_response(
-                &body,
-                self.default_lifetime,
-                received_at,
-                server_date,
-            )
-            .map_err(|e| e.with_user(user).with_status(status));
-        }
-
-        let headers = response.headers().clone();
-        // The body of an error answer only feeds the message: read what fits, ignore failures.
-        let body = match read_capped(&mut response, MAX_BODY).await {
-            Ok(Capped::Complete(body) | Capped::Overflow(body)) => body,
-            Err(_) => Zeroizing::new(Vec::new()),
+            }
+        } else {
+            // The body of an error answer only feeds the message: read what fits, ignore
+            // failures.
+            match read_capped(&mut response, MAX_BODY).await {
+                Ok(Capped::Complete(body) | Capped::Overflow(body)) => body,
+                Err(_) => Zeroizing::new(Vec::new()),
+            }
         };
-        Err(status_error(
-            status, &headers, &body, &self.url, user, password,
-        ))
+        Ok(Answer {
+            status,
+            headers,
+            received_at,
+            server_date,
+            body,
+        })
+    }
+
+    /// Parses a successful answer into a token (see the [`token`](crate::token) module for the
+    /// rules), with the user and the status on any error.
+    pub(crate) fn parse_token(&self, answer: &Answer, user: &str) -> Result<Token, Error> {
+        crate::token::parse_token_response(
+            &answer.body,
+            self.default_lifetime,
+            answer.received_at,
+            answer.server_date,
+        )
+        .map_err(|e| e.with_user(user).with_status(answer.status))
     }
 }
 
@@ -439,7 +666,7 @@ fn request_error(error: reqwest::Error, user: &str, status: Option<StatusCode>) 
 ///
 /// A redirect, and a `404` without the API's "No user found" message, mean the URL is wrong:
 /// those are [`ErrorKind::Config`] errors that name the URL called (`url`, which carries no user
-/// info: [`authtoken_url`] refuses it).
+/// info: [`checked_url`] refuses it).
 fn status_error(
     status: StatusCode,
     headers: &HeaderMap,
@@ -453,7 +680,7 @@ fn status_error(
         .and_then(|v| v.to_str().ok());
     let message = server_message(body, content_type, password);
     let kind = match status.as_u16() {
-        300..=399 => return redirect_error(status, headers, url, user),
+        300..=399 => return redirect_error(status, headers, url, user, &AUTHTOKEN_NAMES),
         400 => ErrorKind::InvalidGrant,
         401 => ErrorKind::AuthenticationFailed,
         403 => ErrorKind::Forbidden,
@@ -463,20 +690,44 @@ fn status_error(
         {
             ErrorKind::UnknownUser
         }
-        404 => return wrong_url_error(status, message.as_deref(), url, user),
-        429 => ErrorKind::RateLimited,
+        404 => {
+            return wrong_url_error(
+                status,
+                message.as_deref(),
+                url,
+                user,
+                " without the login endpoint's \"No user found with username\" message, so the \
+                 URL is wrong: check the base URL",
+            );
+        }
+        429 => return rate_limited(headers, user, status, message),
         _ => ErrorKind::Server,
     };
     let mut error = Error::new(kind).with_user(user).with_status(status);
     if let Some(message) = message {
         error = error.with_detail(message);
     }
-    if kind == ErrorKind::RateLimited {
-        let retry_after = headers
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        error = error.with_retry_after(retry_after);
+    error
+}
+
+/// A `429`: [`ErrorKind::RateLimited`], with the wait its `Retry-After` asks for, if it has a
+/// readable one.
+pub(crate) fn rate_limited(
+    headers: &HeaderMap,
+    user: &str,
+    status: StatusCode,
+    message: Option<String>,
+) -> Error {
+    let retry_after = headers
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    let mut error = Error::new(ErrorKind::RateLimited)
+        .with_user(user)
+        .with_status(status)
+        .with_retry_after(retry_after);
+    if let Some(message) = message {
+        error = error.with_detail(message);
     }
     error
 }
@@ -489,13 +740,17 @@ fn status_text(status: StatusCode) -> String {
     }
 }
 
-/// A `404` that is not the API's "No user found": the base URL points somewhere else.
-fn wrong_url_error(status: StatusCode, message: Option<&str>, url: &Url, user: &str) -> Error {
-    let mut detail = format!(
-        "POST {url} answered {} without the login endpoint's \"No user found with username\" \
-         message, so the URL is wrong: check the base URL",
-        status_text(status)
-    );
+/// A status that means the URL points somewhere else than a login endpoint: a
+/// [`ErrorKind::Config`] error whose detail is `POST {url} answered {status}{why}`, then what
+/// the server said, if anything.
+pub(crate) fn wrong_url_error(
+    status: StatusCode,
+    message: Option<&str>,
+    url: &Url,
+    user: &str,
+    why: &str,
+) -> Error {
+    let mut detail = format!("POST {url} answered {}{why}", status_text(status));
     if let Some(message) = message {
         detail.push_str("; the server said: ");
         detail.push_str(message);
@@ -503,9 +758,15 @@ fn wrong_url_error(status: StatusCode, message: Option<&str>, url: &Url, user: &
     Error::config(detail).with_user(user).with_status(status)
 }
 
-/// A redirect, which is never followed (it could carry the password elsewhere): the base URL
+/// A redirect, which is never followed (it could carry the secret elsewhere): the configured URL
 /// should be where it points.
-fn redirect_error(status: StatusCode, headers: &HeaderMap, url: &Url, user: &str) -> Error {
+pub(crate) fn redirect_error(
+    status: StatusCode,
+    headers: &HeaderMap,
+    url: &Url,
+    user: &str,
+    names: &EndpointNames,
+) -> Error {
     let location = headers
         .get(header::LOCATION)
         .and_then(|v| v.to_str().ok())
@@ -531,9 +792,11 @@ fn redirect_error(status: StatusCode, headers: &HeaderMap, url: &Url, user: &str
         None => "without a Location".to_owned(),
     };
     Error::config(format!(
-        "POST {url} answered {} {target}: check the base URL; redirects of a login are not \
-         followed, so that the password never goes elsewhere",
-        status_text(status)
+        "POST {url} answered {} {target}: check the {}; redirects of a login are not \
+         followed, so that the {} never goes elsewhere",
+        status_text(status),
+        names.configured,
+        names.secret,
     ))
     .with_user(user)
     .with_status(status)
@@ -547,7 +810,11 @@ fn redirect_error(status: StatusCode, headers: &HeaderMap, url: &Url, user: &str
 /// characters. `None` if nothing is left.
 ///
 /// Every intermediate copy, which may hold an echoed password, is zeroed when dropped.
-fn server_message(body: &[u8], content_type: Option<&str>, password: &str) -> Option<String> {
+pub(crate) fn server_message(
+    body: &[u8],
+    content_type: Option<&str>,
+    password: &str,
+) -> Option<String> {
     let raw: Zeroizing<String> = match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(mut value) => {
             let message = match &value {
@@ -568,6 +835,15 @@ fn server_message(body: &[u8], content_type: Option<&str>, password: &str) -> Op
             Zeroizing::new(String::from_utf8_lossy(body).into_owned())
         }
     };
+    clean_message(&raw, password)
+}
+
+/// A server's text made safe to keep in an [`Error`]: control characters removed, every
+/// occurrence of `secret` replaced by `[redacted]`, cut to 200 characters. `None` if nothing is
+/// left.
+///
+/// Every intermediate copy, which may hold an echoed secret, is zeroed when dropped.
+pub(crate) fn clean_message(raw: &str, password: &str) -> Option<String> {
     // Redact the password as it is, then again without control characters once they are
     // removed (so that none hidden inside an echoed password defeats the redaction), and all of
     // it before truncating, so that no prefix of the password survives.
@@ -577,7 +853,7 @@ fn server_message(body: &[u8], content_type: Option<&str>, password: &str) -> Op
         out.extend(s.chars().filter(|c| !c.is_control()));
         out
     };
-    let mut text = raw;
+    let mut text = Zeroizing::new(raw.to_owned());
     if !password.is_empty() {
         text = Zeroizing::new(text.replace(password, REDACTED));
     }
@@ -619,7 +895,8 @@ fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 
 impl TokenSource for AuthTokenSource {
     fn fetch(&self) -> impl Future<Output = Result<Token, Error>> + Send {
-        self.login()
+        let user = self.credentials.user_name();
+        traced(user, &self.url, self.login_inner(user))
     }
 
     fn user_name(&self) -> Option<&str> {
@@ -627,7 +904,7 @@ impl TokenSource for AuthTokenSource {
     }
 
     fn allows_insecure_http(&self) -> bool {
-        self.allow_insecure_http
+        self.http.allow_insecure_http
     }
 }
 
@@ -636,7 +913,7 @@ impl fmt::Debug for AuthTokenSource {
         f.debug_struct("AuthTokenSource")
             .field("url", &self.url.as_str())
             .field("user_name", &self.credentials.user_name())
-            .field("timeout", &self.timeout)
+            .field("timeout", &self.http.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -647,22 +924,33 @@ impl fmt::Debug for AuthTokenSource {
 #[must_use = "call build() to get an AuthTokenSource"]
 pub struct AuthTokenSourceBuilder {
     base_url: String,
+    login_path: String,
     credentials: Credentials,
-    timeout: Duration,
-    user_agent: Option<String>,
-    client: Option<reqwest::Client>,
-    allow_insecure_http: bool,
-    default_lifetime: Duration,
+    http: HttpOptions,
 }
 
 impl AuthTokenSourceBuilder {
+    /// The path of the login endpoint, relative to the base URL.
+    ///
+    /// Default: `/authtoken`. With `login_path("/v2/auth/token")`, the base URL
+    /// `https://h/api` logs in at `https://h/api/v2/auth/token`. A base URL that already ends
+    /// with the path (compared ignoring ASCII case) is the login URL itself: `https://h/api/v2/auth/token`
+    /// is not extended. The leading `/` is optional. The path must be non-empty, of ASCII
+    /// characters allowed in a URL path (no whitespace, `?`, `#`, `\`, `%`), without empty,
+    /// `.` or `..` segments, or [`build`](Self::build) fails with [`ErrorKind::Config`] naming
+    /// `login_path`.
+    pub fn login_path(mut self, path: impl Into<String>) -> Self {
+        self.login_path = path.into();
+        self
+    }
+
     /// The longest one login may take, from connecting until the whole response body is read.
     ///
     /// Default: 30 seconds. A login that takes longer fails with [`ErrorKind::Timeout`]. Must be
     /// more than zero and at most one hour, or [`build`](Self::build) fails with
     /// [`ErrorKind::Config`] naming `timeout`.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.http.timeout = timeout;
         self
     }
 
@@ -671,7 +959,7 @@ impl AuthTokenSourceBuilder {
     /// Default: `tower-authtoken/<version>`, such as `tower-authtoken/0.1.0`. It is sent even
     /// with a caller-supplied [`client`](Self::client). Must be a valid header value.
     pub fn user_agent(mut self, user_agent: impl Into<String>) -> Self {
-        self.user_agent = Some(user_agent.into());
+        self.http.user_agent = Some(user_agent.into());
         self
     }
 
@@ -688,7 +976,7 @@ impl AuthTokenSourceBuilder {
     /// Do not pass a client built with `connection_verbose(true)`: it logs the raw bytes of
     /// every request and response at `TRACE`, the password and the token among them.
     pub fn client(mut self, client: reqwest::Client) -> Self {
-        self.client = Some(client);
+        self.http.client = Some(client);
         self
     }
 
@@ -703,7 +991,7 @@ impl AuthTokenSourceBuilder {
     /// A [`TokenCache`](crate::TokenCache) over this source follows the same decision for the
     /// requests [`BearerAuth`](crate::BearerAuth) sends with its tokens: one opt-in is enough.
     pub fn allow_insecure_http(mut self, allow: bool) -> Self {
-        self.allow_insecure_http = allow;
+        self.http.allow_insecure_http = allow;
         self
     }
 
@@ -715,7 +1003,7 @@ impl AuthTokenSourceBuilder {
     /// be more than zero and at most [`MAX_LIFETIME`](crate::token::MAX_LIFETIME), a year, or
     /// [`build`](Self::build) fails with [`ErrorKind::Config`] naming `default_lifetime`.
     pub fn default_lifetime(mut self, lifetime: Duration) -> Self {
-        self.default_lifetime = lifetime;
+        self.http.default_lifetime = lifetime;
         self
     }
 
@@ -731,55 +1019,25 @@ impl AuthTokenSourceBuilder {
     /// without [`allow_insecure_http`](Self::allow_insecure_http); its message names the host
     /// and that switch.
     pub fn build(self) -> Result<AuthTokenSource, Error> {
-        let url = authtoken_url(&self.base_url, self.allow_insecure_http)?;
+        let url = login_url(
+            &self.base_url,
+            &self.login_path,
+            self.http.allow_insecure_http,
+        )?;
         if self.credentials.user_name().is_empty() {
             return Err(Error::config("the user name is empty"));
         }
-        if self.timeout.is_zero() || self.timeout > MAX_TIMEOUT {
-            return Err(Error::config(format!(
-                "timeout must be more than zero and at most {} s (an hour), not {:?}",
-                MAX_TIMEOUT.as_secs(),
-                self.timeout
-            )));
-        }
-        if self.default_lifetime.is_zero() || self.default_lifetime > MAX_LIFETIME {
-            return Err(Error::config(format!(
-                "default_lifetime must be more than zero and at most {} s (a year), not {:?}",
-                MAX_LIFETIME.as_secs(),
-                self.default_lifetime
-            )));
-        }
-        let user_agent = match self.user_agent {
-            None => HeaderValue::from_static(DEFAULT_USER_AGENT),
-            Some(ua) => HeaderValue::try_from(ua).map_err(|e| {
-                Error::config("the user agent is not a valid header value").with_source(e)
-            })?,
-        };
-        let client = match self.client {
-            Some(client) => client,
-            // HTTP/1.1 only: a login is one small request, and h2 would copy a body under 256
-            // bytes (ours, with the password) into its connection's write buffer, unwiped.
-            None => reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .http1_only()
-                .build()
-                .map_err(|e| Error::config("could not build the HTTP client").with_source(e))?,
-        };
         Ok(AuthTokenSource {
-            client,
+            http: self.http.build()?,
             url,
             credentials: self.credentials,
-            timeout: self.timeout,
-            user_agent,
-            default_lifetime: self.default_lifetime,
-            allow_insecure_http: self.allow_insecure_http,
         })
     }
 }
 
 /// A base URL fit to print: without any user info, which may hold a password; not at all when it
 /// does not parse, since then we cannot tell what in it is secret.
-fn redacted_url(url: &str) -> String {
+pub(crate) fn redacted_url(url: &str) -> String {
     match Url::parse(url) {
         Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
             let _ = parsed.set_username("");
@@ -793,15 +1051,12 @@ fn redacted_url(url: &str) -> String {
 
 impl fmt::Debug for AuthTokenSourceBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuthTokenSourceBuilder")
-            .field("base_url", &redacted_url(&self.base_url))
-            .field("user_name", &self.credentials.user_name())
-            .field("timeout", &self.timeout)
-            .field("user_agent", &self.user_agent)
-            .field("custom_client", &self.client.is_some())
-            .field("allow_insecure_http", &self.allow_insecure_http)
-            .field("default_lifetime", &self.default_lifetime)
-            .finish()
+        let mut d = f.debug_struct("AuthTokenSourceBuilder");
+        d.field("base_url", &redacted_url(&self.base_url))
+            .field("login_path", &self.login_path)
+            .field("user_name", &self.credentials.user_name());
+        self.http.debug_fields(&mut d);
+        d.finish()
     }
 }
 
@@ -810,7 +1065,7 @@ mod tests {
     use super::*;
 
     fn url_of(base: &str) -> Result<String, Error> {
-        authtoken_url(base, false).map(|u| u.to_string())
+        login_url(base, DEFAULT_LOGIN_PATH, false).map(|u| u.to_string())
     }
 
     #[test]
@@ -841,6 +1096,77 @@ mod tests {
         ] {
             assert_eq!(url_of(base).unwrap(), expected, "{base}");
         }
+    }
+
+    #[test]
+    fn login_path_is_appended_unless_the_base_url_already_ends_with_it() {
+        let url = |base: &str, path: &str| login_url(base, path, false).map(|u| u.to_string());
+        for (base, path, expected) in [
+            ("https://h", "/v2/auth/token", "https://h/v2/auth/token"),
+            (
+                "https://h/api/",
+                "/v2/auth/token",
+                "https://h/api/v2/auth/token",
+            ),
+            (
+                "https://h/api",
+                "v2/auth/token/",
+                "https://h/api/v2/auth/token",
+            ),
+            ("https://h/api", "/login", "https://h/api/login"),
+            (
+                "https://h/api/v2/auth/token",
+                "/v2/auth/token",
+                "https://h/api/v2/auth/token",
+            ),
+            (
+                "https://h/V2/Auth/Token/",
+                "/v2/auth/token",
+                "https://h/V2/Auth/Token",
+            ),
+            (
+                "https://h/auth/token",
+                "/v2/auth/token",
+                "https://h/auth/token/v2/auth/token",
+            ),
+            (
+                "https://h/api/token",
+                "/v2/auth/token",
+                "https://h/api/token/v2/auth/token",
+            ),
+            (
+                "https://h/api/authtoken",
+                "/authtoken",
+                "https://h/api/authtoken",
+            ),
+        ] {
+            assert_eq!(url(base, path).unwrap(), expected, "{base} + {path}");
+        }
+        for path in [
+            "", "/", "//", "/a//b", "/a/../b", "./a", "/a b", "/a?x=1", "/a#f", "/a\\b", "/%2e%2e",
+            "/é",
+        ] {
+            let err = url("https://h", path).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config, "{path:?}");
+            assert!(
+                err.detail().unwrap().starts_with("login_path must be"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn builder_login_path_changes_the_login_url() {
+        let source = AuthTokenSource::builder("https://h/api", Credentials::new("alice", "pw"))
+            .login_path("/v2/auth/token")
+            .build()
+            .unwrap();
+        assert_eq!(source.url(), "https://h/api/v2/auth/token");
+        let err = AuthTokenSource::builder("https://h/api", Credentials::new("alice", "pw"))
+            .login_path("/a?b")
+            .build()
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
     }
 
     #[test]
@@ -890,7 +1216,7 @@ mod tests {
         ] {
             let err = url_of(base).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InsecureTransport, "{base}");
-            assert!(authtoken_url(base, true).is_ok(), "{base}");
+            assert!(login_url(base, DEFAULT_LOGIN_PATH, true).is_ok(), "{base}");
         }
         for base in [
             "http://localhost:8080",
@@ -917,8 +1243,8 @@ mod tests {
         );
     }
 
-    fn login_url() -> Url {
-        authtoken_url("https://h/api", false).unwrap()
+    fn api_login_url() -> Url {
+        login_url("https://h/api", DEFAULT_LOGIN_PATH, false).unwrap()
     }
 
     fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
@@ -930,7 +1256,7 @@ mod tests {
 
     #[test]
     fn a_404_without_the_unknown_user_message_is_a_wrong_url() {
-        let url = login_url();
+        let url = api_login_url();
         let html = headers(&[(header::CONTENT_TYPE, "text/html")]);
         let json = headers(&[(header::CONTENT_TYPE, "application/json")]);
         let cases: &[(&HeaderMap, &[u8], Option<&str>)] = &[
@@ -976,7 +1302,7 @@ mod tests {
 
     #[test]
     fn a_redirect_is_a_config_error_naming_the_location() {
-        let url = login_url();
+        let url = api_login_url();
         let cases = [
             (
                 StatusCode::MOVED_PERMANENTLY,
@@ -1096,9 +1422,9 @@ mod tests {
         let source = AuthTokenSource::new("https://h/api/", creds()).unwrap();
         assert_eq!(source.url(), "https://h/api/authtoken");
         assert_eq!(source.user_name(), "alice");
-        assert_eq!(source.timeout, DEFAULT_TIMEOUT);
-        assert_eq!(source.default_lifetime, DEFAULT_LIFETIME);
-        assert_eq!(source.user_agent, DEFAULT_USER_AGENT);
+        assert_eq!(source.http.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(source.http.default_lifetime, DEFAULT_LIFETIME);
+        assert_eq!(source.http.user_agent, DEFAULT_USER_AGENT);
         assert!(DEFAULT_USER_AGENT.starts_with("tower-authtoken/"));
     }
 

@@ -81,6 +81,9 @@
 //!
 //! - `reqwest` (default): [`AuthTokenSource`] and `Service<reqwest::Request>` for
 //!   [`BearerAuth`]. TLS is reqwest's default rustls backend.
+//! - `oauth2`: `OAuth2ClientCredentials`, a [`TokenSource`] for an OAuth 2.0 token endpoint
+//!   (the client credentials grant, RFC 6749 §4.4), on the same client code as
+//!   [`AuthTokenSource`]. Implies `reqwest`.
 //! - `test-util`: `testing`, an embedded reference server for your own tests.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code, unreachable_pub)]
@@ -97,6 +100,8 @@ pub mod token;
 
 #[cfg(feature = "reqwest")]
 mod client;
+#[cfg(feature = "oauth2")]
+mod oauth2;
 
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
@@ -118,6 +123,10 @@ pub use token::Token;
 #[cfg(feature = "reqwest")]
 #[doc(inline)]
 pub use client::{AuthTokenSource, AuthTokenSourceBuilder};
+#[cfg(feature = "oauth2")]
+#[cfg_attr(docsrs, doc(cfg(feature = "oauth2")))]
+#[doc(inline)]
+pub use oauth2::{ClientAuth, OAuth2ClientCredentials, OAuth2ClientCredentialsBuilder};
 
 /// The README's examples, compiled as doctests so that they cannot rot.
 #[cfg(doctest)]

@@ -77,7 +77,25 @@ pub(super) struct State {
     pub(super) login_attempt_instants: Vec<Instant>,
     pub(super) stats: ServerStats,
     pub(super) last_login_headers: Option<HeaderMap>,
+    /// The path of the most recent login request, on either endpoint.
+    pub(super) last_login_path: Option<String>,
+    /// The scopes the OAuth2 endpoint grants; `None`: any scope.
+    pub(super) oauth2_scopes: Option<Vec<String>>,
+    /// The decoded form of the most recent OAuth2 token request.
+    pub(super) last_oauth2_form: Option<Vec<(String, String)>>,
 }
+
+/// Which login endpoint a request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Endpoint {
+    /// `POST .../authtoken` with a JSON body.
+    AuthToken,
+    /// `POST .../oauth2/token` with a form body (RFC 6749 §4.4).
+    OAuth2,
+}
+
+/// The path of the OAuth2 token endpoint (any path that ends with it works too).
+pub(super) const OAUTH2_TOKEN_PATH: &str = "/oauth2/token";
 
 /// A login outage: logins during `window` get `kind`.
 #[derive(Debug, Clone)]
@@ -245,9 +263,16 @@ type Answer = Result<Response<ResponseBody>, CloseConnection>;
 /// Answers one request, with a `Date` header from the server's wall clock.
 pub(super) async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Answer {
     let path = request.uri().path();
-    let mut answer = if path == "/authtoken" || path.ends_with("/authtoken") {
+    let endpoint = if path.ends_with(OAUTH2_TOKEN_PATH) {
+        Some(Endpoint::OAuth2)
+    } else if path.ends_with("/authtoken") {
+        Some(Endpoint::AuthToken)
+    } else {
+        None
+    };
+    let mut answer = if let Some(endpoint) = endpoint {
         if request.method() == Method::POST {
-            login(&shared, request).await
+            login(&shared, endpoint, request).await
         } else {
             let mut response = json_message(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
             response
@@ -266,7 +291,7 @@ pub(super) async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> A
     answer
 }
 
-async fn login(shared: &Shared, request: Request<Incoming>) -> Answer {
+async fn login(shared: &Shared, endpoint: Endpoint, request: Request<Incoming>) -> Answer {
     let _in_flight = InFlight::enter(shared);
     let (parts, body) = request.into_parts();
     // A body that breaks off or is too large is answered like any other bad grant.
@@ -282,7 +307,8 @@ async fn login(shared: &Shared, request: Request<Incoming>) -> Answer {
         state.catch_up(now);
         state.stats.login_attempts += 1;
         state.login_attempt_instants.push(now);
-        state.last_login_headers = Some(parts.headers);
+        state.last_login_headers = Some(parts.headers.clone());
+        state.last_login_path = Some(parts.uri.path().to_owned());
         if let Some(outage) = state.outage_at(now) {
             let kind = outage.kind;
             state.stats.outage_answers += 1;
@@ -310,13 +336,25 @@ async fn login(shared: &Shared, request: Request<Incoming>) -> Answer {
         tokio::time::sleep(delay).await;
     }
 
+    let answer = |body: &[u8]| match endpoint {
+        Endpoint::AuthToken => answer_login(shared, body),
+        Endpoint::OAuth2 => answer_oauth2(shared, &parts.headers, body),
+    };
     let Some(failure) = failure else {
-        return Ok(answer_login(shared, &body));
+        return Ok(answer(&body));
     };
     match failure {
         Failure::Delay(extra) => {
             tokio::time::sleep(extra).await;
-            Ok(answer_login(shared, &body))
+            Ok(answer(&body))
+        }
+        Failure::OAuth2Error {
+            status,
+            error,
+            description,
+        } => {
+            let status = StatusCode::from_u16(status).expect("checked by push_failure");
+            Ok(oauth2_error(status, &error, description.as_deref()))
         }
         Failure::Status(code) => {
             let status = StatusCode::from_u16(code).expect("checked by push_failure");
@@ -459,7 +497,8 @@ fn answer_login(shared: &Shared, body: &[u8]) -> Response<ResponseBody> {
     if let Some(user) = state.users.get_mut(&login.user_name) {
         user.logins += 1;
     }
-    let body = issue_token(&mut state, &login.user_name);
+    let fields = state.token_fields;
+    let body = issue_token(&mut state, &login.user_name, fields, None);
     response(
         StatusCode::OK,
         "application/json",
@@ -467,8 +506,217 @@ fn answer_login(shared: &Shared, body: &[u8]) -> Response<ResponseBody> {
     )
 }
 
+/// The normal answer to an OAuth2 token request (RFC 6749 §4.4), with the errors of §5.2.
+///
+/// The client authenticates by HTTP Basic (its id and secret form-urlencoded, then base64) or
+/// with `client_id` and `client_secret` in the body, not both; clients are the server's users,
+/// the secret their password. An expired account is an `invalid_client`, a forbidden one an
+/// `unauthorized_client`.
+fn answer_oauth2(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Response<ResponseBody> {
+    let bad_request = |error: &str, description: &str| {
+        oauth2_error(StatusCode::BAD_REQUEST, error, Some(description))
+    };
+    let form_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    let Some(form) = form_type.then(|| parse_form(body)).flatten() else {
+        return bad_request(
+            "invalid_request",
+            "the body must be application/x-www-form-urlencoded",
+        );
+    };
+    shared.lock().last_oauth2_form = Some(form.clone());
+    let get = |name: &str| {
+        form.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    for name in ["grant_type", "scope", "client_id", "client_secret"] {
+        if form.iter().filter(|(n, _)| n == name).count() > 1 {
+            return bad_request("invalid_request", &format!("{name} is repeated"));
+        }
+    }
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .map(|value| basic_credentials(value.as_bytes()));
+    let (client_id, secret, by_basic) = match (basic, get("client_secret")) {
+        (Some(None), _) => {
+            return invalid_client("the Basic credentials are malformed", true);
+        }
+        (Some(Some(_)), Some(_)) => {
+            return bad_request(
+                "invalid_request",
+                "the client authenticated by more than one method",
+            );
+        }
+        (Some(Some((id, secret))), None) => {
+            if get("client_id").is_some_and(|body_id| body_id != id) {
+                return bad_request(
+                    "invalid_request",
+                    "client_id differs from the Basic user name",
+                );
+            }
+            (id, secret, true)
+        }
+        (None, Some(secret)) => match get("client_id") {
+            Some(id) => (id.to_owned(), secret.to_owned(), false),
+            None => return bad_request("invalid_request", "client_id is missing"),
+        },
+        (None, None) => return invalid_client("the client did not authenticate", true),
+    };
+    match get("grant_type") {
+        Some("client_credentials") => {}
+        Some(_) => {
+            return bad_request(
+                "unsupported_grant_type",
+                "only client_credentials is supported",
+            );
+        }
+        None => return bad_request("invalid_request", "grant_type is missing"),
+    }
+    let mut state = shared.lock();
+    let known = state
+        .users
+        .get(&client_id)
+        .filter(|user| user.password == secret && !user.expired);
+    let Some(user) = known else {
+        drop(state);
+        return invalid_client("client authentication failed", by_basic);
+    };
+    if user.forbidden {
+        drop(state);
+        return bad_request(
+            "unauthorized_client",
+            "the client may not use this grant type",
+        );
+    }
+    let scope = get("scope");
+    let refused = match (scope, &state.oauth2_scopes) {
+        (Some(scope), Some(allowed)) => scope
+            .split(' ')
+            .find(|s| !allowed.iter().any(|a| a == s))
+            .map(|unknown| format!("scope '{unknown}' is not allowed")),
+        _ => None,
+    };
+    if let Some(description) = refused {
+        drop(state);
+        return bad_request("invalid_scope", &description);
+    }
+    if let Some(user) = state.users.get_mut(&client_id) {
+        user.logins += 1;
+    }
+    let body = issue_token(&mut state, &client_id, TokenFields::OAuth2, scope);
+    let mut response = response(
+        StatusCode::OK,
+        "application/json",
+        ResponseBody::sized(body),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A `401 invalid_client`, with `WWW-Authenticate: Basic` when the client tried Basic or did
+/// not authenticate at all (RFC 6749 §5.2).
+fn invalid_client(description: &str, challenge: bool) -> Response<ResponseBody> {
+    let mut response = oauth2_error(
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+        Some(description),
+    );
+    if challenge {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Basic realm="reference-server""#),
+        );
+    }
+    response
+}
+
+/// An RFC 6749 §5.2 error: `{"error": ..., "error_description": ...}`, not to be cached.
+pub(super) fn oauth2_error(
+    status: StatusCode,
+    error: &str,
+    description: Option<&str>,
+) -> Response<ResponseBody> {
+    let mut body = serde_json::json!({ "error": error });
+    if let Some(description) = description {
+        body["error_description"] = description.into();
+    }
+    let mut response = response(
+        status,
+        "application/json",
+        ResponseBody::sized(body.to_string()),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The client id and secret of an `Authorization: Basic` value, each form-urldecoded as RFC 6749
+/// §2.3.1 says; `None` if it is not Basic or does not decode.
+fn basic_credentials(value: &[u8]) -> Option<(String, String)> {
+    let value = std::str::from_utf8(value).ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (id, secret) = decoded.split_once(':')?;
+    Some((form_decode(id)?, form_decode(secret)?))
+}
+
+/// Decodes an `application/x-www-form-urlencoded` body into its pairs, in order; `None` if a
+/// `%` escape is broken or a value is not UTF-8.
+pub(super) fn parse_form(body: &[u8]) -> Option<Vec<(String, String)>> {
+    let body = std::str::from_utf8(body).ok()?;
+    body.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((form_decode(name)?, form_decode(value)?))
+        })
+        .collect()
+}
+
+/// Decodes one form-urlencoded string: `+` is a space, `%XX` a byte.
+fn form_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Grants `user_name` a token under the server's policy, and returns the response body.
-fn issue_token(state: &mut State, user_name: &str) -> Vec<u8> {
+/// `fields` says which fields the body has; `scope`, if any, is added as the OAuth2 `scope`.
+fn issue_token(
+    state: &mut State,
+    user_name: &str,
+    fields: TokenFields,
+    scope: Option<&str>,
+) -> Vec<u8> {
     let now = Instant::now();
     let lifetime = state.token_lifetime;
     let format = state.timestamp_format;
@@ -494,7 +742,7 @@ fn issue_token(state: &mut State, user_name: &str) -> Vec<u8> {
     );
     let offset = state.timestamp_offset;
     let timestamp = |t| clock::format_timestamp(t, format, offset, numeric);
-    let body = match state.token_fields {
+    let mut body = match fields {
         TokenFields::Documented => serde_json::json!({
             "type": "Bearer",
             "token": grant.token,
@@ -513,6 +761,9 @@ fn issue_token(state: &mut State, user_name: &str) -> Vec<u8> {
             "expires_in": expires_in(grant.expires_in, true),
         }),
     };
+    if let (Some(scope), Some(map)) = (scope, body.as_object_mut()) {
+        map.insert("scope".to_owned(), scope.into());
+    }
     state.stats.logins += 1;
     serde_json::to_vec(&body).expect("a token response always serializes")
 }
@@ -617,6 +868,7 @@ fn json_message(status: StatusCode, message: &str) -> Response<ResponseBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::STANDARD as STANDARD_B64;
 
     #[test]
     fn tokens_are_long_and_url_safe() {
@@ -657,6 +909,33 @@ mod tests {
             expires_in(Duration::from_nanos(1), false),
             serde_json::json!("0.000000001")
         );
+    }
+
+    #[test]
+    fn forms_and_basic_credentials_are_form_urldecoded() {
+        assert_eq!(
+            parse_form(b"grant_type=client_credentials&scope=a+b%3Ac&&empty=&bare").unwrap(),
+            [
+                ("grant_type", "client_credentials"),
+                ("scope", "a b:c"),
+                ("empty", ""),
+                ("bare", ""),
+            ]
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        );
+        for bad in [&b"a=%zz"[..], b"a=%4", b"a=%C3", b"\xff=1"] {
+            assert_eq!(parse_form(bad), None, "{bad:?}");
+        }
+        let header = format!("Basic {}", STANDARD_B64.encode("my+id%3A1:p%26ss:w"));
+        assert_eq!(
+            basic_credentials(header.as_bytes()),
+            Some(("my id:1".to_owned(), "p&ss:w".to_owned()))
+        );
+        let bearer = format!("Bearer {}", STANDARD_B64.encode("a:b"));
+        assert_eq!(basic_credentials(bearer.as_bytes()), None);
+        assert_eq!(basic_credentials(b"Basic !!!"), None);
+        let no_colon = format!("basic {}", STANDARD_B64.encode("ab"));
+        assert_eq!(basic_credentials(no_colon.as_bytes()), None);
     }
 
     #[test]

@@ -9,6 +9,13 @@
 //!   (`Invalid grant type`), `401` (`Authentication Failed or Account validity Expired`), `403`
 //!   (`Forbidden - Access denied`) or `404` (`No user found with username: {userName}`), each
 //!   with a JSON `{"message": ...}` body. Other methods get `405`.
+//! - `POST /oauth2/token` (or any path ending in `/oauth2/token`) is an OAuth 2.0 token
+//!   endpoint for the client credentials grant (RFC 6749 §4.4): see
+//!   [`oauth2_token_url`](ReferenceServer::oauth2_token_url). Its clients are the users above
+//!   (the client id is the user name, the secret the password); it answers
+//!   `{"access_token","token_type":"Bearer","expires_in","scope"}`, or an RFC 6749 §5.2 error.
+//!   Everything else about logins (outages, queued failures, delays, token policies, counters)
+//!   applies to both endpoints.
 //! - Every other path is a *protected endpoint*: a request with `Authorization: Bearer <token>`
 //!   for a token this server issued, that is not revoked and not expired, gets `200`
 //!   `{"ok":true}`; anything else gets `401` with `WWW-Authenticate: Bearer error="invalid_token"`.
@@ -231,6 +238,20 @@ pub enum Failure {
     },
     /// Answer normally, after this extra delay (on Tokio's clock).
     Delay(Duration),
+    /// Answer with an OAuth2 error (RFC 6749 §5.2): this status and the JSON body
+    /// `{"error": error, "error_description": description}` (without `error_description` when
+    /// `None`). On either endpoint; meant for the [OAuth2 one](ReferenceServer::oauth2_token_url),
+    /// for the codes a well-behaved client never provokes, such as `invalid_grant` or
+    /// `temporarily_unavailable`.
+    OAuth2Error {
+        /// The status code, such as `400` (RFC 6749's choice for every code but
+        /// `invalid_client`) or `503`.
+        status: u16,
+        /// The `error` code, such as `"temporarily_unavailable"`.
+        error: String,
+        /// The `error_description`, if any.
+        description: Option<String>,
+    },
 }
 
 /// A snapshot of the reference server's counters, from [`ReferenceServer::stats`].

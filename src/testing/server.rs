@@ -58,6 +58,7 @@ impl ReferenceServer {
             reject_all_tokens: false,
             spurious_rejection_at: None,
             random_revocations: None,
+            oauth2_scopes: None,
         }
     }
 
@@ -82,6 +83,51 @@ impl ReferenceServer {
     /// so `{base_url}/api/v1` is a valid base URL as well.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The URL of the OAuth 2.0 token endpoint: `{base_url}/oauth2/token` (any path ending in
+    /// `/oauth2/token` works too).
+    ///
+    /// It serves the client credentials grant (RFC 6749 §4.4) to the server's users: the client
+    /// id is the user name and the secret the password (`alice` and `wonderland` by default).
+    /// The client authenticates by HTTP Basic, its id and secret form-urldecoded after base64
+    /// (RFC 6749 §2.3.1), or with `client_id` and `client_secret` in the form body; either
+    /// works, both at once is an `invalid_request`. A success is `200` with
+    /// `{"access_token","token_type":"Bearer","expires_in":3600}` (a JSON number; `scope` added
+    /// when the request had one) and `Cache-Control: no-store`. Errors are RFC 6749 §5.2 JSON
+    /// bodies:
+    ///
+    /// | Request | Answer |
+    /// |---|---|
+    /// | not a form, a repeated parameter, no `grant_type`, two authentication methods, `client_id` missing or differing from the Basic user | `400 invalid_request` |
+    /// | no credentials, malformed Basic, unknown client, wrong secret, [expired account](Self::set_account_expired) | `401 invalid_client` (with `WWW-Authenticate: Basic` unless the secret came in the body) |
+    /// | [forbidden account](Self::set_forbidden) | `400 unauthorized_client` |
+    /// | `grant_type` other than `client_credentials` | `400 unsupported_grant_type` |
+    /// | a scope outside [the allowed ones](ReferenceServerBuilder::oauth2_scopes) | `400 invalid_scope` |
+    /// | `invalid_grant`, `temporarily_unavailable`, any other | queue a [`Failure::OAuth2Error`] |
+    ///
+    /// Logins here count like `/authtoken` logins, and outages, queued failures and delays apply
+    /// to them alike. [`last_oauth2_form`](Self::last_oauth2_form) shows what the client sent.
+    pub fn oauth2_token_url(&self) -> String {
+        format!("{}{}", self.base_url(), handler::OAUTH2_TOKEN_PATH)
+    }
+
+    /// The scopes the OAuth2 endpoint grants from now on; `None` grants any scope. Default:
+    /// `None`, or the builder's [`oauth2_scopes`](ReferenceServerBuilder::oauth2_scopes).
+    pub fn set_oauth2_scopes(&self, scopes: Option<Vec<String>>) {
+        self.shared.lock().oauth2_scopes = scopes;
+    }
+
+    /// The decoded form parameters of the most recent OAuth2 token request, in the order sent,
+    /// if there was one with a readable form body. With
+    /// `client_secret` in the body, this holds the secret: it is a test helper.
+    pub fn last_oauth2_form(&self) -> Option<Vec<(String, String)>> {
+        self.shared.lock().last_oauth2_form.clone()
+    }
+
+    /// The path of the most recent `POST` to either login endpoint, such as `/api/authtoken`.
+    pub fn last_login_path(&self) -> Option<String> {
+        self.shared.lock().last_login_path.clone()
     }
 
     /// A URL of the protected endpoint: `{base_url}/protected`. Every path other than the login
@@ -345,7 +391,10 @@ impl ReferenceServer {
     /// or `Content-Type` is not a valid header value: a misuse reported here rather than by a
     /// broken connection later.
     pub fn push_failure(&self, failure: Failure) {
-        if let Failure::Status(status) | Failure::Body { status, .. } = &failure {
+        if let Failure::Status(status)
+        | Failure::Body { status, .. }
+        | Failure::OAuth2Error { status, .. } = &failure
+        {
             assert!(
                 StatusCode::from_u16(*status).is_ok(),
                 "ReferenceServer::push_failure: {status} is not an HTTP status code"
@@ -569,9 +618,21 @@ pub struct ReferenceServerBuilder {
     reject_all_tokens: bool,
     spurious_rejection_at: Option<u64>,
     random_revocations: Option<Duration>,
+    oauth2_scopes: Option<Vec<String>>,
 }
 
 impl ReferenceServerBuilder {
+    /// The scopes the [OAuth2 endpoint](ReferenceServer::oauth2_token_url) grants: a request
+    /// for any other scope gets `400 invalid_scope`. Default: any scope is granted.
+    pub fn oauth2_scopes<I, S>(mut self, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.oauth2_scopes = Some(scopes.into_iter().map(Into::into).collect());
+        self
+    }
+
     /// Adds a user. The first call replaces the default user `alice` (password `wonderland`),
     /// and its user becomes the one [`ReferenceServer::credentials`] returns; later calls add
     /// more users.
@@ -802,6 +863,9 @@ impl ReferenceServerBuilder {
             login_attempt_instants: Vec::new(),
             stats: ServerStats::default(),
             last_login_headers: None,
+            last_login_path: None,
+            oauth2_scopes: self.oauth2_scopes,
+            last_oauth2_form: None,
         }));
 
         let (shutdown, stopped) = watch::channel(());
@@ -835,6 +899,7 @@ impl fmt::Debug for ReferenceServerBuilder {
             .field("reject_all_tokens", &self.reject_all_tokens)
             .field("spurious_rejection_at", &self.spurious_rejection_at)
             .field("random_revocations", &self.random_revocations)
+            .field("oauth2_scopes", &self.oauth2_scopes)
             .finish()
     }
 }
