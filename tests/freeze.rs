@@ -7,6 +7,7 @@
 //!   multi-thread runtime.
 //! - `std::thread::sleep` blocks a current-thread runtime in this process, from the task that
 //!   sends the requests or from another task.
+//! - A login whose answer arrives while the runtime stands still: the token is spent on arrival.
 //! - `block_on` on a current-thread runtime after an idle spell outside it.
 //!
 //! The reference server runs on a runtime of its own ([`support::BackgroundServer`]), so that
@@ -349,6 +350,55 @@ fn a_runtime_blocked_by_thread_sleep_in_another_task_sends_no_expired_token() {
         "requests sent with an expired token"
     );
     assert!(server.logins() >= 2, "a new token after the freeze");
+}
+
+/// The login's answer arrives while the runtime stands still, so the token has spent its whole
+/// life by the time the runtime reads it (the server counts it from when it answered). The
+/// cache must neither send it nor fail the request: it logs in again.
+#[test]
+fn a_login_answered_while_its_runtime_stood_still_yields_no_expired_token_and_no_error() {
+    let server = BackgroundServer::start(
+        ReferenceServer::builder()
+            .user("frozen", "frozen-password")
+            .token_lifetime(LIFETIME)
+            .login_delay(Duration::from_millis(100)),
+    );
+    let url = server.protected_url();
+    let runtime = current_thread();
+    let outcomes = runtime.block_on(async {
+        let mut client = stack(&server);
+        let first = {
+            let (mut client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move { get(&mut client, &url).await })
+        };
+        let give_up = Instant::now() + STUCK;
+        while server.login_attempts() == 0 {
+            assert!(
+                Instant::now() < give_up,
+                "the login never reached the server"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // The server answers 100 ms later, with a token that expires 2 s after that.
+        std::thread::sleep(FREEZE);
+        let mut outcomes = vec![first.await.expect("the first request's task")];
+        outcomes.extend(traffic(&mut client, &url, Duration::from_millis(300)).await);
+        outcomes
+    });
+    println!(
+        "a login answered during a freeze: {} requests; {} login attempts, {} logins, \
+         {} rejections",
+        outcomes.len(),
+        server.login_attempts(),
+        server.logins(),
+        server.rejections()
+    );
+    assert_all_accepted("after the freeze", &outcomes);
+    assert_eq!(
+        server.rejections(),
+        0,
+        "requests sent with an expired token"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
