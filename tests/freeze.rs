@@ -322,6 +322,9 @@ fn a_runtime_blocked_by_thread_sleep_in_the_sending_task_sends_no_expired_token(
     assert!(server.logins() >= 2, "a new token after the freeze");
 }
 
+/// Another task blocks the thread while the sending task pauses between two requests. (Had a
+/// request been half-way out, between the layer and the socket, it would carry a token that
+/// expired meanwhile: that is beyond any cache, like a queue below the layer.)
 #[test]
 fn a_runtime_blocked_by_thread_sleep_in_another_task_sends_no_expired_token() {
     let server = server();
@@ -329,11 +332,17 @@ fn a_runtime_blocked_by_thread_sleep_in_another_task_sends_no_expired_token() {
     let runtime = current_thread();
     let outcomes = runtime.block_on(async {
         let mut client = stack(&server);
-        let blocker = tokio::spawn(async {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            std::thread::sleep(FREEZE);
+        let (freeze, frozen) = tokio::sync::oneshot::channel::<()>();
+        let blocker = tokio::spawn(async move {
+            if frozen.await.is_ok() {
+                std::thread::sleep(FREEZE);
+            }
         });
-        let outcomes = traffic(&mut client, &url, FREEZE + Duration::from_secs(1)).await;
+        let mut outcomes = traffic(&mut client, &url, Duration::from_millis(500)).await;
+        // The blocker runs while this task sleeps, with no request in flight.
+        freeze.send(()).unwrap();
+        tokio::time::sleep(PACE).await;
+        outcomes.extend(traffic(&mut client, &url, Duration::from_millis(500)).await);
         blocker.await.unwrap();
         outcomes
     });
