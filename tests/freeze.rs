@@ -127,7 +127,7 @@ impl Child {
     fn spawn(server: &ReferenceServer, flavor: &'static str) -> Child {
         let mut process = Command::new(child_binary())
             .args(["--base-url", &server.base_url(), "--user", "frozen"])
-            .args(["--flavor", flavor, "--pause-ms", "20"])
+            .args(["--flavor", flavor, "--pause-ms", "50"])
             .env("FREEZE_CHILD_PASSWORD", "frozen-password")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -181,8 +181,8 @@ impl Child {
         }
     }
 
-    /// Freezes the child right after it printed a result: it is then pausing between two
-    /// requests, so that no request is half-way out of the process while it stands still (a
+    /// Freezes the child right after it printed a result: it is then in its 50 ms pause between
+    /// two requests, so that no request is half-way out of the process while it stands still (a
     /// request that left the layer before the freeze and the socket after it would carry a
     /// token that expired meanwhile, through no fault of the cache's).
     fn freeze_between_requests(&mut self) -> usize {
