@@ -17,8 +17,7 @@
 //! uses by default, it is ours: one test uses `AuthTokenSource::new` as it is.
 //!
 //! The tests that share the static client sort first, so that with the default two test
-//! threads they run two at a time. The whole binary takes about 4 s; with
-//! `-- --test-threads 4`, about 2 s.
+//! threads they run two at a time. The whole binary takes 3 to 4 s on two cores.
 
 mod support;
 
