@@ -163,3 +163,127 @@ pub fn assert_no_panics() {
         "something panicked (see the output above)"
     );
 }
+
+/// A [`ReferenceServer`](tower_authtoken::testing::ReferenceServer) on a multi-thread runtime of
+/// its own, in real time, unaffected by what a test does to its own threads and runtimes
+/// (blocking them, leaving them idle, dropping them, freezing a child process).
+///
+/// It can be created and dropped anywhere, inside a runtime or not.
+pub struct BackgroundServer {
+    server: Option<tower_authtoken::testing::ReferenceServer>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl BackgroundServer {
+    /// Starts the server `builder` describes, from a thread of its own so that this works from
+    /// within a runtime too.
+    pub fn start(builder: tower_authtoken::testing::ReferenceServerBuilder) -> BackgroundServer {
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("reference-server")
+                .enable_all()
+                .build()
+                .expect("a runtime for the reference server");
+            let server = runtime.block_on(builder.start());
+            BackgroundServer {
+                server: Some(server),
+                runtime: Some(runtime),
+            }
+        })
+        .join()
+        .expect("the reference server starts")
+    }
+}
+
+impl std::ops::Deref for BackgroundServer {
+    type Target = tower_authtoken::testing::ReferenceServer;
+
+    fn deref(&self) -> &Self::Target {
+        self.server.as_ref().expect("the server lives until drop")
+    }
+}
+
+impl Drop for BackgroundServer {
+    fn drop(&mut self) {
+        drop(self.server.take());
+        // Without blocking: the server may be dropped inside an async test.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// The HTTP client of the real-time tests: hyper-util's, for bodiless requests.
+pub type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Empty<bytes::Bytes>,
+>;
+
+/// A hyper-util client. `pooled: false` opens a connection per request: hyper-util runs each
+/// connection on the runtime that opened it, so a pooled connection is dead or stuck once that
+/// runtime is dropped or idle. A client shared by several runtimes must not pool.
+pub fn http_client(pooled: bool) -> HttpClient {
+    let mut builder =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
+    if !pooled {
+        builder.pool_max_idle_per_host(0);
+    }
+    builder.build_http()
+}
+
+/// An `AuthTokenSource` for `server` whose reqwest client opens a connection per login, for
+/// caches shared by several runtimes (see [`http_client`] for why).
+pub fn unpooled_source(
+    server: &tower_authtoken::testing::ReferenceServer,
+) -> tower_authtoken::AuthTokenSource {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("a reqwest client");
+    tower_authtoken::AuthTokenSource::builder(&server.base_url(), server.credentials())
+        .client(client)
+        .build()
+        .expect("a source for the reference server")
+}
+
+/// Sends `GET url` through `client` and reads the whole response: the status, or what went
+/// wrong (with the cache's error kind when the error is the cache's).
+pub async fn get<S>(client: &mut S, url: &str) -> Result<http::StatusCode, String>
+where
+    S: tower::Service<
+            http::Request<http_body_util::Empty<bytes::Bytes>>,
+            Response = http::Response<hyper::body::Incoming>,
+            Error = tower::BoxError,
+        >,
+{
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let request = http::Request::get(url)
+        .body(http_body_util::Empty::new())
+        .expect("a valid request");
+    let response = client
+        .ready()
+        .await
+        .map_err(describe)?
+        .call(request)
+        .await
+        .map_err(describe)?;
+    let status = response.status();
+    response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading the body: {e}"))?;
+    Ok(status)
+}
+
+/// A request's error in one line, naming the cache's error kind when it is the cache's.
+pub fn describe(error: tower::BoxError) -> String {
+    match error.downcast_ref::<Error>() {
+        Some(error) => format!("{:?}: {error}", error.kind()),
+        None => format!("transport: {error}"),
+    }
+}
