@@ -277,8 +277,9 @@ async fn fetch(shared: &Shared) -> Result<Token, Error> {
 enum Adopted {
     /// It is being handed out.
     Yes,
-    /// It is valid but already inside the margin of a token the server replaces only at
-    /// expiry: the login is due again at its expiry, and waiting callers wait for that one.
+    /// It is not handed out, and another login is due (`Control::due_at`) that waiting callers
+    /// wait for: the token is valid but already inside the margin of a token the server replaces
+    /// only at expiry, or it arrived too late after its login started to be trusted.
     AtItsExpiry,
 }
 
@@ -361,10 +362,24 @@ fn adopt(
             control.last = Some((expires_at, token.lifetime()));
             return Ok(Adopted::AtItsExpiry);
         }
+        let arrived_fresh = token.received_at() + token.lifetime() / 2 > now;
+        if plan.renewal == Renewal::Early && arrived_fresh && !control.stale_answer {
+            // The answer came so late after its login started (the process or its runtime
+            // stood still meanwhile) that the token may have expired at the server on the way:
+            // log in once more at once, without counting a failure; waiting callers wait on.
+            control.stale_answer = true;
+            control.due_at = Some(now);
+            tracing::info!(
+                "a login answered too late to trust its token (the process stood still?); \
+                 logging in again"
+            );
+            return Ok(Adopted::AtItsExpiry);
+        }
         return Err(Error::invalid_response(
             "the token arrived too close to its expiry to be used",
         ));
     }
+    control.stale_answer = false;
     let renewed = control.current.is_some();
     shared
         .slot

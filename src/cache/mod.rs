@@ -238,6 +238,8 @@ struct Control {
     renewal: Renewal,
     /// A login due although no token is served (see [`schedule::View::due_at`]).
     due_at: Option<Instant>,
+    /// The last login's answer came too late to trust, and the login was made again once.
+    stale_answer: bool,
     /// A token the upstream rejected, for the next fetch to tell a shared store about.
     rejected: Option<Token>,
     failures_in_row: u32,
