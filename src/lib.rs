@@ -45,9 +45,9 @@
 //! Each holds against the servers and runtimes named here; the [`TokenCache`] docs say how, and
 //! `TESTING.md` names the test that proves it and the world it runs in.
 //!
-//! - **Fast hot path.** A request with a warm token costs one `ArcSwap` load, one read of a
-//!   coarse monotonic clock (a few nanoseconds), one header clone (a reference count) and no
-//!   allocation or lock; the inner future is not boxed.
+//! - **Fast hot path.** A request with a warm token costs one atomic pointer check against the
+//!   `ArcSwap` holding the token, one read of a coarse monotonic clock (a few nanoseconds), one
+//!   header clone (a reference count) and no allocation or lock; the inner future is not boxed.
 //! - **No stalls.** Renewal starts ahead of expiry (60 s by default, half the life of short
 //!   tokens) in the background; requests keep using the current token meanwhile.
 //! - **Single flight.** Any number of concurrent callers share one fetch, and cancelling the
@@ -74,7 +74,8 @@
 //! - **Settings cannot panic.** Builders refuse out-of-range settings by name.
 //! - **Secrets stay secret.** Passwords and tokens never appear in `Debug`, `Display`, errors or
 //!   logs, the `Authorization` header is marked sensitive, and the crate's own buffers holding
-//!   them are zeroed before they are freed.
+//!   them are zeroed before they are freed (a replaced token is freed once every service clone
+//!   that used it has sent its next request or been dropped).
 //! - **No leaks.** The background task stops when the last handle is dropped.
 //!
 //! # Features

@@ -2,10 +2,11 @@
 //!
 //! The service sets `Authorization: Bearer <token>`, marked sensitive, replacing any existing
 //! value. With a warm token, `call` checks with one relaxed atomic load that the token it holds is
-//! still the cache's current one, clones the header (a reference count) and calls the inner
-//! service, returning its future without boxing. The future carries two integers to find the
-//! cache again should the upstream answer `401`. When the cache has no token
-//! yet, the request waits for the cache's single-flight fetch.
+//! still the cache's current one, checks the token's deadline on a coarse monotonic clock, clones
+//! the header (a reference count) and calls the inner service, returning its future without
+//! boxing. The future carries two integers to find the cache again should the upstream answer
+//! `401`. When the cache has no token, or its token is past its deadline (a timer that fired
+//! late, a frozen process), the request waits for the cache's single-flight fetch.
 //!
 //! When the upstream answers `401`, the token that request carried is
 //! [invalidated](crate::TokenCache::invalidate), so the next request gets a fresh one. With
