@@ -417,7 +417,7 @@ fn fail(shared: &Shared, control: &mut Control, error: Error, now: Instant) {
         config.min_backoff,
         control.current.as_ref().map(|(token, _)| token.lifetime()),
     );
-    let delay = schedule::backoff(
+    let mut delay = schedule::backoff(
         control.failures_in_row,
         error.kind(),
         error.retry_after(),
@@ -426,6 +426,14 @@ fn fail(shared: &Shared, control: &mut Control, error: Error, now: Instant) {
         config.max_backoff.max(config.min_backoff),
         fastrand::f64(),
     );
+    if error.is_transient()
+        && error.kind() != ErrorKind::RateLimited
+        && let Some((_, plan)) = &control.current
+    {
+        // Retry no later than the valid token's deadline: after it, callers would be told the
+        // last error until the retry, where at the deadline they wait for it instead.
+        delay = delay.min(plan.deadline.saturating_duration_since(now));
+    }
     tracing::warn!(
         error_kind = error.kind().as_str(),
         retry_in_s = delay.as_secs_f64(),
