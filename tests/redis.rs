@@ -728,3 +728,68 @@ async fn a_rejection_lost_to_reset_connections_is_retried_until_redis_has_it() {
     assert_eq!(traffic(&c.cache, &server, 3).await, 3);
     assert_eq!(server.rejections(), 0);
 }
+
+/// A cache, and so its store, that outlives every runtime, as in a `static` client.
+static STATIC_CACHE: std::sync::OnceLock<TokenCache> = std::sync::OnceLock::new();
+
+#[test]
+#[cfg_attr(not(has_redis), ignore = "redis-server is not on the PATH")]
+fn a_static_store_keeps_sharing_after_the_runtime_that_first_used_it_shuts_down_mid_operation() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    // The login server runs on a runtime of its own for the whole test.
+    let background = tokio::runtime::Runtime::new().unwrap();
+    let server = background.block_on(ReferenceServer::start());
+    let (prefix, key) = (prefix("runtimes"), EncryptionKey::generate());
+    let cache: &'static TokenCache = STATIC_CACHE
+        .get_or_init(|| replica(&server, &url, &prefix, &key, Duration::from_secs(5)).cache);
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+
+    // The first runtime uses the store first, then shuts down while a renewal is waiting for a
+    // frozen Redis.
+    let first_runtime = runtime();
+    let first = first_runtime.block_on(cache.token()).unwrap();
+    redis.freeze();
+    server.revoke(first.expose_secret());
+    cache.invalidate(&first);
+    first_runtime.spawn(cache.token());
+    first_runtime.block_on(async { sleep(Duration::from_millis(100)).await });
+    drop(first_runtime);
+    redis.thaw();
+
+    // On a second runtime, the same store shares the renewed token: a peer adopts it.
+    let second = runtime().block_on(async {
+        let renewed = cache.token().await.unwrap();
+        assert_ne!(renewed.expose_secret(), first.expose_secret());
+        let peer = replica(&server, &url, &prefix, &key, Duration::from_secs(5));
+        let adopted = peer.cache.token().await.unwrap();
+        assert_eq!(adopted.expose_secret(), renewed.expose_secret());
+        assert_eq!(traffic(cache, &server, 3).await, 3);
+        renewed
+    });
+    assert_eq!(
+        server.login_attempts(),
+        2,
+        "one login each, shared both times"
+    );
+
+    // And again on a third, after the second one has gone too.
+    runtime().block_on(async {
+        // Past the second that spaces invalidations of a token just put into service.
+        sleep(Duration::from_millis(1100)).await;
+        server.revoke(second.expose_secret());
+        cache.invalidate(&second);
+        let renewed = cache.token().await.unwrap();
+        assert_ne!(renewed.expose_secret(), second.expose_secret());
+        let peer = replica(&server, &url, &prefix, &key, Duration::from_secs(5));
+        let adopted = peer.cache.token().await.unwrap();
+        assert_eq!(adopted.expose_secret(), renewed.expose_secret());
+    });
+    assert_eq!(server.login_attempts(), 3);
+    assert_eq!(server.rejections(), 0);
+}
