@@ -455,7 +455,7 @@ async fn saved_record(
         .query_async(connection)
         .await
         .unwrap();
-    assert_eq!(record.len(), 2, "fingerprint and sealed token");
+    assert_eq!(record.len(), 3, "fingerprint, sealed token, login id");
     record
 }
 

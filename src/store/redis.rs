@@ -25,6 +25,18 @@ end
 return 0
 ";
 
+/// Takes the lock `KEYS[1]` for owner `ARGV[1]` for `ARGV[2]` ms, unless another owner holds
+/// it. Taking it again is harmless, so that a retried command cannot lock its sender out.
+const LOCK: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    return 1
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return 1
+end
+return 0
+";
+
 /// Redis's own clock in milliseconds, for the tombstones' expiry (never another machine's).
 const NOW_MS: &str = r"
 local function now_ms()
@@ -37,10 +49,11 @@ local function is_rejected(set, fp, now)
 end
 ";
 
-/// Reads the shared token (`KEYS[1]`): its fingerprint, sealed value, remaining life (`PTTL`)
-/// and whether a tombstone in `KEYS[2]` says it was rejected. Nil when there is none.
+/// Reads the shared token (`KEYS[1]`): its fingerprint, sealed value, remaining life (`PTTL`),
+/// whether a tombstone in `KEYS[2]` says it was rejected, and the id of the last login that
+/// wrote it. Nil when there is none.
 const LOAD: &str = r"
-local record = redis.call('HMGET', KEYS[1], 'fp', 'sealed')
+local record = redis.call('HMGET', KEYS[1], 'fp', 'sealed', 'login')
 if not record[1] or not record[2] then
     return false
 end
@@ -49,13 +62,16 @@ local rejected = 0
 if is_rejected(KEYS[2], record[1], now_ms()) then
     rejected = 1
 end
-return {record[1], record[2], pttl, rejected}
+return {record[1], record[2], pttl, rejected, record[3] or ''}
 ";
 
 /// The fence: stores a token (`ARGV[2]` its fingerprint, `ARGV[3]` sealed, `ARGV[4]` its
-/// remaining life in ms) in `KEYS[1]` only if the caller still holds the lock `KEYS[2]` (owner
-/// `ARGV[1]`), the token is not rejected (tombstones in `KEYS[3]`), and it outlives what `KEYS[1]`
-/// holds unless that was rejected. Then notifies channel `ARGV[5]`. Returns what happened.
+/// remaining life in ms, `ARGV[6]` the id of the login that got it) in `KEYS[1]` only if the
+/// caller still holds the lock `KEYS[2]` (owner `ARGV[1]`), the token is not rejected
+/// (tombstones in `KEYS[3]`), and it outlives what `KEYS[1]` holds unless that was rejected. A
+/// login that got the very token Redis holds (a server that keeps one live token) is the
+/// fleet's answer too: it is recorded, and the expiry extended if it lives longer. Either way
+/// the peers are notified on channel `ARGV[5]`. Returns what happened.
 const PUBLISH: &str = r"
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
     return 'lost-lock'
@@ -65,13 +81,22 @@ if is_rejected(KEYS[3], ARGV[2], now) then
     return 'rejected'
 end
 local held = redis.call('HGET', KEYS[1], 'fp')
-if held and not is_rejected(KEYS[3], held, now)
-    and redis.call('PTTL', KEYS[1]) >= tonumber(ARGV[4]) then
+local ttl = tonumber(ARGV[4])
+if held == ARGV[2] then
+    if redis.call('PTTL', KEYS[1]) < ttl then
+        redis.call('HSET', KEYS[1], 'sealed', ARGV[3])
+        redis.call('PEXPIRE', KEYS[1], ttl)
+    end
+    redis.call('HSET', KEYS[1], 'login', ARGV[6])
+    redis.call('PUBLISH', ARGV[5], '1')
+    return 'same'
+end
+if held and not is_rejected(KEYS[3], held, now) and redis.call('PTTL', KEYS[1]) >= ttl then
     return 'not-newer'
 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'fp', ARGV[2], 'sealed', ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('HSET', KEYS[1], 'fp', ARGV[2], 'sealed', ARGV[3], 'login', ARGV[6])
+redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PUBLISH', ARGV[5], '1')
 return 'stored'
 ";
@@ -98,6 +123,10 @@ return 0
 /// How long a tombstone outlives the rejected token's own expiry, as seen by the replica that
 /// rejected it: covers the difference between replicas' readings of its life.
 const TOMBSTONE_SLACK: Duration = Duration::from_secs(5);
+
+/// A shared token with no more life left than the cache's default expiry margin (the smaller of
+/// this and a tenth of its lifetime) is not adopted: every cache would refuse it at once.
+const MAX_DEFAULT_MARGIN: Duration = Duration::from_secs(10);
 
 /// The format version written before each sealed token.
 const FORMAT: u8 = 2;
@@ -190,7 +219,7 @@ impl fmt::Debug for EncryptionKey {
 ///
 /// | Key | Type | Holds | Expires |
 /// |---|---|---|---|
-/// | `{carrental:alice}:token` | hash | `fp` (fingerprint), `sealed` (the sealed token) | with the token |
+/// | `{carrental:alice}:token` | hash | `fp` (fingerprint), `sealed` (the sealed token), `login` (a random id of the login that last wrote it) | with the token |
 /// | `{carrental:alice}:lock` | string | the random owner of the renewal lock | fetch timeout + 0.5 s |
 /// | `{carrental:alice}:rejected` | sorted set | fingerprints of rejected tokens, scored by their tombstone's expiry (Redis ms) | with the last tombstone |
 ///
@@ -395,12 +424,41 @@ struct Keys {
     channel: String,
 }
 
-/// Why a Redis step did not give a token.
+/// Why a Redis step failed: Redis failed or timed out.
 enum Miss {
-    /// Redis answered, without a usable token.
-    Empty,
-    /// Redis failed or timed out.
     Down(String),
+}
+
+/// The token Redis holds, and the id of the login that wrote it.
+struct Record {
+    token: Token,
+    login: String,
+}
+
+/// Why [`fresher`](Inner::fresher) found nothing to adopt.
+enum Fresh {
+    /// Redis failed.
+    Miss(Miss),
+    /// Redis holds nothing worth adopting; the id of the login that wrote what it holds.
+    Stale(String),
+}
+
+impl Fresh {
+    /// Redis's failure, if that is why.
+    fn down(self) -> Option<String> {
+        match self {
+            Fresh::Miss(Miss::Down(why)) => Some(why),
+            Fresh::Stale(_) => None,
+        }
+    }
+
+    /// The login id seen, empty if none.
+    fn seen(&self) -> &str {
+        match self {
+            Fresh::Stale(login) => login,
+            Fresh::Miss(_) => "",
+        }
+    }
 }
 
 /// What the fenced publish did.
@@ -499,7 +557,18 @@ impl Inner {
                     connection.get_or_init(|| made).clone()
                 }
             };
-            match timeout(limit, cmd.query_async::<T>(&mut connection)).await {
+            // A connection that broke (a reset, a restarted server) fails its next command and
+            // reconnects: that command is tried once more on the new connection, within the
+            // same time limit. Every command we send may run twice.
+            let attempts = async {
+                match cmd.query_async::<T>(&mut connection).await {
+                    Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                        cmd.query_async::<T>(&mut connection).await
+                    }
+                    result => result,
+                }
+            };
+            match timeout(limit, attempts).await {
                 Ok(Ok(value)) => Ok(value),
                 Ok(Err(e)) => Err(format!("{what}: {:?}", e.kind())),
                 Err(_) => Err(format!("{what}: timed out")),
@@ -600,14 +669,14 @@ impl Inner {
         rejections.iter().any(|r| r.fingerprint == fingerprint)
     }
 
-    /// Reads the shared token with its remaining lifetime, as measured by Redis. A token with a
-    /// tombstone, in Redis or here, is no token.
-    async fn load(&self, keys: &Keys) -> Result<Option<Token>, Miss> {
+    /// Reads the shared token with its remaining lifetime, as measured by Redis, and the id of
+    /// the login that last wrote it. A token with a tombstone, in Redis or here, is no token.
+    async fn load(&self, keys: &Keys) -> Result<Option<Record>, Miss> {
         let sent_at = Instant::now();
-        let record: Option<(String, Vec<u8>, i64, i64)> = self
+        let record: Option<(String, Vec<u8>, i64, i64, String)> = self
             .script("load", LOAD, &[&keys.token, &keys.rejected], Vec::new())
             .await?;
-        let Some((fingerprint, blob, pttl, tombstone)) = record else {
+        let Some((fingerprint, blob, pttl, tombstone, login)) = record else {
             return Ok(None);
         };
         if tombstone != 0 || self.rejected_here(&fingerprint) {
@@ -648,7 +717,9 @@ impl Inner {
         zeroize::Zeroize::zeroize(&mut sealed.v);
         match token {
             // A token whose fingerprint does not match its value was not written by us.
-            Ok(token) if self.fingerprint(&token) == fingerprint => Ok(Some(token)),
+            Ok(token) if self.fingerprint(&token) == fingerprint => {
+                Ok(Some(Record { token, login }))
+            }
             _ => {
                 tracing::warn!(key = keys.token, "shared token is unusable; ignoring it");
                 Ok(None)
@@ -656,18 +727,30 @@ impl Inner {
         }
     }
 
-    /// A token from Redis that is worth adopting: not rejected, not `current`, and expiring
-    /// later than `current`.
-    async fn fresher(&self, keys: &Keys, current: Option<&Token>) -> Result<Token, Miss> {
-        let Some(token) = self.load(keys).await? else {
-            return Err(Miss::Empty);
+    /// A token from Redis that is worth adopting: not rejected, and either expiring later than
+    /// `current`, or written by a login since we saw the login `seen` (a peer's login on our
+    /// behalf, even if the server answered it with the token we have). On a miss, the id of the
+    /// login that wrote what Redis holds (empty if nothing).
+    async fn fresher(
+        &self,
+        keys: &Keys,
+        current: Option<&Token>,
+        seen: Option<&str>,
+    ) -> Result<Token, Fresh> {
+        let Some(Record { token, login }) = self.load(keys).await.map_err(Fresh::Miss)? else {
+            return Err(Fresh::Stale(String::new()));
         };
         let known = current.is_some_and(|t| t.same_value(&token));
         let later = current.is_none_or(|current| token.expires_at() > current.expires_at());
-        if known || !later {
-            return Err(Miss::Empty);
+        let answered = seen.is_some_and(|seen| seen != login);
+        // A token about to leave Redis (our reading of its expiry is a little earlier than
+        // Redis's) would be refused by the cache as too close to its expiry: it is no token.
+        let left = token.expires_at().saturating_duration_since(Instant::now());
+        let usable = left > MAX_DEFAULT_MARGIN.min(token.lifetime() / 10);
+        if usable && (answered || (later && !known)) {
+            return Ok(token);
         }
-        Ok(token)
+        Err(Fresh::Stale(login))
     }
 
     /// Remembers that `rejected` was rejected, here at once and in Redis as soon as it answers.
@@ -757,14 +840,15 @@ impl Inner {
 
     async fn try_lock(&self, keys: &Keys, owner: &str, ttl: Duration) -> Result<bool, Miss> {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(&keys.lock)
-            .arg(owner)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl_ms);
-        let reply: Option<String> = self.exec("lock", cmd).await?;
-        Ok(reply.is_some())
+        let taken: i64 = self
+            .script(
+                "lock",
+                LOCK,
+                &[&keys.lock],
+                vec![owner.as_bytes().to_vec(), ttl_ms.to_string().into_bytes()],
+            )
+            .await?;
+        Ok(taken == 1)
     }
 
     async fn unlock(&self, keys: &Keys, owner: &str) -> Result<(), Miss> {
@@ -801,31 +885,34 @@ impl Inner {
                     blob,
                     remaining_ms.to_string().into_bytes(),
                     keys.channel.clone().into_bytes(),
+                    new_owner().into_bytes(),
                 ],
             )
             .await?;
         Ok(match outcome.as_str() {
-            "stored" => Published::Stored,
+            "stored" | "same" => Published::Stored,
             _ => Published::Refused(outcome),
         })
     }
 
-    /// Logs in while holding the lock, then shares the token and releases the lock.
+    /// Logs in while holding the lock, then shares the token and releases the lock. `seen` is
+    /// the login that wrote what Redis held when we last looked.
     async fn login_for_fleet(
         &self,
         keys: &Keys,
         owner: &str,
         request: &ObtainRequest,
+        seen: &str,
     ) -> Result<Token, Error> {
         // A peer may have stored a token and released the lock between our last look and our
         // taking the lock: look again before logging in.
-        let result = match self.fresher(keys, request.current()).await {
+        let result = match self.fresher(keys, request.current(), Some(seen)).await {
             Ok(token) => {
                 tracing::debug!("adopted the token a peer fetched just before we took the lock");
                 Ok(token)
             }
-            Err(miss) => {
-                if let Miss::Down(why) = miss {
+            Err(fresh) => {
+                if let Some(why) = fresh.down() {
                     self.mark_down(&why);
                 }
                 match request.login().await {
@@ -850,7 +937,7 @@ impl Inner {
                 tracing::debug!("token shared with the fleet");
                 token
             }
-            Ok(Published::Refused(why)) => match self.fresher(keys, Some(&token)).await {
+            Ok(Published::Refused(why)) => match self.fresher(keys, Some(&token), None).await {
                 Ok(newer) => {
                     tracing::warn!(
                         reason = why,
@@ -867,7 +954,6 @@ impl Inner {
                 self.mark_down(&why);
                 token
             }
-            Err(Miss::Empty) => token,
         }
     }
 
@@ -903,35 +989,41 @@ impl Inner {
     }
 
     /// Waits for the lock holder's token, taking the lock over if it expires, for at most the
-    /// fetch timeout; then logs in locally.
-    async fn wait_for_peer(&self, keys: &Keys, request: &ObtainRequest) -> Result<Token, Error> {
+    /// fetch timeout; then logs in locally. `seen` is the login that wrote what Redis held when
+    /// we last looked: whatever a later login writes is the fleet's answer, and ours.
+    async fn wait_for_peer(
+        &self,
+        keys: &Keys,
+        request: &ObtainRequest,
+        seen: &str,
+    ) -> Result<Token, Error> {
         let deadline = Instant::now() + request.fetch_timeout();
         // Subscribe before checking again, so that a notification cannot slip between.
         let mut notifications = self.subscribe(keys).await;
         let owner = new_owner();
         loop {
-            match self.fresher(keys, request.current()).await {
+            match self.fresher(keys, request.current(), Some(seen)).await {
                 Ok(token) => {
                     tracing::debug!("adopted the token a peer fetched");
                     return Ok(token);
                 }
-                Err(Miss::Down(why)) => {
-                    self.mark_down(&why);
-                    return request.login().await;
+                Err(fresh) => {
+                    if let Some(why) = fresh.down() {
+                        self.mark_down(&why);
+                        return request.login().await;
+                    }
                 }
-                Err(Miss::Empty) => {}
             }
             match self
                 .try_lock(keys, &owner, lock_ttl(request.fetch_timeout()))
                 .await
             {
-                Ok(true) => return self.login_for_fleet(keys, &owner, request).await,
+                Ok(true) => return self.login_for_fleet(keys, &owner, request, seen).await,
                 Ok(false) => {}
                 Err(Miss::Down(why)) => {
                     self.mark_down(&why);
                     return request.login().await;
                 }
-                Err(Miss::Empty) => {}
             }
             let now = Instant::now();
             if now >= deadline {
@@ -971,30 +1063,33 @@ impl Inner {
             self.retry_rejections_later();
             return request.login().await;
         }
-        match self.fresher(&keys, request.current()).await {
+        let seen = match self.fresher(&keys, request.current(), None).await {
             Ok(token) => {
                 self.mark_up();
                 tracing::debug!("adopted a fresher token from the shared store");
                 return Ok(token);
             }
-            Err(Miss::Down(why)) => {
-                self.mark_down(&why);
-                return request.login().await;
+            Err(fresh) => {
+                let seen = fresh.seen().to_owned();
+                if let Some(why) = fresh.down() {
+                    self.mark_down(&why);
+                    return request.login().await;
+                }
+                self.mark_up();
+                seen
             }
-            Err(Miss::Empty) => self.mark_up(),
-        }
+        };
         let owner = new_owner();
         match self
             .try_lock(&keys, &owner, lock_ttl(request.fetch_timeout()))
             .await
         {
-            Ok(true) => self.login_for_fleet(&keys, &owner, request).await,
-            Ok(false) => self.wait_for_peer(&keys, request).await,
+            Ok(true) => self.login_for_fleet(&keys, &owner, request, &seen).await,
+            Ok(false) => self.wait_for_peer(&keys, request, &seen).await,
             Err(Miss::Down(why)) => {
                 self.mark_down(&why);
                 request.login().await
             }
-            Err(Miss::Empty) => request.login().await,
         }
     }
 }

@@ -116,6 +116,13 @@ impl RedisServer {
         self.signal("-CONT");
     }
 
+    /// Thaws the process in case a test stopped it; harmless otherwise.
+    pub fn thaw_if_frozen(&self) {
+        if self.pid().is_some() {
+            self.signal("-CONT");
+        }
+    }
+
     fn signal(&self, signal: &str) {
         let pid = self.pid().expect("the server runs");
         let status = Command::new("kill")
