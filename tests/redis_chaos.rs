@@ -221,3 +221,170 @@ async fn fleet_under_a_redis_pause() {
 async fn fleet_under_a_sigstopped_redis_server() {
     check(Injection::Sigstop).await;
 }
+
+/// What the replica process of [`a_replica_killed_while_holding_the_lock_hands_over`] is told.
+const REPLICA_ENV: &str = "AUTHTOKEN_CHAOS_REPLICA";
+
+/// Runs this process as one replica: `base_url redis_url prefix key_hex seconds` in
+/// [`REPLICA_ENV`]; prints `sent=N failed=M` when done.
+async fn replica_process(spec: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init()
+        .ok();
+    let parts: Vec<&str> = spec.split(' ').collect();
+    let [base_url, redis_url, prefix, key, seconds] = parts[..] else {
+        panic!("bad {REPLICA_ENV}: {spec}")
+    };
+    let store = RedisTokenStore::builder(redis_url, prefix, EncryptionKey::from_hex(key).unwrap())
+        .retry_after(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let source = AuthTokenSource::new(
+        base_url,
+        tower_authtoken::Credentials::new("fleet", "fleet-password"),
+    )
+    .unwrap();
+    let cache = TokenCache::builder(source)
+        .shared(store)
+        .refresh_before(Duration::from_millis(1000))
+        .expiry_margin(Duration::from_millis(500))
+        .jitter(Duration::ZERO)
+        .fetch_timeout(Duration::from_secs(2))
+        .min_backoff(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs_f64(seconds.parse().unwrap());
+    let client = ServiceBuilder::new()
+        .layer(BearerAuthLayer::new(cache))
+        .service(Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
+    let (mut sent, mut failed) = (0, 0);
+    while Instant::now() < end {
+        let request = http::Request::get(format!("{base_url}/protected"))
+            .body(Empty::new())
+            .unwrap();
+        sent += 1;
+        match client.clone().oneshot(request).await {
+            Ok(response) if response.status().is_success() => {
+                response.into_body().collect().await.ok();
+            }
+            Ok(response) => {
+                eprintln!("request failed: {}", response.status());
+                failed += 1;
+            }
+            Err(error) => {
+                eprintln!("request failed: {error}");
+                failed += 1;
+            }
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
+    println!("sent={sent} failed={failed}");
+}
+
+fn spawn_replica(spec: &str) -> tokio::process::Child {
+    tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_replica_killed_while_holding_the_lock_hands_over",
+            "--nocapture",
+            "--include-ignored",
+        ])
+        .env(REPLICA_ENV, spec)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(has_redis), ignore = "redis-server is not on the PATH")]
+async fn a_replica_killed_while_holding_the_lock_hands_over() {
+    if let Ok(spec) = std::env::var(REPLICA_ENV) {
+        return replica_process(&spec).await;
+    }
+    let redis = RedisServer::start();
+    // Logins take 300 ms, so that the first replica is caught holding the lock.
+    let server = ReferenceServer::builder()
+        .user("fleet", "fleet-password")
+        .token_policy(TokenPolicy::OneLivePerUser)
+        .token_lifetime(Duration::from_secs(4))
+        .login_delay(Duration::from_millis(300))
+        .start()
+        .await;
+    let prefix = format!("kill-{:08x}", fastrand::u32(..));
+    let key: String = (0..32)
+        .map(|_| format!("{:02x}", fastrand::u8(..)))
+        .collect();
+    let spec = |seconds: u32| {
+        format!(
+            "{} {} {prefix} {key} {seconds}",
+            server.base_url(),
+            redis.url()
+        )
+    };
+
+    // The first replica takes the lock for the first login and is killed while it holds it.
+    let mut first = spawn_replica(&spec(30));
+    let mut connection = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let lock = format!("{{{prefix}:fleet}}:lock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let held: bool = redis::cmd("EXISTS")
+            .arg(&lock)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        if held {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first replica never locked");
+        sleep(Duration::from_millis(2)).await;
+    }
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
+    let killed_at = Instant::now();
+
+    // Two replicas start while the dead one's lock is held; one takes over when it expires.
+    let survivors = [spawn_replica(&spec(10)), spawn_replica(&spec(10))];
+    for survivor in survivors {
+        let output = survivor.wait_with_output().await.unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stdout}\n{stderr}");
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("sent="))
+            .unwrap_or_else(|| panic!("no summary: {stdout}\n{stderr}"));
+        println!("survivor: {line}");
+        if std::env::var_os("RUST_LOG").is_some() {
+            println!("{stderr}");
+        }
+        assert!(line.ends_with(" failed=0"), "{line}\n{stderr}");
+    }
+    let instants = server.login_attempt_instants();
+    let after_kill: Vec<f64> = instants
+        .iter()
+        .map(|at| at.saturating_duration_since(killed_at).as_secs_f64())
+        .collect();
+    println!("login attempts, seconds after the kill: {after_kill:.2?}");
+    // The dead holder's login, at most one per survivor to take over, then one to learn the
+    // server keeps one live token, then one per 4 s lifetime.
+    let within_takeover = after_kill.iter().filter(|&&s| s < 2.5).count();
+    assert!(within_takeover <= 3, "{after_kill:.2?}");
+    let last_lifetime = after_kill
+        .iter()
+        .filter(|&&s| (6.0..10.0).contains(&s))
+        .count();
+    assert_eq!(
+        last_lifetime, 1,
+        "one login per lifetime again: {after_kill:.2?}"
+    );
+    assert_eq!(server.rejections(), 0);
+}

@@ -26,15 +26,20 @@ return 0
 ";
 
 /// Takes the lock `KEYS[1]` for owner `ARGV[1]` for `ARGV[2]` ms, unless another owner holds
-/// it. Taking it again is harmless, so that a retried command cannot lock its sender out.
+/// it. Returns 0 when the caller holds it (taking it again is harmless, so that a retried
+/// command cannot lock its sender out), else the holder's time left in ms (at least 1).
 const LOCK: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-    return 1
+    return 0
 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return 0
+end
+local left = redis.call('PTTL', KEYS[1])
+if left < 1 then
     return 1
 end
-return 0
+return left
 ";
 
 /// Redis's own clock in milliseconds, for the tombstones' expiry (never another machine's).
@@ -461,6 +466,13 @@ impl Fresh {
     }
 }
 
+/// Whether we got the renewal lock.
+enum Lock {
+    Ours,
+    /// Another replica holds it, for at most this long.
+    Held(Duration),
+}
+
 /// What the fenced publish did.
 #[derive(Debug, PartialEq, Eq)]
 enum Published {
@@ -838,9 +850,10 @@ impl Inner {
         });
     }
 
-    async fn try_lock(&self, keys: &Keys, owner: &str, ttl: Duration) -> Result<bool, Miss> {
+    /// Takes the renewal lock, or says how long its holder has left.
+    async fn try_lock(&self, keys: &Keys, owner: &str, ttl: Duration) -> Result<Lock, Miss> {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let taken: i64 = self
+        let left: i64 = self
             .script(
                 "lock",
                 LOCK,
@@ -848,7 +861,11 @@ impl Inner {
                 vec![owner.as_bytes().to_vec(), ttl_ms.to_string().into_bytes()],
             )
             .await?;
-        Ok(taken == 1)
+        Ok(match u64::try_from(left) {
+            Ok(0) => Lock::Ours,
+            Ok(ms) => Lock::Held(Duration::from_millis(ms)),
+            Err(_) => Lock::Held(ttl),
+        })
     }
 
     async fn unlock(&self, keys: &Keys, owner: &str) -> Result<(), Miss> {
@@ -988,16 +1005,21 @@ impl Inner {
         Some((rx, task))
     }
 
-    /// Waits for the lock holder's token, taking the lock over if it expires, for at most the
-    /// fetch timeout; then logs in locally. `seen` is the login that wrote what Redis held when
-    /// we last looked: whatever a later login writes is the fleet's answer, and ours.
+    /// Waits for the lock holder's token, taking the lock over if it expires; then logs in
+    /// locally. It waits for at least the fetch timeout, and for as long as a live holder may
+    /// still be logging in (its lock's time left), so that when a holder dies, one waiter takes
+    /// over rather than every waiter logging in; never longer than twice the fetch timeout.
+    /// `seen` is the login that wrote what Redis held when we last looked: whatever a later
+    /// login writes is the fleet's answer, and ours.
     async fn wait_for_peer(
         &self,
         keys: &Keys,
         request: &ObtainRequest,
         seen: &str,
     ) -> Result<Token, Error> {
-        let deadline = Instant::now() + request.fetch_timeout();
+        let started = Instant::now();
+        let cap = started + request.fetch_timeout().saturating_mul(2);
+        let mut deadline = started + request.fetch_timeout();
         // Subscribe before checking again, so that a notification cannot slip between.
         let mut notifications = self.subscribe(keys).await;
         let owner = new_owner();
@@ -1018,8 +1040,10 @@ impl Inner {
                 .try_lock(keys, &owner, lock_ttl(request.fetch_timeout()))
                 .await
             {
-                Ok(true) => return self.login_for_fleet(keys, &owner, request, seen).await,
-                Ok(false) => {}
+                Ok(Lock::Ours) => return self.login_for_fleet(keys, &owner, request, seen).await,
+                Ok(Lock::Held(left)) => {
+                    deadline = deadline.max((Instant::now() + left + self.poll_interval).min(cap));
+                }
                 Err(Miss::Down(why)) => {
                     self.mark_down(&why);
                     return request.login().await;
@@ -1084,8 +1108,8 @@ impl Inner {
             .try_lock(&keys, &owner, lock_ttl(request.fetch_timeout()))
             .await
         {
-            Ok(true) => self.login_for_fleet(&keys, &owner, request, &seen).await,
-            Ok(false) => self.wait_for_peer(&keys, request, &seen).await,
+            Ok(Lock::Ours) => self.login_for_fleet(&keys, &owner, request, &seen).await,
+            Ok(Lock::Held(_)) => self.wait_for_peer(&keys, request, &seen).await,
             Err(Miss::Down(why)) => {
                 self.mark_down(&why);
                 request.login().await
