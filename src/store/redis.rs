@@ -250,11 +250,11 @@ pub struct RedisTokenStore {
 }
 
 struct Inner {
-    client: redis::Client,
+    client: Target,
     /// The store's own runtime, started at the first command.
     io: OnceLock<Result<Io, String>>,
     /// The connection, created on (and driven by) the store's runtime.
-    connection: Arc<OnceLock<ConnectionManager>>,
+    connection: Arc<tokio::sync::OnceCell<Connection>>,
     prefix: String,
     cipher: ChaCha20Poly1305,
     /// Keys the fingerprints of tokens.
@@ -278,6 +278,44 @@ struct Rejection {
     until: Instant,
     /// Whether Redis has its tombstone.
     shared: bool,
+}
+
+/// Where the store's Redis is: one server, or a cluster.
+#[derive(Clone)]
+enum Target {
+    Single(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+/// A connection that follows its server or cluster: reconnects after a failure, and for a
+/// cluster, follows the slots as they move.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Connection {
+    async fn open(target: Target, limit: Duration) -> Result<Connection, redis::RedisError> {
+        match target {
+            Target::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(limit))
+                    .set_response_timeout(Some(limit))
+                    .set_number_of_retries(1)
+                    .set_max_delay(limit);
+                ConnectionManager::new_lazy_with_config(client, config).map(Connection::Single)
+            }
+            Target::Cluster(client) => client.get_async_connection().await.map(Connection::Cluster),
+        }
+    }
+
+    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        match self {
+            Connection::Single(connection) => cmd.query_async(connection).await,
+            Connection::Cluster(connection) => cmd.query_async(connection).await,
+        }
+    }
 }
 
 /// A runtime of the store's own on a thread of its own, which stops when this is dropped.
@@ -320,7 +358,8 @@ impl<T> Drop for AbortOnDrop<T> {
 
 /// Builds a [`RedisTokenStore`]; every setter states its default.
 pub struct RedisTokenStoreBuilder {
-    url: String,
+    nodes: Vec<String>,
+    cluster: bool,
     prefix: String,
     key: EncryptionKey,
     command_timeout: Duration,
@@ -352,8 +391,21 @@ impl RedisTokenStoreBuilder {
     /// Checks the settings and builds the store. Nothing connects, and no thread starts, until
     /// the first renewal.
     pub fn build(self) -> Result<RedisTokenStore, Error> {
-        let client = redis::Client::open(self.url.as_str())
-            .map_err(|_| Error::config("the Redis URL is not valid"))?;
+        let client = if self.cluster {
+            let client =
+                redis::cluster::ClusterClientBuilder::new(self.nodes.iter().map(String::as_str))
+                    .connection_timeout(self.command_timeout.max(Duration::from_millis(1)))
+                    .response_timeout(self.command_timeout.max(Duration::from_millis(1)))
+                    .build()
+                    .map_err(|_| Error::config("the Redis Cluster node URLs are not valid"))?;
+            Target::Cluster(client)
+        } else {
+            let url = self.nodes.first().map(String::as_str).unwrap_or_default();
+            Target::Single(
+                redis::Client::open(url)
+                    .map_err(|_| Error::config("the Redis URL is not valid"))?,
+            )
+        };
         if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
             return Err(Error::config(
                 "the key prefix must be non-empty and without whitespace",
@@ -381,7 +433,7 @@ impl RedisTokenStoreBuilder {
             inner: Arc::new(Inner {
                 client,
                 io: OnceLock::new(),
-                connection: Arc::new(OnceLock::new()),
+                connection: Arc::new(tokio::sync::OnceCell::new()),
                 prefix: self.prefix,
                 cipher,
                 fingerprints,
@@ -399,6 +451,7 @@ impl RedisTokenStoreBuilder {
 impl fmt::Debug for RedisTokenStoreBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisTokenStoreBuilder")
+            .field("cluster", &self.cluster)
             .field("prefix", &self.prefix)
             .field("command_timeout", &self.command_timeout)
             .field("poll_interval", &self.poll_interval)
@@ -492,7 +545,36 @@ impl RedisTokenStore {
     /// A builder for a store at `url` with keys under `key_prefix`, sealing tokens with `key`.
     pub fn builder(url: &str, key_prefix: &str, key: EncryptionKey) -> RedisTokenStoreBuilder {
         RedisTokenStoreBuilder {
-            url: url.to_owned(),
+            nodes: vec![url.to_owned()],
+            cluster: false,
+            prefix: key_prefix.to_owned(),
+            key,
+            command_timeout: Duration::from_millis(250),
+            poll_interval: Duration::from_millis(100),
+            retry_after: Duration::from_secs(5),
+        }
+    }
+
+    /// A store in the Redis Cluster reachable at any of `nodes` (`redis://host:port` each), with
+    /// keys under `key_prefix`, sealing tokens with `key`. Default settings; see
+    /// [`cluster_builder`](Self::cluster_builder).
+    ///
+    /// All keys of one credential share a hash tag, so they live in one slot and every script
+    /// runs on one node. Replicas waiting for a peer's login poll (every `poll_interval`) rather
+    /// than subscribe.
+    pub fn cluster(nodes: &[&str], key_prefix: &str, key: EncryptionKey) -> Result<Self, Error> {
+        Self::cluster_builder(nodes, key_prefix, key).build()
+    }
+
+    /// A builder for a store in the Redis Cluster reachable at any of `nodes`.
+    pub fn cluster_builder(
+        nodes: &[&str],
+        key_prefix: &str,
+        key: EncryptionKey,
+    ) -> RedisTokenStoreBuilder {
+        RedisTokenStoreBuilder {
+            nodes: nodes.iter().map(|node| (*node).to_owned()).collect(),
+            cluster: true,
             prefix: key_prefix.to_owned(),
             key,
             command_timeout: Duration::from_millis(250),
@@ -556,26 +638,23 @@ impl Inner {
         let client = self.client.clone();
         let limit = self.command_timeout;
         let task = AbortOnDrop(io.handle.spawn(async move {
-            let mut connection = match connection.get() {
-                Some(connection) => connection.clone(),
-                None => {
-                    let config = ConnectionManagerConfig::new()
-                        .set_connection_timeout(Some(limit))
-                        .set_response_timeout(Some(limit))
-                        .set_number_of_retries(1)
-                        .set_max_delay(limit);
-                    let made = ConnectionManager::new_lazy_with_config(client, config)
-                        .map_err(|e| format!("connect: {:?}", e.kind()))?;
-                    connection.get_or_init(|| made).clone()
-                }
+            let mut connection = match timeout(
+                limit,
+                connection.get_or_try_init(|| Connection::open(client, limit)),
+            )
+            .await
+            {
+                Ok(Ok(connection)) => connection.clone(),
+                Ok(Err(e)) => return Err(format!("connect: {:?}", e.kind())),
+                Err(_) => return Err("connect: timed out".to_owned()),
             };
             // A connection that broke (a reset, a restarted server) fails its next command and
             // reconnects: that command is tried once more on the new connection, within the
             // same time limit. Every command we send may run twice.
             let attempts = async {
-                match cmd.query_async::<T>(&mut connection).await {
+                match connection.query::<T>(&cmd).await {
                     Err(e) if e.is_connection_dropped() || e.is_io_error() => {
-                        cmd.query_async::<T>(&mut connection).await
+                        connection.query::<T>(&cmd).await
                     }
                     result => result,
                 }
@@ -978,7 +1057,10 @@ impl Inner {
     /// message on the receiver. `None` if the subscription failed.
     async fn subscribe(&self, keys: &Keys) -> Option<(mpsc::Receiver<()>, AbortOnDrop<()>)> {
         let io = self.io().ok()?;
-        let client = self.client.clone();
+        let Target::Single(client) = self.client.clone() else {
+            // In a cluster, waiters poll.
+            return None;
+        };
         let channel = keys.channel.clone();
         let limit = self.command_timeout;
         let (ready_tx, ready) = oneshot::channel();

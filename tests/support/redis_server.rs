@@ -153,3 +153,89 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A local Redis Cluster of three masters (no replicas), each a `redis-server` of its own on
+/// loopback; killed when dropped.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three nodes, joins them into a cluster covering all slots, and waits until the
+    /// cluster reports `cluster_state:ok`.
+    pub fn start() -> RedisCluster {
+        let mut nodes = Vec::new();
+        while nodes.len() < 3 {
+            // The cluster bus listens on the port + 10000.
+            let port = free_port();
+            if port > 55000 || TcpListener::bind(("127.0.0.1", port + 10000)).is_err() {
+                continue;
+            }
+            let dir = std::env::temp_dir()
+                .join(format!("authtoken-cluster-{port}-{}", fastrand::u32(..)));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut node = RedisServer {
+                port,
+                child: None,
+                dir,
+            };
+            let config = node.dir.join("nodes.conf");
+            let mut child = Command::new("redis-server")
+                .args(["--port", &port.to_string()])
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                .arg("--cluster-config-file")
+                .arg(&config)
+                .arg("--dir")
+                .arg(&node.dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server starts");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    child.try_wait().unwrap().is_none() && Instant::now() < deadline,
+                    "a cluster node did not start"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            node.child = Some(child);
+            nodes.push(node);
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli runs");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &nodes {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &node.port.to_string(), "cluster", "info"])
+                    .output()
+                    .expect("redis-cli runs");
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the cluster never became ok");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        RedisCluster { nodes }
+    }
+
+    /// The nodes' `redis://` URLs.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+}
