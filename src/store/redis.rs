@@ -284,7 +284,7 @@ struct Rejection {
 #[derive(Clone)]
 enum Target {
     Single(redis::Client),
-    Cluster(redis::cluster::ClusterClient),
+    Cluster(Box<redis::cluster::ClusterClient>),
 }
 
 /// A connection that follows its server or cluster: reconnects after a failure, and for a
@@ -398,7 +398,7 @@ impl RedisTokenStoreBuilder {
                     .response_timeout(self.command_timeout.max(Duration::from_millis(1)))
                     .build()
                     .map_err(|_| Error::config("the Redis Cluster node URLs are not valid"))?;
-            Target::Cluster(client)
+            Target::Cluster(Box::new(client))
         } else {
             let url = self.nodes.first().map(String::as_str).unwrap_or_default();
             Target::Single(
