@@ -1352,10 +1352,13 @@ mod tests {
         assert!(RedisTokenStore::new("not a url", "p", key.clone()).is_err());
         assert!(RedisTokenStore::new("redis://127.0.0.1", "", key.clone()).is_err());
         assert!(
-            RedisTokenStore::builder("redis://127.0.0.1", "p", key)
+            RedisTokenStore::builder("redis://127.0.0.1", "p", key.clone())
                 .command_timeout(Duration::ZERO)
                 .build()
                 .is_err()
         );
+        assert!(RedisTokenStore::cluster(&[], "p", key.clone()).is_err());
+        assert!(RedisTokenStore::cluster(&["not a url"], "p", key.clone()).is_err());
+        assert!(RedisTokenStore::cluster(&["redis://127.0.0.1:7000"], "p", key).is_ok());
     }
 }
