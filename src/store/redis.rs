@@ -268,6 +268,8 @@ struct Inner {
     rejections: Mutex<Vec<Rejection>>,
     /// Whether a background task is retrying the unshared tombstones.
     flushing: AtomicBool,
+    /// Per token key, the id of the login that wrote the token we last adopted or stored.
+    logins: Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// A token this replica saw rejected.
@@ -443,6 +445,7 @@ impl RedisTokenStoreBuilder {
                 down_until: Mutex::new(None),
                 rejections: Mutex::new(Vec::new()),
                 flushing: AtomicBool::new(false),
+                logins: Mutex::new(std::collections::HashMap::new()),
             }),
         })
     }
@@ -833,15 +836,31 @@ impl Inner {
         };
         let known = current.is_some_and(|t| t.same_value(&token));
         let later = current.is_none_or(|current| token.expires_at() > current.expires_at());
-        let answered = seen.is_some_and(|seen| seen != login);
+        // A peer's login since we last looked answered our need, even with the token we have
+        // (a server that keeps one live token): within this wait, whatever it got; since our
+        // last renewal, only if it is the token we have.
+        let answered = seen.is_some_and(|seen| seen != login)
+            || (known && self.last_login(keys).is_some_and(|last| last != login));
         // A token about to leave Redis (our reading of its expiry is a little earlier than
         // Redis's) would be refused by the cache as too close to its expiry: it is no token.
         let left = token.expires_at().saturating_duration_since(Instant::now());
         let usable = left > MAX_DEFAULT_MARGIN.min(token.lifetime() / 10);
         if usable && (answered || (later && !known)) {
+            self.remember_login(keys, &login);
             return Ok(token);
         }
         Err(Fresh::Stale(login))
+    }
+
+    /// The id of the login that wrote the token we last adopted or stored for `keys`.
+    fn last_login(&self, keys: &Keys) -> Option<String> {
+        let logins = self.logins.lock().unwrap_or_else(|p| p.into_inner());
+        logins.get(&keys.token).cloned()
+    }
+
+    fn remember_login(&self, keys: &Keys, login: &str) {
+        let mut logins = self.logins.lock().unwrap_or_else(|p| p.into_inner());
+        logins.insert(keys.token.clone(), login.to_owned());
     }
 
     /// Remembers that `rejected` was rejected, here at once and in Redis as soon as it answers.
@@ -970,6 +989,7 @@ impl Inner {
         let Some(blob) = self.seal(keys, token) else {
             return Err(Miss::Down("seal: could not encrypt".into()));
         };
+        let login = new_owner();
         let outcome: String = self
             .script(
                 "store",
@@ -981,12 +1001,15 @@ impl Inner {
                     blob,
                     remaining_ms.to_string().into_bytes(),
                     keys.channel.clone().into_bytes(),
-                    new_owner().into_bytes(),
+                    login.clone().into_bytes(),
                 ],
             )
             .await?;
         Ok(match outcome.as_str() {
-            "stored" | "same" => Published::Stored,
+            "stored" | "same" => {
+                self.remember_login(keys, &login);
+                Published::Stored
+            }
             _ => Published::Refused(outcome),
         })
     }
