@@ -8,7 +8,8 @@
 //! A shared store fixes that. Give the cache one with
 //! [`TokenCacheBuilder::shared`](crate::TokenCacheBuilder::shared), and every renewal first asks
 //! the store, which may hand out a token another replica fetched, or decide that this replica
-//! logs in for the whole fleet. With the `redis` feature, `RedisTokenStore` is such a store.
+//! logs in for the whole fleet. With the `redis` feature, `RedisTokenStore` is such a store, on
+//! one Redis server or a Redis Cluster.
 //!
 //! The cache keeps its own in-process behaviour around the store: the lock-free hot path, the
 //! single flight within the process, the renewal schedule, the backoff. A store only changes

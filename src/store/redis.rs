@@ -1,7 +1,8 @@
 //! [`RedisTokenStore`]: a fleet of processes shares one token through Redis.
 
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
@@ -9,23 +10,131 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
-use tokio::sync::OnceCell;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep, sleep_until, timeout};
 
 use super::{BoxFuture, ObtainRequest, TokenStore};
 use crate::{Error, Token};
 
-/// Deletes `KEYS[1]` only while it still holds `ARGV[1]`: releases a lock we own, or removes a
-/// token only if it is still the one that was rejected.
-const COMPARE_AND_DELETE: &str = r"
+/// Releases the lock `KEYS[1]` only while it still holds our owner `ARGV[1]`.
+const UNLOCK: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('DEL', KEYS[1])
 end
 return 0
 ";
 
+/// Takes the lock `KEYS[1]` for owner `ARGV[1]` for `ARGV[2]` ms, unless another owner holds
+/// it. Returns 0 when the caller holds it (taking it again is harmless, so that a retried
+/// command cannot lock its sender out), else the holder's time left in ms (at least 1).
+const LOCK: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    return 0
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return 0
+end
+local left = redis.call('PTTL', KEYS[1])
+if left < 1 then
+    return 1
+end
+return left
+";
+
+/// Redis's own clock in milliseconds, for the tombstones' expiry (never another machine's).
+const NOW_MS: &str = r"
+local function now_ms()
+    local t = redis.call('TIME')
+    return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function is_rejected(set, fp, now)
+    local score = redis.call('ZSCORE', set, fp)
+    return score and tonumber(score) > now
+end
+";
+
+/// Reads the shared token (`KEYS[1]`): its fingerprint, sealed value, remaining life (`PTTL`),
+/// whether a tombstone in `KEYS[2]` says it was rejected, and the id of the last login that
+/// wrote it. Nil when there is none.
+const LOAD: &str = r"
+local record = redis.call('HMGET', KEYS[1], 'fp', 'sealed', 'login')
+if not record[1] or not record[2] then
+    return false
+end
+local pttl = redis.call('PTTL', KEYS[1])
+local rejected = 0
+if is_rejected(KEYS[2], record[1], now_ms()) then
+    rejected = 1
+end
+return {record[1], record[2], pttl, rejected, record[3] or ''}
+";
+
+/// The fence: stores a token (`ARGV[2]` its fingerprint, `ARGV[3]` sealed, `ARGV[4]` its
+/// remaining life in ms, `ARGV[6]` the id of the login that got it) in `KEYS[1]` only if the
+/// caller still holds the lock `KEYS[2]` (owner `ARGV[1]`), the token is not rejected
+/// (tombstones in `KEYS[3]`), and it outlives what `KEYS[1]` holds unless that was rejected. A
+/// login that got the very token Redis holds (a server that keeps one live token) is the
+/// fleet's answer too: it is recorded, and the expiry extended if it lives longer. Either way
+/// the peers are notified on channel `ARGV[5]`. Returns what happened.
+const PUBLISH: &str = r"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+    return 'lost-lock'
+end
+local now = now_ms()
+if is_rejected(KEYS[3], ARGV[2], now) then
+    return 'rejected'
+end
+local held = redis.call('HGET', KEYS[1], 'fp')
+local ttl = tonumber(ARGV[4])
+if held == ARGV[2] then
+    if redis.call('PTTL', KEYS[1]) < ttl then
+        redis.call('HSET', KEYS[1], 'sealed', ARGV[3])
+        redis.call('PEXPIRE', KEYS[1], ttl)
+    end
+    redis.call('HSET', KEYS[1], 'login', ARGV[6])
+    redis.call('PUBLISH', ARGV[5], '1')
+    return 'same'
+end
+if held and not is_rejected(KEYS[3], held, now) and redis.call('PTTL', KEYS[1]) >= ttl then
+    return 'not-newer'
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'fp', ARGV[2], 'sealed', ARGV[3], 'login', ARGV[6])
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PUBLISH', ARGV[5], '1')
+return 'stored'
+";
+
+/// Records a rejection: a tombstone for fingerprint `ARGV[1]` in `KEYS[2]` for `ARGV[2]` ms, and
+/// removes the shared token `KEYS[1]` if it is that token. Returns 1 if it removed it.
+const REJECT: &str = r"
+local now = now_ms()
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local expiry = now + tonumber(ARGV[2])
+local old = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not old or tonumber(old) < expiry then
+    redis.call('ZADD', KEYS[2], expiry, ARGV[1])
+end
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[2], last[2])
+if redis.call('HGET', KEYS[1], 'fp') == ARGV[1] then
+    redis.call('DEL', KEYS[1])
+    return 1
+end
+return 0
+";
+
+/// How long a tombstone outlives the rejected token's own expiry, as seen by the replica that
+/// rejected it: covers the difference between replicas' readings of its life.
+const TOMBSTONE_SLACK: Duration = Duration::from_secs(5);
+
+/// A shared token with no more life left than the cache's default expiry margin (the smaller of
+/// this and a tenth of its lifetime) is not adopted: every cache would refuse it at once.
+const MAX_DEFAULT_MARGIN: Duration = Duration::from_secs(10);
+
 /// The format version written before each sealed token.
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
 const NONCE_LEN: usize = 12;
 
 /// A 256-bit key for ChaCha20-Poly1305, which seals tokens before they reach Redis.
@@ -74,27 +183,52 @@ impl fmt::Debug for EncryptionKey {
 ///
 /// When a replica needs a token it:
 ///
-/// 1. adopts a fresher token from Redis, if another replica stored one;
+/// 1. adopts a fresher token from Redis, if another replica stored one and nobody rejected it;
 /// 2. otherwise takes a short lock (`SET NX PX` with a random owner, released by a
-///    compare-and-delete script), logs in once, stores the token with its lifetime as the key's
-///    expiry, and publishes a notification;
+///    compare-and-delete script), logs in once, stores the token, and publishes a notification;
 /// 3. or, if another replica holds the lock, waits for its notification (polling as a fallback)
 ///    for at most the fetch timeout, then logs in itself: liveness beats perfect deduplication.
 ///    A lock whose holder died expires and hands the renewal to the next replica.
 ///
+/// # Guarantees under faults
+///
+/// - **Fencing.** A token reaches Redis only through one Lua script that checks, atomically,
+///   that the writer still holds the lock and that the token outlives the one Redis holds (unless
+///   that one was rejected). A holder that stalled past its lock's expiry (a pause, a starved
+///   machine) can never overwrite the newer token of the replica that took over; it adopts that
+///   newer token instead of its own when it wakes.
+/// - **Shared rejections.** A `401` seen by any replica leaves a tombstone in Redis, keyed by a
+///   keyed 128-bit fingerprint of the token (never the token), for the rest of the token's life
+///   plus 5 s, and removes the token if Redis still holds it. No replica adopts a token with a
+///   tombstone. The replica also keeps the fingerprint locally, so that it never adopts the token
+///   again even while Redis is unreachable, and records the tombstone in Redis as soon as Redis
+///   answers again (retried in the background every `poll_interval`).
+/// - **Any runtime.** The store's connections live on a small runtime of its own (one thread,
+///   started at the first use, stopped when the store is dropped), so a store used from several
+///   Tokio runtimes keeps working when any of them shuts down.
+/// - **Redis is never a new way to fail.** Every command has a short timeout; when Redis is down,
+///   slow or flaky the replica logs in on its own, warns, and tries Redis again a few seconds
+///   later. At most one local login per replica per renewal results.
+///
 /// A replica learns a shared token's remaining lifetime from Redis itself (`PTTL`), never from
-/// another machine's wall clock. A `401` seen by any replica removes the token from Redis only if
-/// Redis still holds that very token, and one replica renews.
+/// another machine's wall clock, and tombstones expire on Redis's clock.
 ///
 /// Tokens are sealed with ChaCha20-Poly1305 under the [`EncryptionKey`] the application supplies,
 /// bound to their key name. A value that fails to decrypt or parse is logged and treated as a
 /// miss, never trusted.
 ///
-/// Redis is never a new way to fail: every call has a short timeout, and when Redis is down, slow
-/// or flaky the replica logs in on its own, warns, and tries Redis again a few seconds later.
+/// # Keys
 ///
-/// Keys are `{prefix}:{user}:token` and `{prefix}:{user}:lock`, and notifications go to
-/// `{prefix}:{user}:renewed`, so one Redis can serve many credentials and applications.
+/// For a key prefix `carrental` and user `alice`, all keys share the hash tag
+/// `{carrental:alice}`, so that they live in one slot of a Redis Cluster:
+///
+/// | Key | Type | Holds | Expires |
+/// |---|---|---|---|
+/// | `{carrental:alice}:token` | hash | `fp` (fingerprint), `sealed` (the sealed token), `login` (a random id of the login that last wrote it) | with the token |
+/// | `{carrental:alice}:lock` | string | the random owner of the renewal lock | fetch timeout + 0.5 s |
+/// | `{carrental:alice}:rejected` | sorted set | fingerprints of rejected tokens, scored by their tombstone's expiry (Redis ms) | with the last tombstone |
+///
+/// Notifications go to the channel `{carrental:alice}:renewed`.
 ///
 /// ```no_run
 /// use tower_authtoken::store::{EncryptionKey, RedisTokenStore};
@@ -112,20 +246,122 @@ impl fmt::Debug for EncryptionKey {
 /// # }
 /// ```
 pub struct RedisTokenStore {
-    client: redis::Client,
-    connection: OnceCell<ConnectionManager>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Target,
+    /// The store's own runtime, started at the first command.
+    io: OnceLock<Result<Io, String>>,
+    /// The connection, created on (and driven by) the store's runtime.
+    connection: Arc<tokio::sync::OnceCell<Connection>>,
     prefix: String,
     cipher: ChaCha20Poly1305,
+    /// Keys the fingerprints of tokens.
+    fingerprints: ChaCha20Poly1305,
     command_timeout: Duration,
     poll_interval: Duration,
     retry_after: Duration,
     /// While set and in the future, Redis is considered down and skipped.
     down_until: Mutex<Option<Instant>>,
+    /// Tokens this replica saw rejected, until they expire.
+    rejections: Mutex<Vec<Rejection>>,
+    /// Whether a background task is retrying the unshared tombstones.
+    flushing: AtomicBool,
+    /// Per token key, the id of the login that wrote the token we last adopted or stored.
+    logins: Mutex<std::collections::HashMap<String, String>>,
+}
+
+/// A token this replica saw rejected.
+struct Rejection {
+    keys: Keys,
+    fingerprint: String,
+    /// Until when nobody must adopt it.
+    until: Instant,
+    /// Whether Redis has its tombstone.
+    shared: bool,
+}
+
+/// Where the store's Redis is: one server, or a cluster.
+#[derive(Clone)]
+enum Target {
+    Single(redis::Client),
+    Cluster(Box<redis::cluster::ClusterClient>),
+}
+
+/// A connection that follows its server or cluster: reconnects after a failure, and for a
+/// cluster, follows the slots as they move.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Connection {
+    async fn open(target: Target, limit: Duration) -> Result<Connection, redis::RedisError> {
+        match target {
+            Target::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(limit))
+                    .set_response_timeout(Some(limit))
+                    .set_number_of_retries(1)
+                    .set_max_delay(limit);
+                ConnectionManager::new_lazy_with_config(client, config).map(Connection::Single)
+            }
+            Target::Cluster(client) => client.get_async_connection().await.map(Connection::Cluster),
+        }
+    }
+
+    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        match self {
+            Connection::Single(connection) => cmd.query_async(connection).await,
+            Connection::Cluster(connection) => cmd.query_async(connection).await,
+        }
+    }
+}
+
+/// A runtime of the store's own on a thread of its own, which stops when this is dropped.
+struct Io {
+    handle: tokio::runtime::Handle,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Io {
+    fn start() -> Result<Io, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("could not start the Redis runtime: {e}"))?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("authtoken-redis".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })
+            .map_err(|e| format!("could not start the Redis thread: {e}"))?;
+        Ok(Io {
+            handle,
+            _stop: stop,
+        })
+    }
+}
+
+/// Aborts a task on the store's runtime when the caller stops waiting for it.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Builds a [`RedisTokenStore`]; every setter states its default.
 pub struct RedisTokenStoreBuilder {
-    url: String,
+    nodes: Vec<String>,
+    cluster: bool,
     prefix: String,
     key: EncryptionKey,
     command_timeout: Duration,
@@ -141,7 +377,8 @@ impl RedisTokenStoreBuilder {
     }
 
     /// How often a replica waiting for a peer's login checks Redis, in case it missed the
-    /// notification. Default: 100 ms.
+    /// notification, and how often an unshared tombstone is retried while Redis is unreachable.
+    /// Default: 100 ms.
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval;
         self
@@ -153,10 +390,24 @@ impl RedisTokenStoreBuilder {
         self
     }
 
-    /// Checks the settings and builds the store. Nothing connects until the first renewal.
+    /// Checks the settings and builds the store. Nothing connects, and no thread starts, until
+    /// the first renewal.
     pub fn build(self) -> Result<RedisTokenStore, Error> {
-        let client = redis::Client::open(self.url.as_str())
-            .map_err(|_| Error::config("the Redis URL is not valid"))?;
+        let client = if self.cluster {
+            let client =
+                redis::cluster::ClusterClientBuilder::new(self.nodes.iter().map(String::as_str))
+                    .connection_timeout(self.command_timeout.max(Duration::from_millis(1)))
+                    .response_timeout(self.command_timeout.max(Duration::from_millis(1)))
+                    .build()
+                    .map_err(|_| Error::config("the Redis Cluster node URLs are not valid"))?;
+            Target::Cluster(Box::new(client))
+        } else {
+            let url = self.nodes.first().map(String::as_str).unwrap_or_default();
+            Target::Single(
+                redis::Client::open(url)
+                    .map_err(|_| Error::config("the Redis URL is not valid"))?,
+            )
+        };
         if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
             return Err(Error::config(
                 "the key prefix must be non-empty and without whitespace",
@@ -167,15 +418,35 @@ impl RedisTokenStoreBuilder {
                 "the command timeout and poll interval must be positive",
             ));
         }
+        let cipher = ChaCha20Poly1305::new(Key::from_slice(&self.key.0));
+        // A key for fingerprints, derived from the encryption key: the keystream under a nonce
+        // that sealing never uses (sealing draws random nonces).
+        let derived = cipher
+            .encrypt(
+                Nonce::from_slice(b"fingerprints"),
+                Payload {
+                    msg: &[0u8; 32],
+                    aad: b"tower-authtoken fingerprint key",
+                },
+            )
+            .map_err(|_| Error::config("could not derive the fingerprint key"))?;
+        let fingerprints = ChaCha20Poly1305::new(Key::from_slice(&derived[..32]));
         Ok(RedisTokenStore {
-            client,
-            connection: OnceCell::new(),
-            prefix: self.prefix,
-            cipher: ChaCha20Poly1305::new(Key::from_slice(&self.key.0)),
-            command_timeout: self.command_timeout,
-            poll_interval: self.poll_interval,
-            retry_after: self.retry_after,
-            down_until: Mutex::new(None),
+            inner: Arc::new(Inner {
+                client,
+                io: OnceLock::new(),
+                connection: Arc::new(tokio::sync::OnceCell::new()),
+                prefix: self.prefix,
+                cipher,
+                fingerprints,
+                command_timeout: self.command_timeout,
+                poll_interval: self.poll_interval,
+                retry_after: self.retry_after,
+                down_until: Mutex::new(None),
+                rejections: Mutex::new(Vec::new()),
+                flushing: AtomicBool::new(false),
+                logins: Mutex::new(std::collections::HashMap::new()),
+            }),
         })
     }
 }
@@ -183,6 +454,7 @@ impl RedisTokenStoreBuilder {
 impl fmt::Debug for RedisTokenStoreBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisTokenStoreBuilder")
+            .field("cluster", &self.cluster)
             .field("prefix", &self.prefix)
             .field("command_timeout", &self.command_timeout)
             .field("poll_interval", &self.poll_interval)
@@ -205,18 +477,65 @@ struct Sealed {
 }
 
 /// The names of one user's keys.
+#[derive(Clone, PartialEq, Eq)]
 struct Keys {
     token: String,
     lock: String,
+    rejected: String,
     channel: String,
 }
 
-/// Why a Redis step did not give a token.
+/// Why a Redis step failed: Redis failed or timed out.
 enum Miss {
-    /// Redis answered, without a usable token.
-    Empty,
-    /// Redis failed or timed out.
     Down(String),
+}
+
+/// The token Redis holds, and the id of the login that wrote it.
+struct Record {
+    token: Token,
+    login: String,
+}
+
+/// Why [`fresher`](Inner::fresher) found nothing to adopt.
+enum Fresh {
+    /// Redis failed.
+    Miss(Miss),
+    /// Redis holds nothing worth adopting; the id of the login that wrote what it holds.
+    Stale(String),
+}
+
+impl Fresh {
+    /// Redis's failure, if that is why.
+    fn down(self) -> Option<String> {
+        match self {
+            Fresh::Miss(Miss::Down(why)) => Some(why),
+            Fresh::Stale(_) => None,
+        }
+    }
+
+    /// The login id seen, empty if none.
+    fn seen(&self) -> &str {
+        match self {
+            Fresh::Stale(login) => login,
+            Fresh::Miss(_) => "",
+        }
+    }
+}
+
+/// Whether we got the renewal lock.
+enum Lock {
+    Ours,
+    /// Another replica holds it, for at most this long.
+    Held(Duration),
+}
+
+/// What the fenced publish did.
+#[derive(Debug, PartialEq, Eq)]
+enum Published {
+    Stored,
+    /// Refused, with the script's reason: the lock was lost, the token was rejected, or Redis
+    /// holds one that lives longer.
+    Refused(String),
 }
 
 impl RedisTokenStore {
@@ -229,7 +548,8 @@ impl RedisTokenStore {
     /// A builder for a store at `url` with keys under `key_prefix`, sealing tokens with `key`.
     pub fn builder(url: &str, key_prefix: &str, key: EncryptionKey) -> RedisTokenStoreBuilder {
         RedisTokenStoreBuilder {
-            url: url.to_owned(),
+            nodes: vec![url.to_owned()],
+            cluster: false,
             prefix: key_prefix.to_owned(),
             key,
             command_timeout: Duration::from_millis(250),
@@ -238,12 +558,43 @@ impl RedisTokenStore {
         }
     }
 
+    /// A store in the Redis Cluster reachable at any of `nodes` (`redis://host:port` each), with
+    /// keys under `key_prefix`, sealing tokens with `key`. Default settings; see
+    /// [`cluster_builder`](Self::cluster_builder).
+    ///
+    /// All keys of one credential share a hash tag, so they live in one slot and every script
+    /// runs on one node. Replicas waiting for a peer's login poll (every `poll_interval`) rather
+    /// than subscribe.
+    pub fn cluster(nodes: &[&str], key_prefix: &str, key: EncryptionKey) -> Result<Self, Error> {
+        Self::cluster_builder(nodes, key_prefix, key).build()
+    }
+
+    /// A builder for a store in the Redis Cluster reachable at any of `nodes`.
+    pub fn cluster_builder(
+        nodes: &[&str],
+        key_prefix: &str,
+        key: EncryptionKey,
+    ) -> RedisTokenStoreBuilder {
+        RedisTokenStoreBuilder {
+            nodes: nodes.iter().map(|node| (*node).to_owned()).collect(),
+            cluster: true,
+            prefix: key_prefix.to_owned(),
+            key,
+            command_timeout: Duration::from_millis(250),
+            poll_interval: Duration::from_millis(100),
+            retry_after: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Inner {
     fn keys(&self, user: Option<&str>) -> Keys {
         let user = user.unwrap_or("default");
-        let base = format!("{}:{}", self.prefix, user);
+        let base = format!("{{{}:{}}}", self.prefix, user);
         Keys {
             token: format!("{base}:token"),
             lock: format!("{base}:lock"),
+            rejected: format!("{base}:rejected"),
             channel: format!("{base}:renewed"),
         }
     }
@@ -273,32 +624,92 @@ impl RedisTokenStore {
         }
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, Miss> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.command_timeout))
-            .set_response_timeout(Some(self.command_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(self.command_timeout);
-        self.connection
-            .get_or_try_init(|| async {
-                ConnectionManager::new_lazy_with_config(self.client.clone(), config)
-            })
-            .await
-            .cloned()
-            .map_err(|e| Miss::Down(format!("connect: {:?}", e.kind())))
+    fn io(&self) -> Result<&Io, Miss> {
+        self.io
+            .get_or_init(Io::start)
+            .as_ref()
+            .map_err(|why| Miss::Down(why.clone()))
     }
 
-    /// Runs one Redis command under the command timeout.
-    async fn run<T, F>(&self, what: &str, command: F) -> Result<T, Miss>
+    /// Runs `cmd` on the store's runtime under the command timeout.
+    async fn exec<T>(&self, what: &'static str, cmd: redis::Cmd) -> Result<T, Miss>
     where
-        F: AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+        T: redis::FromRedisValue + Send + 'static,
     {
-        let mut connection = self.connection().await?;
-        match timeout(self.command_timeout, command(&mut connection)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(Miss::Down(format!("{what}: {:?}", e.kind()))),
-            Err(_) => Err(Miss::Down(format!("{what}: timed out"))),
+        let io = self.io()?;
+        let connection = Arc::clone(&self.connection);
+        let client = self.client.clone();
+        let limit = self.command_timeout;
+        let task = AbortOnDrop(io.handle.spawn(async move {
+            let mut connection = match timeout(
+                limit,
+                connection.get_or_try_init(|| Connection::open(client, limit)),
+            )
+            .await
+            {
+                Ok(Ok(connection)) => connection.clone(),
+                Ok(Err(e)) => return Err(format!("connect: {:?}", e.kind())),
+                Err(_) => return Err("connect: timed out".to_owned()),
+            };
+            // A connection that broke (a reset, a restarted server) fails its next command and
+            // reconnects: that command is tried once more on the new connection, within the
+            // same time limit. Every command we send may run twice.
+            let attempts = async {
+                match connection.query::<T>(&cmd).await {
+                    Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                        connection.query::<T>(&cmd).await
+                    }
+                    result => result,
+                }
+            };
+            match timeout(limit, attempts).await {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(e)) => Err(format!("{what}: {:?}", e.kind())),
+                Err(_) => Err(format!("{what}: timed out")),
+            }
+        }));
+        match (&mut { task }.0).await {
+            Ok(result) => result.map_err(Miss::Down),
+            Err(_) => Err(Miss::Down(format!("{what}: the Redis runtime stopped"))),
         }
+    }
+
+    /// Runs one of the Lua scripts with the shared helpers.
+    async fn script<T>(
+        &self,
+        what: &'static str,
+        body: &str,
+        keys: &[&str],
+        args: Vec<Vec<u8>>,
+    ) -> Result<T, Miss>
+    where
+        T: redis::FromRedisValue + Send + 'static,
+    {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(format!("{NOW_MS}{body}")).arg(keys.len());
+        for key in keys {
+            cmd.arg(*key);
+        }
+        for arg in args {
+            cmd.arg(arg);
+        }
+        self.exec(what, cmd).await
+    }
+
+    /// A keyed 128-bit fingerprint of the token: the Poly1305 tag of its value under the derived
+    /// fingerprint key, in hex. It says nothing about the token to anyone without the key.
+    fn fingerprint(&self, token: &Token) -> String {
+        let tag = self
+            .fingerprints
+            .encrypt(
+                Nonce::from_slice(&[0u8; NONCE_LEN]),
+                Payload {
+                    msg: b"",
+                    aad: token.expose_secret().as_bytes(),
+                },
+            )
+            .unwrap_or_default();
+        tag.iter().map(|b| format!("{b:02x}")).collect()
     }
 
     fn seal(&self, keys: &Keys, token: &Token) -> Option<Vec<u8>> {
@@ -309,7 +720,9 @@ impl RedisTokenStore {
             i: token.issued().and_then(unix_millis),
             e: token.expires().and_then(unix_millis),
         };
-        let plain = serde_json::to_vec(&sealed).ok()?;
+        let plain = zeroize::Zeroizing::new(serde_json::to_vec(&sealed).ok()?);
+        let mut sealed = sealed;
+        zeroize::Zeroize::zeroize(&mut sealed.v);
         let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
         let payload = Payload {
             msg: &plain,
@@ -333,30 +746,37 @@ impl RedisTokenStore {
             msg: cipher,
             aad: keys.token.as_bytes(),
         };
-        let plain = self
-            .cipher
-            .decrypt(Nonce::from_slice(nonce), payload)
-            .ok()?;
+        let plain = zeroize::Zeroizing::new(
+            self.cipher
+                .decrypt(Nonce::from_slice(nonce), payload)
+                .ok()?,
+        );
         serde_json::from_slice(&plain).ok()
     }
 
-    /// Reads the shared token with its remaining lifetime, as measured by Redis.
-    async fn load(&self, keys: &Keys) -> Result<Option<(Token, Vec<u8>)>, Miss> {
+    /// Whether this replica saw the token with this fingerprint rejected (and forgets the
+    /// rejections of tokens that have expired).
+    fn rejected_here(&self, fingerprint: &str) -> bool {
+        let now = Instant::now();
+        let mut rejections = self.rejections.lock().unwrap_or_else(|p| p.into_inner());
+        rejections.retain(|r| r.until > now);
+        rejections.iter().any(|r| r.fingerprint == fingerprint)
+    }
+
+    /// Reads the shared token with its remaining lifetime, as measured by Redis, and the id of
+    /// the login that last wrote it. A token with a tombstone, in Redis or here, is no token.
+    async fn load(&self, keys: &Keys) -> Result<Option<Record>, Miss> {
         let sent_at = Instant::now();
-        let (blob, pttl): (Option<Vec<u8>>, i64) = self
-            .run("load", async |c| {
-                redis::pipe()
-                    .atomic()
-                    .get(&keys.token)
-                    .cmd("PTTL")
-                    .arg(&keys.token)
-                    .query_async(c)
-                    .await
-            })
+        let record: Option<(String, Vec<u8>, i64, i64, String)> = self
+            .script("load", LOAD, &[&keys.token, &keys.rejected], Vec::new())
             .await?;
-        let Some(blob) = blob else {
+        let Some((fingerprint, blob, pttl, tombstone, login)) = record else {
             return Ok(None);
         };
+        if tombstone != 0 || self.rejected_here(&fingerprint) {
+            tracing::debug!("the shared token was rejected; not adopting it");
+            return Ok(None);
+        }
         let Ok(remaining) = u64::try_from(pttl) else {
             // -1: no expiry (not ours), -2: gone meanwhile.
             return Ok(None);
@@ -383,139 +803,241 @@ impl RedisTokenStore {
             &sealed.v,
             lifetime,
             received_at,
-            sealed.t,
+            sealed.t.clone(),
             sealed.i.and_then(from_unix_millis),
             sealed.e.and_then(from_unix_millis),
         );
+        let mut sealed = sealed;
+        zeroize::Zeroize::zeroize(&mut sealed.v);
         match token {
-            Ok(token) => Ok(Some((token, blob))),
-            Err(_) => {
+            // A token whose fingerprint does not match its value was not written by us.
+            Ok(token) if self.fingerprint(&token) == fingerprint => {
+                Ok(Some(Record { token, login }))
+            }
+            _ => {
                 tracing::warn!(key = keys.token, "shared token is unusable; ignoring it");
                 Ok(None)
             }
         }
     }
 
-    /// A token from Redis that is worth adopting: not one we have or rejected, and expiring later
-    /// than ours.
-    async fn fresher(&self, keys: &Keys, request: &ObtainRequest) -> Result<Token, Miss> {
-        let Some((token, _)) = self.load(keys).await? else {
-            return Err(Miss::Empty);
+    /// A token from Redis that is worth adopting: not rejected, and either expiring later than
+    /// `current`, or written by a login since we saw the login `seen` (a peer's login on our
+    /// behalf, even if the server answered it with the token we have). On a miss, the id of the
+    /// login that wrote what Redis holds (empty if nothing).
+    async fn fresher(
+        &self,
+        keys: &Keys,
+        current: Option<&Token>,
+        seen: Option<&str>,
+    ) -> Result<Token, Fresh> {
+        let Some(Record { token, login }) = self.load(keys).await.map_err(Fresh::Miss)? else {
+            return Err(Fresh::Stale(String::new()));
         };
-        let known = [request.current(), request.rejected()]
-            .into_iter()
-            .flatten()
-            .any(|t| t.same_value(&token));
-        let later = request
-            .current()
-            .is_none_or(|current| token.expires_at() > current.expires_at());
-        if known || !later {
-            return Err(Miss::Empty);
+        let known = current.is_some_and(|t| t.same_value(&token));
+        let later = current.is_none_or(|current| token.expires_at() > current.expires_at());
+        // A peer's login since we last looked answered our need, even with the token we have
+        // (a server that keeps one live token): within this wait, whatever it got; since our
+        // last renewal, only if it is the token we have.
+        let answered = seen.is_some_and(|seen| seen != login)
+            || (known && self.last_login(keys).is_some_and(|last| last != login));
+        // A token about to leave Redis (our reading of its expiry is a little earlier than
+        // Redis's) would be refused by the cache as too close to its expiry: it is no token.
+        let left = token.expires_at().saturating_duration_since(Instant::now());
+        let usable = left > MAX_DEFAULT_MARGIN.min(token.lifetime() / 10);
+        if usable && (answered || (later && !known)) {
+            self.remember_login(keys, &login);
+            return Ok(token);
         }
-        Ok(token)
+        Err(Fresh::Stale(login))
     }
 
-    /// Removes the shared token if it is still the one the upstream rejected.
-    async fn forget(&self, keys: &Keys, rejected: &Token) -> Result<(), Miss> {
-        if let Some((token, blob)) = self.load(keys).await?
-            && token.same_value(rejected)
+    /// The id of the login that wrote the token we last adopted or stored for `keys`.
+    fn last_login(&self, keys: &Keys) -> Option<String> {
+        let logins = self.logins.lock().unwrap_or_else(|p| p.into_inner());
+        logins.get(&keys.token).cloned()
+    }
+
+    fn remember_login(&self, keys: &Keys, login: &str) {
+        let mut logins = self.logins.lock().unwrap_or_else(|p| p.into_inner());
+        logins.insert(keys.token.clone(), login.to_owned());
+    }
+
+    /// Remembers that `rejected` was rejected, here at once and in Redis as soon as it answers.
+    fn remember_rejection(&self, keys: &Keys, rejected: &Token) {
+        let fingerprint = self.fingerprint(rejected);
+        let until = rejected.expires_at().max(Instant::now()) + TOMBSTONE_SLACK;
+        let mut rejections = self.rejections.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(known) = rejections
+            .iter_mut()
+            .find(|r| r.fingerprint == fingerprint && r.keys == *keys)
         {
-            let script = redis::Script::new(COMPARE_AND_DELETE);
-            let _: i64 = self
-                .run("invalidate", async |c| {
-                    script.key(&keys.token).arg(blob).invoke_async(c).await
-                })
+            known.until = known.until.max(until);
+            return;
+        }
+        rejections.push(Rejection {
+            keys: keys.clone(),
+            fingerprint,
+            until,
+            shared: false,
+        });
+    }
+
+    /// Records in Redis every tombstone it does not have yet.
+    async fn share_rejections(&self) -> Result<(), Miss> {
+        let pending: Vec<(Keys, String, Duration)> = {
+            let now = Instant::now();
+            let mut rejections = self.rejections.lock().unwrap_or_else(|p| p.into_inner());
+            rejections.retain(|r| r.until > now);
+            rejections
+                .iter()
+                .filter(|r| !r.shared)
+                .map(|r| (r.keys.clone(), r.fingerprint.clone(), r.until - now))
+                .collect()
+        };
+        for (keys, fingerprint, ttl) in pending {
+            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+            let removed: i64 = self
+                .script(
+                    "reject",
+                    REJECT,
+                    &[&keys.token, &keys.rejected],
+                    vec![
+                        fingerprint.clone().into_bytes(),
+                        ttl_ms.to_string().into_bytes(),
+                    ],
+                )
                 .await?;
-            tracing::info!("rejected token removed from the shared store");
+            if removed == 1 {
+                tracing::info!("rejected token removed from the shared store");
+            }
+            let mut rejections = self.rejections.lock().unwrap_or_else(|p| p.into_inner());
+            for r in rejections.iter_mut() {
+                if r.fingerprint == fingerprint && r.keys == keys {
+                    r.shared = true;
+                }
+            }
         }
         Ok(())
     }
 
-    async fn try_lock(&self, keys: &Keys, owner: &str, ttl: Duration) -> Result<bool, Miss> {
+    /// Retries the unshared tombstones in the background until Redis has them all.
+    fn retry_rejections_later(self: &Arc<Self>) {
+        if self.flushing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(io) = self.io() else {
+            self.flushing.store(false, Ordering::Release);
+            return;
+        };
+        let weak: Weak<Inner> = Arc::downgrade(self);
+        let interval = self.poll_interval;
+        io.handle.spawn(async move {
+            loop {
+                sleep(interval).await;
+                let Some(inner) = weak.upgrade() else { return };
+                match inner.share_rejections().await {
+                    Ok(()) => {
+                        tracing::info!("rejections recorded in redis after it came back");
+                        inner.flushing.store(false, Ordering::Release);
+                        return;
+                    }
+                    Err(_) => continue,
+                }
+            }
+        });
+    }
+
+    /// Takes the renewal lock, or says how long its holder has left.
+    async fn try_lock(&self, keys: &Keys, owner: &str, ttl: Duration) -> Result<Lock, Miss> {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let reply: Option<String> = self
-            .run("lock", async |c| {
-                redis::cmd("SET")
-                    .arg(&keys.lock)
-                    .arg(owner)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl_ms)
-                    .query_async(c)
-                    .await
-            })
+        let left: i64 = self
+            .script(
+                "lock",
+                LOCK,
+                &[&keys.lock],
+                vec![owner.as_bytes().to_vec(), ttl_ms.to_string().into_bytes()],
+            )
             .await?;
-        Ok(reply.is_some())
+        Ok(match u64::try_from(left) {
+            Ok(0) => Lock::Ours,
+            Ok(ms) => Lock::Held(Duration::from_millis(ms)),
+            Err(_) => Lock::Held(ttl),
+        })
     }
 
     async fn unlock(&self, keys: &Keys, owner: &str) -> Result<(), Miss> {
-        let script = redis::Script::new(COMPARE_AND_DELETE);
         let _: i64 = self
-            .run("unlock", async |c| {
-                script.key(&keys.lock).arg(owner).invoke_async(c).await
-            })
+            .script(
+                "unlock",
+                UNLOCK,
+                &[&keys.lock],
+                vec![owner.as_bytes().to_vec()],
+            )
             .await?;
         Ok(())
     }
 
-    /// Stores `token` with its remaining lifetime as the key's expiry, and tells the peers.
-    async fn publish(&self, keys: &Keys, token: &Token) -> Result<(), Miss> {
+    /// Stores `token` with its remaining lifetime as the key's expiry and tells the peers, if the
+    /// fence lets it through.
+    async fn publish(&self, keys: &Keys, owner: &str, token: &Token) -> Result<Published, Miss> {
         let remaining = token.expires_at().saturating_duration_since(Instant::now());
         let remaining_ms = u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX);
         if remaining_ms == 0 {
-            return Ok(());
+            return Ok(Published::Refused("expired".into()));
         }
         let Some(blob) = self.seal(keys, token) else {
             return Err(Miss::Down("seal: could not encrypt".into()));
         };
-        let _: () = self
-            .run("store", async |c| {
-                redis::pipe()
-                    .atomic()
-                    .cmd("SET")
-                    .arg(&keys.token)
-                    .arg(blob)
-                    .arg("PX")
-                    .arg(remaining_ms)
-                    .ignore()
-                    .cmd("PUBLISH")
-                    .arg(&keys.channel)
-                    .arg(1)
-                    .ignore()
-                    .query_async(c)
-                    .await
-            })
+        let login = new_owner();
+        let outcome: String = self
+            .script(
+                "store",
+                PUBLISH,
+                &[&keys.token, &keys.lock, &keys.rejected],
+                vec![
+                    owner.as_bytes().to_vec(),
+                    self.fingerprint(token).into_bytes(),
+                    blob,
+                    remaining_ms.to_string().into_bytes(),
+                    keys.channel.clone().into_bytes(),
+                    login.clone().into_bytes(),
+                ],
+            )
             .await?;
-        Ok(())
+        Ok(match outcome.as_str() {
+            "stored" | "same" => {
+                self.remember_login(keys, &login);
+                Published::Stored
+            }
+            _ => Published::Refused(outcome),
+        })
     }
 
-    /// Logs in while holding the lock, then shares the token and releases the lock.
+    /// Logs in while holding the lock, then shares the token and releases the lock. `seen` is
+    /// the login that wrote what Redis held when we last looked.
     async fn login_for_fleet(
         &self,
         keys: &Keys,
         owner: &str,
         request: &ObtainRequest,
+        seen: &str,
     ) -> Result<Token, Error> {
         // A peer may have stored a token and released the lock between our last look and our
         // taking the lock: look again before logging in.
-        let result = match self.fresher(keys, request).await {
+        let result = match self.fresher(keys, request.current(), Some(seen)).await {
             Ok(token) => {
                 tracing::debug!("adopted the token a peer fetched just before we took the lock");
                 Ok(token)
             }
-            Err(miss) => {
-                if let Miss::Down(why) = miss {
+            Err(fresh) => {
+                if let Some(why) = fresh.down() {
                     self.mark_down(&why);
                 }
-                let result = request.login().await;
-                if let Ok(token) = &result {
-                    match self.publish(keys, token).await {
-                        Ok(()) => tracing::debug!("token shared with the fleet"),
-                        Err(Miss::Down(why)) => self.mark_down(&why),
-                        Err(Miss::Empty) => {}
-                    }
+                match request.login().await {
+                    Ok(token) => Ok(self.share(keys, owner, token).await),
+                    Err(error) => Err(error),
                 }
-                result
             }
         };
         if let Err(Miss::Down(why)) = self.unlock(keys, owner).await {
@@ -525,45 +1047,112 @@ impl RedisTokenStore {
         result
     }
 
-    /// Waits for the lock holder's token, taking the lock over if it expires, for at most the
-    /// fetch timeout; then logs in locally.
-    async fn wait_for_peer(&self, keys: &Keys, request: &ObtainRequest) -> Result<Token, Error> {
-        let deadline = Instant::now() + request.fetch_timeout();
-        // Subscribe before checking again, so that a notification cannot slip between.
-        let mut notifications = match timeout(self.command_timeout, async {
-            let mut pubsub = self.client.get_async_pubsub().await?;
-            pubsub.subscribe(&keys.channel).await?;
-            Ok::<_, redis::RedisError>(pubsub.into_on_message())
-        })
-        .await
-        {
-            Ok(Ok(stream)) => Some(stream),
-            _ => None,
+    /// Shares the token we logged in for, through the fence. When the fence refuses it (we
+    /// stalled and lost the lock, or a peer stored a newer token meanwhile), the peer's newer
+    /// token wins, and is the one we use too.
+    async fn share(&self, keys: &Keys, owner: &str, token: Token) -> Token {
+        match self.publish(keys, owner, &token).await {
+            Ok(Published::Stored) => {
+                tracing::debug!("token shared with the fleet");
+                token
+            }
+            Ok(Published::Refused(why)) => match self.fresher(keys, Some(&token), None).await {
+                Ok(newer) => {
+                    tracing::warn!(
+                        reason = why,
+                        "a peer stored a newer token while we logged in; using it, not ours"
+                    );
+                    newer
+                }
+                Err(_) => {
+                    tracing::debug!(reason = why, "our token was not shared");
+                    token
+                }
+            },
+            Err(Miss::Down(why)) => {
+                self.mark_down(&why);
+                token
+            }
+        }
+    }
+
+    /// Subscribes to the renewal notifications on the store's runtime; each one arrives as a
+    /// message on the receiver. `None` if the subscription failed.
+    async fn subscribe(&self, keys: &Keys) -> Option<(mpsc::Receiver<()>, AbortOnDrop<()>)> {
+        let io = self.io().ok()?;
+        let Target::Single(client) = self.client.clone() else {
+            // In a cluster, waiters poll.
+            return None;
         };
+        let channel = keys.channel.clone();
+        let limit = self.command_timeout;
+        let (ready_tx, ready) = oneshot::channel();
+        let (tx, rx) = mpsc::channel(4);
+        let task = AbortOnDrop(io.handle.spawn(async move {
+            let subscribed = timeout(limit, async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            })
+            .await;
+            let Ok(Ok(pubsub)) = subscribed else { return };
+            if ready_tx.send(()).is_err() {
+                return;
+            }
+            let mut messages = pubsub.into_on_message();
+            while messages.next().await.is_some() {
+                if tx.send(()).await.is_err() {
+                    return;
+                }
+            }
+        }));
+        ready.await.ok()?;
+        Some((rx, task))
+    }
+
+    /// Waits for the lock holder's token, taking the lock over if it expires; then logs in
+    /// locally. It waits for at least the fetch timeout, and for as long as a live holder may
+    /// still be logging in (its lock's time left), so that when a holder dies, one waiter takes
+    /// over rather than every waiter logging in; never longer than twice the fetch timeout.
+    /// `seen` is the login that wrote what Redis held when we last looked: whatever a later
+    /// login writes is the fleet's answer, and ours.
+    async fn wait_for_peer(
+        &self,
+        keys: &Keys,
+        request: &ObtainRequest,
+        seen: &str,
+    ) -> Result<Token, Error> {
+        let started = Instant::now();
+        let cap = started + request.fetch_timeout().saturating_mul(2);
+        let mut deadline = started + request.fetch_timeout();
+        // Subscribe before checking again, so that a notification cannot slip between.
+        let mut notifications = self.subscribe(keys).await;
         let owner = new_owner();
         loop {
-            match self.fresher(keys, request).await {
+            match self.fresher(keys, request.current(), Some(seen)).await {
                 Ok(token) => {
                     tracing::debug!("adopted the token a peer fetched");
                     return Ok(token);
                 }
-                Err(Miss::Down(why)) => {
-                    self.mark_down(&why);
-                    return request.login().await;
+                Err(fresh) => {
+                    if let Some(why) = fresh.down() {
+                        self.mark_down(&why);
+                        return request.login().await;
+                    }
                 }
-                Err(Miss::Empty) => {}
             }
             match self
                 .try_lock(keys, &owner, lock_ttl(request.fetch_timeout()))
                 .await
             {
-                Ok(true) => return self.login_for_fleet(keys, &owner, request).await,
-                Ok(false) => {}
+                Ok(Lock::Ours) => return self.login_for_fleet(keys, &owner, request, seen).await,
+                Ok(Lock::Held(left)) => {
+                    deadline = deadline.max((Instant::now() + left + self.poll_interval).min(cap));
+                }
                 Err(Miss::Down(why)) => {
                     self.mark_down(&why);
                     return request.login().await;
                 }
-                Err(Miss::Empty) => {}
             }
             let now = Instant::now();
             if now >= deadline {
@@ -574,9 +1163,9 @@ impl RedisTokenStore {
             }
             let next_poll = (now + self.poll_interval).min(deadline);
             match &mut notifications {
-                Some(stream) => {
+                Some((messages, _task)) => {
                     tokio::select! {
-                        message = stream.next() => {
+                        message = messages.recv() => {
                             if message.is_none() {
                                 notifications = None;
                             }
@@ -589,57 +1178,63 @@ impl RedisTokenStore {
         }
     }
 
-    async fn obtain_shared(&self, request: &ObtainRequest) -> Result<Token, Error> {
-        if self.is_down() {
-            return request.login().await;
-        }
+    async fn obtain_shared(self: &Arc<Self>, request: &ObtainRequest) -> Result<Token, Error> {
         let keys = self.keys(request.user_name());
-        if let Some(rejected) = request.rejected()
-            && let Err(Miss::Down(why)) = self.forget(&keys, rejected).await
-        {
-            self.mark_down(&why);
+        if let Some(rejected) = request.rejected() {
+            self.remember_rejection(&keys, rejected);
+        }
+        if self.is_down() {
+            self.retry_rejections_later();
             return request.login().await;
         }
-        match self.fresher(&keys, request).await {
+        if let Err(Miss::Down(why)) = self.share_rejections().await {
+            self.mark_down(&why);
+            self.retry_rejections_later();
+            return request.login().await;
+        }
+        let seen = match self.fresher(&keys, request.current(), None).await {
             Ok(token) => {
                 self.mark_up();
                 tracing::debug!("adopted a fresher token from the shared store");
                 return Ok(token);
             }
-            Err(Miss::Down(why)) => {
-                self.mark_down(&why);
-                return request.login().await;
+            Err(fresh) => {
+                let seen = fresh.seen().to_owned();
+                if let Some(why) = fresh.down() {
+                    self.mark_down(&why);
+                    return request.login().await;
+                }
+                self.mark_up();
+                seen
             }
-            Err(Miss::Empty) => self.mark_up(),
-        }
+        };
         let owner = new_owner();
         match self
             .try_lock(&keys, &owner, lock_ttl(request.fetch_timeout()))
             .await
         {
-            Ok(true) => self.login_for_fleet(&keys, &owner, request).await,
-            Ok(false) => self.wait_for_peer(&keys, request).await,
+            Ok(Lock::Ours) => self.login_for_fleet(&keys, &owner, request, &seen).await,
+            Ok(Lock::Held(_)) => self.wait_for_peer(&keys, request, &seen).await,
             Err(Miss::Down(why)) => {
                 self.mark_down(&why);
                 request.login().await
             }
-            Err(Miss::Empty) => request.login().await,
         }
     }
 }
 
 impl TokenStore for RedisTokenStore {
     fn obtain<'a>(&'a self, request: &'a ObtainRequest) -> BoxFuture<'a, Result<Token, Error>> {
-        Box::pin(self.obtain_shared(request))
+        Box::pin(self.inner.obtain_shared(request))
     }
 }
 
 impl fmt::Debug for RedisTokenStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisTokenStore")
-            .field("prefix", &self.prefix)
-            .field("command_timeout", &self.command_timeout)
-            .field("down", &self.is_down())
+            .field("prefix", &self.inner.prefix)
+            .field("command_timeout", &self.inner.command_timeout)
+            .field("down", &self.inner.is_down())
             .finish_non_exhaustive()
     }
 }
@@ -684,21 +1279,21 @@ mod tests {
     #[test]
     fn sealed_tokens_open_only_under_their_own_key_name() {
         let store = store();
-        let alice = store.keys(Some("alice"));
-        let bob = store.keys(Some("bob"));
+        let alice = store.inner.keys(Some("alice"));
+        let bob = store.inner.keys(Some("bob"));
         let token = Token::new("secret-token-value", Duration::from_secs(60)).unwrap();
-        let blob = store.seal(&alice, &token).unwrap();
+        let blob = store.inner.seal(&alice, &token).unwrap();
         assert!(
             !blob
                 .windows(b"secret-token-value".len())
                 .any(|w| w == b"secret-token-value"),
             "the token is not readable at rest"
         );
-        let opened = store.open(&alice, &blob).unwrap();
+        let opened = store.inner.open(&alice, &blob).unwrap();
         assert_eq!(opened.v, "secret-token-value");
         assert_eq!(opened.l, 60_000);
         assert!(
-            store.open(&bob, &blob).is_none(),
+            store.inner.open(&bob, &blob).is_none(),
             "a blob moved to another key fails"
         );
     }
@@ -706,33 +1301,63 @@ mod tests {
     #[test]
     fn tampered_or_foreign_blobs_do_not_open() {
         let store = store();
-        let keys = store.keys(None);
+        let keys = store.inner.keys(None);
         let token = Token::new("abc", Duration::from_secs(60)).unwrap();
-        let mut blob = store.seal(&keys, &token).unwrap();
+        let mut blob = store.inner.seal(&keys, &token).unwrap();
         let last = blob.len() - 1;
         blob[last] ^= 1;
-        assert!(store.open(&keys, &blob).is_none());
-        assert!(store.open(&keys, b"").is_none());
-        assert!(store.open(&keys, b"\x01short").is_none());
+        assert!(store.inner.open(&keys, &blob).is_none());
+        assert!(store.inner.open(&keys, b"").is_none());
+        assert!(store.inner.open(&keys, b"\x01short").is_none());
         let other = RedisTokenStore::new(
             "redis://127.0.0.1:1",
             "test",
             EncryptionKey::from_bytes([8; 32]),
         )
         .unwrap();
-        let blob = store.seal(&keys, &token).unwrap();
+        let blob = store.inner.seal(&keys, &token).unwrap();
         assert!(
-            other.open(&keys, &blob).is_none(),
+            other.inner.open(&keys, &blob).is_none(),
             "another key cannot open it"
         );
     }
 
     #[test]
     fn keys_are_namespaced_by_prefix_and_user() {
-        let keys = store().keys(Some("alice"));
-        assert_eq!(keys.token, "test:alice:token");
-        assert_eq!(keys.lock, "test:alice:lock");
-        assert_eq!(keys.channel, "test:alice:renewed");
+        let keys = store().inner.keys(Some("alice"));
+        assert_eq!(keys.token, "{test:alice}:token");
+        assert_eq!(keys.lock, "{test:alice}:lock");
+        assert_eq!(keys.rejected, "{test:alice}:rejected");
+        assert_eq!(keys.channel, "{test:alice}:renewed");
+    }
+
+    #[test]
+    fn fingerprints_are_keyed_stable_and_never_the_token() {
+        let store = store();
+        let token = Token::new("secret-token-value", Duration::from_secs(60)).unwrap();
+        let again = Token::new("secret-token-value", Duration::from_secs(5)).unwrap();
+        let other = Token::new("another-token-value", Duration::from_secs(60)).unwrap();
+        let fingerprint = store.inner.fingerprint(&token);
+        assert_eq!(fingerprint.len(), 32, "128 bits in hex");
+        assert!(fingerprint.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(
+            fingerprint,
+            store.inner.fingerprint(&again),
+            "same value, same print"
+        );
+        assert_ne!(fingerprint, store.inner.fingerprint(&other));
+        assert!(!fingerprint.contains("secret"));
+        let foreign = RedisTokenStore::new(
+            "redis://127.0.0.1:1",
+            "test",
+            EncryptionKey::from_bytes([8; 32]),
+        )
+        .unwrap();
+        assert_ne!(
+            fingerprint,
+            foreign.inner.fingerprint(&token),
+            "another key, another print"
+        );
     }
 
     #[test]
@@ -750,10 +1375,13 @@ mod tests {
         assert!(RedisTokenStore::new("not a url", "p", key.clone()).is_err());
         assert!(RedisTokenStore::new("redis://127.0.0.1", "", key.clone()).is_err());
         assert!(
-            RedisTokenStore::builder("redis://127.0.0.1", "p", key)
+            RedisTokenStore::builder("redis://127.0.0.1", "p", key.clone())
                 .command_timeout(Duration::ZERO)
                 .build()
                 .is_err()
         );
+        assert!(RedisTokenStore::cluster(&[], "p", key.clone()).is_err());
+        assert!(RedisTokenStore::cluster(&["not a url"], "p", key.clone()).is_err());
+        assert!(RedisTokenStore::cluster(&["redis://127.0.0.1:7000"], "p", key).is_ok());
     }
 }
