@@ -175,6 +175,9 @@ async fn run(shared: Arc<Shared>, generation: u64) {
                         biased;
                         _ = closed.changed() => return,
                         result = &mut fetch => {
+                            // No result: the runtime is shutting down under us. Stop; the exit
+                            // guard hands the waiters back to their own runtimes.
+                            let Some(result) = result else { return };
                             complete(&shared, generation, started, result);
                             break;
                         }
@@ -217,8 +220,9 @@ fn answer(shared: &Shared) {
     shared.publish(&mut control, Some(result));
 }
 
-/// Runs one fetch on a task of its own, under the fetch timeout.
-async fn fetch(shared: &Shared) -> Result<Token, Error> {
+/// Runs one fetch on a task of its own, under the fetch timeout. `None` when that task was
+/// cancelled: its runtime (the driver's) is shutting down.
+async fn fetch(shared: &Shared) -> Option<Result<Token, Error>> {
     let attempt = shared.counters.fetches.fetch_add(1, Ordering::Relaxed) + 1;
     let span = tracing::info_span!(
         "authtoken.fetch",
@@ -257,7 +261,7 @@ async fn fetch(shared: &Shared) -> Result<Token, Error> {
         Ok(Err(_elapsed)) => Err(Error::new(ErrorKind::Timeout)
             .with_detail(format!("no token within the fetch timeout of {limit:?}"))),
         Err(join) if join.is_panic() => Err(runtime_error("the token source panicked")),
-        Err(_) => Err(runtime_error("the fetch was cancelled")),
+        Err(_) => return None,
     };
     let elapsed = started.elapsed();
     span.record("duration_ms", elapsed.as_millis() as u64);
@@ -270,7 +274,7 @@ async fn fetch(shared: &Shared) -> Result<Token, Error> {
             span.record("error_kind", error.kind().as_str());
         }
     }
-    result
+    Some(result)
 }
 
 /// What became of a fetched token.
