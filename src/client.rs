@@ -968,10 +968,13 @@ impl AuthTokenSourceBuilder {
     ///
     /// Default: a client of our own that follows no redirects (a redirect of a login could carry
     /// the password elsewhere; it fails with [`ErrorKind::Config`] naming the `Location`
-    /// instead) and speaks HTTP/1.1 only (over HTTP/2, the `h2` crate copies small request bodies,
-    /// the password among them, into its connection's write buffer, which is never wiped). With your client,
-    /// its redirect policy applies; the [`timeout`](Self::timeout) and the user agent are still
-    /// applied to every login request.
+    /// instead), speaks HTTP/1.1 only (over HTTP/2, the `h2` crate copies small request bodies,
+    /// the password among them, into its connection's write buffer, which is never wiped), and
+    /// keeps no idle connection (a pooled connection is driven by the runtime that opened it, and
+    /// a login from another runtime could wait on it while that one sits idle). With your
+    /// client, its redirect policy applies; the [`timeout`](Self::timeout) and the user agent
+    /// are still applied to every login request. If the cache is used from several runtimes,
+    /// give your client `pool_max_idle_per_host(0)` for the same reason.
     ///
     /// Do not pass a client built with `connection_verbose(true)`: it logs the raw bytes of
     /// every request and response at `TRACE`, the password and the token among them.

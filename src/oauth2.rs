@@ -561,8 +561,10 @@ impl OAuth2ClientCredentialsBuilder {
     /// Uses your own `reqwest::Client` (a proxy, extra root certificates, a shared pool).
     ///
     /// Default: a client of our own that follows no redirects (one could carry the secret
-    /// elsewhere; a redirect fails with [`ErrorKind::Config`] naming the `Location`) and speaks
-    /// HTTP/1.1 only (the `h2` crate copies small request bodies into a buffer it never wipes).
+    /// elsewhere; a redirect fails with [`ErrorKind::Config`] naming the `Location`), speaks
+    /// HTTP/1.1 only (the `h2` crate copies small request bodies into a buffer it never wipes),
+    /// and keeps no idle connection (a pooled connection is driven by the runtime that opened
+    /// it, and a token request from another runtime could wait on it while that one sits idle).
     /// With your client, its redirect policy applies; the [`timeout`](Self::timeout) and the
     /// user agent are still applied to every request. Never pass a client built with
     /// `connection_verbose(true)`: it logs the raw bytes, the secret and the token among them.
@@ -577,6 +579,9 @@ impl OAuth2ClientCredentialsBuilder {
     /// Default: `false`. Plain `http://` is always allowed to `localhost`, `127.0.0.0/8` and
     /// `::1`; anywhere else it would send the secret in clear text, so [`build`](Self::build)
     /// fails unless you opt in here.
+    ///
+    /// A [`TokenCache`](crate::TokenCache) over this source follows the same decision for the
+    /// requests [`BearerAuth`](crate::BearerAuth) sends with its tokens: one opt-in is enough.
     pub fn allow_insecure_http(mut self, allow: bool) -> Self {
         self.http.allow_insecure_http = allow;
         self
