@@ -543,3 +543,50 @@ async fn retry_replays_hyper_utils_full_and_empty_bodies_but_never_a_boxed_strea
     let boxed: http_body_util::combinators::BoxBody<Bytes, Infallible> = boxed;
     assert_eq!(attempts_with(boxed).await, 1, "a stream is sent once");
 }
+
+#[tokio::test(start_paused = true)]
+async fn relative_requests_are_judged_by_the_origin_given_to_the_layer() {
+    let source = ScriptedSource::new(HOUR);
+    let seen = Seen::default();
+    let layer = |origin: Option<&str>| {
+        let layer = BearerAuthLayer::new(cache(&source));
+        let layer = match origin {
+            Some(origin) => layer.with_origin(&origin.parse().unwrap()),
+            None => layer,
+        };
+        layer.layer(upstream::<()>(seen.clone(), false))
+    };
+    let relative = || Request::post("/pkg.Cars/List").body(()).unwrap();
+
+    // A tonic-like channel to plain http on a remote host: refused before sending.
+    let err = layer(Some("http://grpc.example.com:50051"))
+        .oneshot(relative())
+        .await
+        .unwrap_err();
+    let err = err.downcast::<Error>().unwrap();
+    assert_eq!(err.kind(), ErrorKind::InsecureTransport);
+    assert!(err.to_string().contains("'grpc.example.com'"), "{err}");
+    assert_eq!(seen.calls(), 0, "nothing was sent");
+
+    // https, loopback, and (the documented limit) no origin at all: sent.
+    for origin in [
+        Some("https://grpc.example.com"),
+        Some("http://127.0.0.1:50051"),
+        None,
+    ] {
+        layer(origin).oneshot(relative()).await.unwrap();
+    }
+    assert_eq!(seen.calls(), 3);
+
+    // The origin is kept when the layer turns on replays.
+    let replaying = BearerAuthLayer::new(cache(&source))
+        .with_origin(&"http://grpc.example.com".parse().unwrap())
+        .retry_on_unauthorized()
+        .layer(upstream::<()>(seen.clone(), false));
+    let err = replaying.oneshot(relative()).await.unwrap_err();
+    assert_eq!(
+        err.downcast::<Error>().unwrap().kind(),
+        ErrorKind::InsecureTransport
+    );
+    assert_eq!(seen.calls(), 3);
+}

@@ -114,6 +114,7 @@ mod request;
 
 use std::fmt;
 use std::mem;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::Method;
@@ -149,6 +150,9 @@ impl ReplayOnUnauthorized {
 pub struct BearerAuthLayer<P = NoReplay> {
     cache: TokenCache,
     policy: P,
+    /// For requests with a relative URI: the host of the origin they go to, when that origin is
+    /// plain `http://` and not loopback (see [`with_origin`](Self::with_origin)).
+    relative_insecure_host: Option<Arc<str>>,
 }
 
 impl BearerAuthLayer {
@@ -157,6 +161,7 @@ impl BearerAuthLayer {
         BearerAuthLayer {
             cache,
             policy: NoReplay,
+            relative_insecure_host: None,
         }
     }
 }
@@ -184,6 +189,7 @@ impl<P> BearerAuthLayer<P> {
         BearerAuthLayer {
             cache: self.cache,
             policy: ReplayOnUnauthorized { any_method: false },
+            relative_insecure_host: self.relative_insecure_host,
         }
     }
 
@@ -194,7 +200,26 @@ impl<P> BearerAuthLayer<P> {
         BearerAuthLayer {
             cache: self.cache,
             policy: ReplayOnUnauthorized { any_method: true },
+            relative_insecure_host: self.relative_insecure_host,
         }
+    }
+
+    /// The origin that requests with a relative URI go to, such as a tonic `Channel`'s endpoint
+    /// (`http://grpc.internal:50051`), so that the plain-HTTP rule applies to them too.
+    ///
+    /// A request with an absolute URI (hyper-util's client, reqwest) names its scheme and host,
+    /// and the layer refuses to send a token to plain `http://` on a host that is not loopback
+    /// unless plain HTTP was allowed. A request with a relative URI (`/pkg.Service/Method`, as
+    /// tonic sends) names neither: without this setting the layer cannot tell where it goes, and
+    /// the rule does not apply to it. With it, such requests are judged as if they went to
+    /// `origin`: refused before sending when `origin` is plain `http://` to a non-loopback host
+    /// and plain HTTP was not allowed. Default: none.
+    pub fn with_origin(mut self, origin: &http::Uri) -> Self {
+        let host = origin.host().unwrap_or_default();
+        self.relative_insecure_host = (origin.scheme() == Some(&http::uri::Scheme::HTTP)
+            && !crate::loopback::is_loopback_host(host))
+        .then(|| Arc::from(host));
+        self
     }
 
     /// The cache the layer takes tokens from.
@@ -212,6 +237,7 @@ impl<S, P: Clone> Layer<S> for BearerAuthLayer<P> {
             reader: self.cache.reader(),
             cache: self.cache.clone(),
             policy: self.policy.clone(),
+            relative_insecure_host: self.relative_insecure_host.clone(),
         }
     }
 }
@@ -233,13 +259,16 @@ impl<P: fmt::Debug> fmt::Debug for BearerAuthLayer<P> {
 ///
 /// It refuses, before sending, to attach the token to an absolute `http://` URL whose host is not
 /// loopback, unless the cache was built with
-/// [`allow_insecure_http`](crate::TokenCacheBuilder::allow_insecure_http).
+/// [`allow_insecure_http`](crate::TokenCacheBuilder::allow_insecure_http) (or its source allows
+/// it). Requests with a relative URI are judged by the origin given to
+/// [`BearerAuthLayer::with_origin`]; without one, the layer cannot see where they go.
 #[derive(Clone)]
 pub struct BearerAuth<S, P = NoReplay> {
     inner: S,
     cache: TokenCache,
     reader: SlotReader,
     policy: P,
+    relative_insecure_host: Option<Arc<str>>,
 }
 
 impl<S> BearerAuth<S> {
@@ -282,7 +311,12 @@ impl<S, P> BearerAuth<S, P> {
         S: Service<Req> + Clone,
         Req: AuthorizeRequest,
     {
-        if let Some(host) = req.insecure_host()
+        let host = match req.insecure_host() {
+            Some(host) => Some(host),
+            None if req.is_relative() => self.relative_insecure_host.as_deref(),
+            None => None,
+        };
+        if let Some(host) = host
             && !self.cache.allows_insecure_http()
         {
             return ResponseFuture::failed(insecure_transport(host));

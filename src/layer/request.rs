@@ -17,6 +17,9 @@ pub trait AuthorizeRequest: sealed::Sealed {
     /// The host, when the request goes to an absolute `http://` URL on a non-loopback host.
     #[doc(hidden)]
     fn insecure_host(&self) -> Option<&str>;
+    /// Whether the request's URI is relative (no scheme): where it goes is the transport's.
+    #[doc(hidden)]
+    fn is_relative(&self) -> bool;
     /// Sets the `Authorization` header, replacing any existing value.
     #[doc(hidden)]
     fn set_authorization(&mut self, value: HeaderValue);
@@ -174,6 +177,11 @@ impl<B> AuthorizeRequest for http::Request<B> {
     }
 
     #[inline]
+    fn is_relative(&self) -> bool {
+        self.uri().scheme().is_none()
+    }
+
+    #[inline]
     fn set_authorization(&mut self, value: HeaderValue) {
         self.headers_mut().insert(AUTHORIZATION, value);
     }
@@ -220,6 +228,11 @@ mod reqwest_impls {
             }
             let host = url.host_str().unwrap_or_default();
             (!is_loopback_host(host)).then_some(host)
+        }
+
+        #[inline]
+        fn is_relative(&self) -> bool {
+            false
         }
 
         #[inline]
