@@ -59,13 +59,13 @@ impl Shared {
 
     /// Takes the current token out of service if `now` is past its deadline. A token the server
     /// replaces only once it expires leaves a login due at its expiry.
-    pub(super) fn expire_due(&self, control: &mut Control, now: Instant) -> bool {
+    pub(super) fn expire_due(&self, control: &mut Control, now: Instant) {
         let due = control
             .current
             .as_ref()
             .is_some_and(|(_, plan)| now >= plan.deadline);
         if !due {
-            return false;
+            return;
         }
         self.slot.store(None);
         if let Some((_, plan)) = control.current.take() {
@@ -81,7 +81,6 @@ impl Shared {
                 ),
             }
         }
-        true
     }
 }
 

@@ -313,7 +313,10 @@ impl<S, P> BearerAuth<S, P> {
     {
         let host = match req.insecure_host() {
             Some(host) => Some(host),
-            None if req.is_relative() => self.relative_insecure_host.as_deref(),
+            // Only a layer given a plain-http origin needs to look at relative URIs.
+            None if self.relative_insecure_host.is_some() && req.is_relative() => {
+                self.relative_insecure_host.as_deref()
+            }
             None => None,
         };
         if let Some(host) = host
