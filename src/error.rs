@@ -50,6 +50,12 @@ pub enum ErrorKind {
     InsecureTransport,
     /// The cache was used outside a Tokio runtime, or a token source panicked.
     Runtime,
+    /// A request to a [`KeyedBearerAuth`](crate::KeyedBearerAuth) named no account: it carried
+    /// no account key.
+    NoAccount,
+    /// The [`KeyedTokenCache`](crate::KeyedTokenCache)'s factory refused the account; its error
+    /// is this error's source.
+    UnknownAccount,
 }
 
 impl ErrorKind {
@@ -87,6 +93,8 @@ impl ErrorKind {
             Self::Config => "config",
             Self::InsecureTransport => "insecure_transport",
             Self::Runtime => "runtime",
+            Self::NoAccount => "no_account",
+            Self::UnknownAccount => "unknown_account",
         }
     }
 }
@@ -292,6 +300,10 @@ impl fmt::Display for Error {
                 "refusing to send credentials or a token over plain http to a non-loopback host: use https or opt in with allow_insecure_http",
             )?,
             ErrorKind::Runtime => f.write_str("token cache unavailable")?,
+            ErrorKind::NoAccount => f.write_str(
+                "the request names no account: set its account key before sending it",
+            )?,
+            ErrorKind::UnknownAccount => f.write_str("unknown account")?,
         }
         if let Some(detail) = &inner.detail {
             write!(f, " ({detail})")?;
@@ -342,6 +354,8 @@ mod tests {
             ErrorKind::Config,
             ErrorKind::InsecureTransport,
             ErrorKind::Runtime,
+            ErrorKind::NoAccount,
+            ErrorKind::UnknownAccount,
         ] {
             assert!(!kind.is_transient(), "{kind} should be permanent");
         }

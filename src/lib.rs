@@ -93,6 +93,7 @@
 mod cache;
 mod credentials;
 mod error;
+pub mod keyed;
 pub mod layer;
 mod loopback;
 mod source;
@@ -114,6 +115,10 @@ pub use cache::{CacheStats, LoginBudget, TokenCache, TokenCacheBuilder};
 pub use credentials::Credentials;
 #[doc(inline)]
 pub use error::{Error, ErrorKind};
+#[doc(inline)]
+pub use keyed::{
+    KeyedBearerAuth, KeyedBearerAuthLayer, KeyedStats, KeyedTokenCache, KeyedTokenCacheBuilder,
+};
 #[doc(inline)]
 pub use layer::{BearerAuth, BearerAuthLayer, ReplayBody};
 #[doc(inline)]

@@ -22,7 +22,30 @@ pub(crate) const SLACK: Duration = Duration::from_millis(20);
 /// The coarse clock now, in its own ticks.
 #[inline]
 pub(crate) fn now() -> u64 {
+    #[cfg(feature = "test-util")]
+    if FOLLOW_TOKIO.load(std::sync::atomic::Ordering::Relaxed) {
+        return tokio_ticks();
+    }
     coarsetime::Instant::now_without_cache_update().as_ticks()
+}
+
+/// Set by [`crate::testing::follow_tokio_clock`]: the deadline checks read Tokio's clock, so
+/// that a test on a paused clock sees tokens expire and renewals fall due as time advances.
+#[cfg(feature = "test-util")]
+pub(crate) static FOLLOW_TOKIO: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Tokio's clock in coarse ticks, from a fixed origin well before any test's runtime.
+#[cfg(feature = "test-util")]
+#[cold]
+fn tokio_ticks() -> u64 {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(|| {
+        let now = std::time::Instant::now();
+        now.checked_sub(Duration::from_secs(3600)).unwrap_or(now)
+    });
+    let since = Instant::now().into_std().saturating_duration_since(origin);
+    coarsetime::Duration::from(since).as_ticks()
 }
 
 /// The coarse tick at which `at` (on Tokio's clock) falls, less [`SLACK`], given that Tokio's

@@ -59,6 +59,24 @@ impl Shared {
 
     /// Takes the current token out of service if `now` is past its deadline. A token the server
     /// replaces only once it expires leaves a login due at its expiry.
+    /// Takes an evicted account's token out of service now (it is zeroed when the last reader
+    /// lets go of it) and stops its driver, whatever it was doing; callers waiting for it are
+    /// handed back and start over. A reader that still holds the account logs in afresh.
+    pub(crate) fn retire(&self) {
+        let mut control = self.lock();
+        control.generation += 1;
+        if let Some(driver) = control.driver.take() {
+            driver.join.abort();
+        }
+        self.slot.store(None);
+        control.current = None;
+        control.rejected = None;
+        control.due_at = None;
+        if control.demand {
+            self.publish(&mut control, None);
+        }
+    }
+
     pub(super) fn expire_due(&self, control: &mut Control, now: Instant) {
         let due = control
             .current
@@ -136,7 +154,7 @@ async fn run(shared: Arc<Shared>, generation: u64) {
                 demand: control.demand,
                 backoff_until: control.backoff.as_ref().map(|b| b.until),
                 due_at: control.due_at,
-                budget_at: Some(shared.config.budget.ready_at(now)),
+                budget_at: Some(shared.config.budget_ready_at(now)),
             };
             schedule::next_step(view, now)
         };
@@ -147,7 +165,7 @@ async fn run(shared: Arc<Shared>, generation: u64) {
             }
             Step::Answer => answer(&shared),
             Step::Fetch => {
-                if shared.config.budget.try_spend(Instant::now()).is_err() {
+                if shared.config.spend_budget(Instant::now()).is_err() {
                     // A budget shared with another cache was spent meanwhile: decide again.
                     continue;
                 }
@@ -189,6 +207,9 @@ async fn run(shared: Arc<Shared>, generation: u64) {
                 }
             }
             Step::Sleep(until) => {
+                if shared.config.park_when_idle && park(&shared, generation) {
+                    return;
+                }
                 let timer = async {
                     match until {
                         Some(at) => sleep_until(at).await,
@@ -208,6 +229,35 @@ async fn run(shared: Arc<Shared>, generation: u64) {
 
 /// Answers waiting callers without a fetch: with the current token, or the last error while
 /// backing off.
+/// Stops the driver of a cache that parks when idle, when nothing lies ahead but a renewal a
+/// reader will ask for (or nothing at all): an idle account costs no task and no timer. Whether
+/// it stopped.
+fn park(shared: &Shared, generation: u64) -> bool {
+    let mut control = shared.lock();
+    if control.generation != generation {
+        return true;
+    }
+    let now = Instant::now();
+    let waiting = control.demand || control.due_at.is_some();
+    let idle = match &control.current {
+        Some((_, plan)) => {
+            now < plan.renew_at && control.backoff.as_ref().is_none_or(|b| b.until <= now)
+        }
+        // No token and nobody waiting: the next caller starts a driver; one arriving during a
+        // backoff is answered with its error.
+        None => true,
+    };
+    if waiting || !idle {
+        return false;
+    }
+    control.driver = None;
+    // The first reader past the renewal instant starts the next driver.
+    if let Some(entry) = shared.slot.load().as_deref() {
+        entry.poked.store(false, Ordering::Relaxed);
+    }
+    true
+}
+
 fn answer(shared: &Shared) {
     let mut control = shared.lock();
     let now = Instant::now();

@@ -105,6 +105,11 @@ use schedule::{InvalidationGate, Plan, Renewal};
 
 pub use budget::LoginBudget;
 
+#[cfg(feature = "test-util")]
+pub(crate) fn follow_tokio_clock() {
+    clock::FOLLOW_TOKIO.store(true, Ordering::Relaxed);
+}
+
 /// A shared, self-renewing bearer token.
 ///
 /// Clone it freely: every clone shares one token, one driver and one single-flight fetch.
@@ -285,6 +290,15 @@ pub(crate) struct Config {
     pub(crate) max_backoff: Duration,
     pub(crate) allow_insecure_http: bool,
     pub(crate) budget: LoginBudget,
+    /// A second budget shared with other caches (a [keyed cache](crate::KeyedTokenCache)'s
+    /// accounts): every login draws on both.
+    pub(crate) shared_budget: Option<LoginBudget>,
+    /// Renewals are moved earlier by up to this fraction of what is left of the lifetime
+    /// before the lead, so that many tokens issued together are not renewed together.
+    pub(crate) spread: f64,
+    /// The driver stops while the only thing ahead is a renewal that a reader will ask for
+    /// (a keyed cache's accounts: no task or timer for an idle account).
+    pub(crate) park_when_idle: bool,
     pub(crate) store: Option<Arc<dyn TokenStore>>,
 }
 
@@ -303,7 +317,30 @@ impl Config {
             refresh_before: self.refresh_before,
             jitter: self.jitter,
             margin: self.expiry_margin,
+            spread: self.spread,
         }
+    }
+
+    /// When the login budgets allow the next login.
+    fn budget_ready_at(&self, now: Instant) -> Instant {
+        let own = self.budget.ready_at(now);
+        match &self.shared_budget {
+            Some(shared) => own.max(shared.ready_at(now)),
+            None => own,
+        }
+    }
+
+    /// Draws one login from the budgets, or says when they allow one. The cache's own budget
+    /// is spent by its single driver only, so it cannot run out between the check and the draw.
+    fn spend_budget(&self, now: Instant) -> Result<(), Instant> {
+        let own = self.budget.ready_at(now);
+        if own > now {
+            return Err(own);
+        }
+        if let Some(shared) = &self.shared_budget {
+            shared.try_spend(now)?;
+        }
+        self.budget.try_spend(now)
     }
 }
 
@@ -318,6 +355,7 @@ impl fmt::Debug for Config {
             .field("max_backoff", &self.max_backoff)
             .field("allow_insecure_http", &self.allow_insecure_http)
             .field("login_budget", &self.budget)
+            .field("shared_login_budget", &self.shared_budget)
             .field("shared_store", &self.store.is_some())
             .finish()
     }
@@ -448,6 +486,12 @@ impl TokenCache {
     }
 
     /// The key that finds this cache in the registry.
+    /// The hot path's view of this cache without a per-clone `arc_swap::Cache`: what a
+    /// [keyed cache](crate::KeyedTokenCache) keeps per account.
+    pub(crate) fn direct_reader(&self) -> DirectReader {
+        DirectReader(Arc::clone(self.shared()))
+    }
+
     pub(crate) fn key(&self) -> u64 {
         self.shared().key
     }
@@ -758,6 +802,30 @@ impl SlotReader {
     }
 }
 
+/// Reads the slot with a plain `ArcSwap` load: for readers that cannot keep a cache per clone.
+pub(crate) struct DirectReader(Arc<Shared>);
+
+impl DirectReader {
+    #[inline]
+    pub(crate) fn current(&self) -> Option<(HeaderValue, u64)> {
+        let guard = self.0.slot.load();
+        let entry = guard.as_deref()?;
+        entry
+            .admit(&self.0)
+            .then(|| (entry.header.clone(), entry.id))
+    }
+
+    #[inline]
+    pub(crate) fn cache_key(&self) -> u64 {
+        self.0.key
+    }
+
+    /// See [`Shared::retire`].
+    pub(crate) fn retire(&self) {
+        self.0.retire();
+    }
+}
+
 fn runtime_error(detail: &str) -> Error {
     Error::new(ErrorKind::Runtime).with_detail(detail)
 }
@@ -788,6 +856,9 @@ impl TokenCacheBuilder {
             max_backoff: schedule::DEFAULT_MAX_BACKOFF,
             allow_insecure_http: false,
             budget: LoginBudget::default(),
+            shared_budget: None,
+            spread: 0.0,
+            park_when_idle: false,
             store: None,
         }
     }
@@ -896,6 +967,28 @@ impl TokenCacheBuilder {
     pub fn build(self) -> Result<TokenCache, Error> {
         self.check().map_err(Error::config)?;
         Ok(TokenCache::from_config(self.source, self.config))
+    }
+
+    /// A builder over an already shared source: for a keyed cache's accounts.
+    pub(crate) fn for_source(source: SharedSource) -> Self {
+        TokenCacheBuilder {
+            source,
+            config: TokenCacheBuilder::default_config(),
+        }
+    }
+
+    /// Checks the settings without building anything.
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        self.check().map_err(Error::config)
+    }
+
+    /// Builds one account's cache of a keyed cache: every login also draws on `shared_budget`,
+    /// renewals are spread, and the driver parks while the account is idle.
+    pub(crate) fn build_account(mut self, shared_budget: &LoginBudget, spread: f64) -> TokenCache {
+        self.config.shared_budget = Some(shared_budget.clone());
+        self.config.spread = spread;
+        self.config.park_when_idle = true;
+        TokenCache::from_config(self.source, self.config)
     }
 
     fn check(&self) -> Result<(), &'static str> {

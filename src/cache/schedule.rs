@@ -78,6 +78,9 @@ pub(crate) struct Lead {
     pub(crate) refresh_before: Duration,
     pub(crate) jitter: Duration,
     pub(crate) margin: Option<Duration>,
+    /// Moves the renewal earlier by up to this fraction (0 to 1) of the time between the token's
+    /// arrival and the lead, drawn with the jitter: tokens issued together renew apart.
+    pub(crate) spread: f64,
 }
 
 /// Plans a token's renewal and deadline.
@@ -120,7 +123,13 @@ pub(crate) fn plan(
         lifetime / 2
     };
     let jitter = lead.jitter.min(base / 4).mul_f64(unit(jitter_fraction));
-    let ahead = base.saturating_add(jitter).min(lifetime);
+    let spread = lifetime
+        .saturating_sub(base)
+        .mul_f64(lead.spread.clamp(0.0, 1.0) * unit(jitter_fraction));
+    let ahead = base
+        .saturating_add(jitter)
+        .saturating_add(spread)
+        .min(lifetime);
     let renew_at = (expires_at - ahead).min(deadline).max(received_at);
     Plan {
         renew_at,
@@ -331,6 +340,7 @@ mod tests {
             refresh_before: DEFAULT_REFRESH_BEFORE,
             jitter: DEFAULT_JITTER,
             margin: None,
+            spread: 0.0,
         }
     }
 
@@ -399,6 +409,7 @@ mod tests {
             refresh_before: S,
             jitter: Duration::ZERO,
             margin: Some(30 * S),
+            spread: 0.0,
         };
         let p = plan(t0, 3600 * S, lead, Renewal::Early, 0.0);
         assert_eq!(p.renew_at, p.deadline);
@@ -430,6 +441,30 @@ mod tests {
         };
         let p = plan(t0, 600 * S, configured, Renewal::AtExpiry, 0.0);
         assert_eq!(p.deadline, t0 + 595 * S);
+    }
+
+    #[test]
+    fn a_spread_moves_renewals_earlier_over_that_fraction_of_the_life_before_the_lead() {
+        let t0 = Instant::now();
+        let spread = Lead {
+            jitter: Duration::ZERO,
+            spread: 0.25,
+            ..lead()
+        };
+        // 3600 s, lead 60 s: renewals fall between 3540 s and 3540 - 0.25 * 3540 = 2655 s.
+        let earliest = plan(t0, 3600 * S, spread, Renewal::Early, 1.0);
+        let latest = plan(t0, 3600 * S, spread, Renewal::Early, 0.0);
+        let middle = plan(t0, 3600 * S, spread, Renewal::Early, 0.5);
+        assert_eq!(latest.renew_at, t0 + 3540 * S);
+        assert_eq!(earliest.renew_at, t0 + 2655 * S);
+        assert!(earliest.renew_at < middle.renew_at && middle.renew_at < latest.renew_at);
+        assert_eq!(
+            earliest.deadline, latest.deadline,
+            "the deadline never moves"
+        );
+        // a token replaced only at expiry is not spread: nothing can be had sooner
+        let at_expiry = plan(t0, 3600 * S, spread, Renewal::AtExpiry, 1.0);
+        assert_eq!(at_expiry.renew_at, t0 + 3600 * S + AT_EXPIRY_GRACE);
     }
 
     #[test]

@@ -75,6 +75,7 @@ fn lead(refresh_before: Duration, jitter: Duration, margin: Option<Duration>) ->
         refresh_before,
         jitter,
         margin,
+        spread: 0.0,
     }
 }
 

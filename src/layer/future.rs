@@ -58,13 +58,13 @@ enum Cold<S, Req> {
 
 impl<F, S, Req> ResponseFuture<F, S, Req> {
     #[inline]
-    pub(super) fn called(fut: F, key: u64, id: u64) -> Self {
+    pub(crate) fn called(fut: F, key: u64, id: u64) -> Self {
         ResponseFuture {
             state: State::Called { fut, key, id },
         }
     }
 
-    pub(super) fn fetching(inner: S, req: Req, cache: TokenCache) -> Self {
+    pub(crate) fn fetching(inner: S, req: Req, cache: TokenCache) -> Self {
         let owned = cache.clone();
         ResponseFuture {
             state: State::Cold {
@@ -77,7 +77,7 @@ impl<F, S, Req> ResponseFuture<F, S, Req> {
         }
     }
 
-    pub(super) fn failed(error: Error) -> Self {
+    pub(crate) fn failed(error: Error) -> Self {
         ResponseFuture {
             state: State::Cold {
                 cold: Box::new(Cold::Failed(Some(error))),
@@ -185,10 +185,10 @@ impl<F, S, Req> fmt::Debug for ResponseFuture<F, S, Req> {
 }
 
 /// What a replay needs: a clone of the service, the cache, and a copy of the request.
-pub(super) struct Replay<S, Req> {
-    pub(super) inner: S,
-    pub(super) cache: TokenCache,
-    pub(super) request: Req,
+pub(crate) struct Replay<S, Req> {
+    pub(crate) inner: S,
+    pub(crate) cache: TokenCache,
+    pub(crate) request: Req,
 }
 
 pin_project! {
@@ -240,7 +240,7 @@ struct Renewing<S, Req, R> {
 
 impl<F, S, Req, R> RetryFuture<F, S, Req, R> {
     #[inline]
-    pub(super) fn new(fut: ResponseFuture<F, S, Req>, replay: Option<Replay<S, Req>>) -> Self {
+    pub(crate) fn new(fut: ResponseFuture<F, S, Req>, replay: Option<Replay<S, Req>>) -> Self {
         RetryFuture {
             state: RetryState::First { fut, replay },
         }

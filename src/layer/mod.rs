@@ -138,7 +138,11 @@ pub struct ReplayOnUnauthorized {
 }
 
 impl ReplayOnUnauthorized {
-    fn allows(&self, method: &Method) -> bool {
+    pub(crate) fn new(any_method: bool) -> Self {
+        ReplayOnUnauthorized { any_method }
+    }
+
+    pub(crate) fn allows(&self, method: &Method) -> bool {
         self.any_method || method.is_idempotent()
     }
 }
@@ -215,10 +219,7 @@ impl<P> BearerAuthLayer<P> {
     /// `origin`: refused before sending when `origin` is plain `http://` to a non-loopback host
     /// and plain HTTP was not allowed. Default: none.
     pub fn with_origin(mut self, origin: &http::Uri) -> Self {
-        let host = origin.host().unwrap_or_default();
-        self.relative_insecure_host = (origin.scheme() == Some(&http::uri::Scheme::HTTP)
-            && !crate::loopback::is_loopback_host(host))
-        .then(|| Arc::from(host));
+        self.relative_insecure_host = origin_insecure_host(origin);
         self
     }
 
@@ -311,15 +312,7 @@ impl<S, P> BearerAuth<S, P> {
         S: Service<Req> + Clone,
         Req: AuthorizeRequest,
     {
-        let host = match req.insecure_host() {
-            Some(host) => Some(host),
-            // Only a layer given a plain-http origin needs to look at relative URIs.
-            None if self.relative_insecure_host.is_some() && req.is_relative() => {
-                self.relative_insecure_host.as_deref()
-            }
-            None => None,
-        };
-        if let Some(host) = host
+        if let Some(host) = insecure_target(&req, self.relative_insecure_host.as_deref())
             && !self.cache.allows_insecure_http()
         {
             return ResponseFuture::failed(insecure_transport(host));
@@ -401,9 +394,33 @@ where
     }
 }
 
+/// The host of `origin` when it is plain `http://` to a host that is not loopback: what
+/// [`insecure_target`] judges relative URIs by.
+pub(crate) fn origin_insecure_host(origin: &http::Uri) -> Option<Arc<str>> {
+    let host = origin.host().unwrap_or_default();
+    (origin.scheme() == Some(&http::uri::Scheme::HTTP) && !crate::loopback::is_loopback_host(host))
+        .then(|| Arc::from(host))
+}
+
+/// The plain-HTTP rule, for every front-end: the host `req` would carry the token to in clear
+/// text, if it goes to plain `http://` on a host that is not loopback. A relative URI is judged
+/// by `relative_insecure_host`, the host of the layer's plain-http origin when it has one.
+#[inline]
+pub(crate) fn insecure_target<'r, Req: AuthorizeRequest>(
+    req: &'r Req,
+    relative_insecure_host: Option<&'r str>,
+) -> Option<&'r str> {
+    match req.insecure_host() {
+        Some(host) => Some(host),
+        // Only a layer given a plain-http origin needs to look at relative URIs.
+        None if relative_insecure_host.is_some() && req.is_relative() => relative_insecure_host,
+        None => None,
+    }
+}
+
 /// The error for a request to plain `http://` on `host`, naming both switches that allow it.
 #[cold]
-fn insecure_transport(host: &str) -> Error {
+pub(crate) fn insecure_transport(host: &str) -> Error {
     Error::new(ErrorKind::InsecureTransport).with_detail(format!(
         "the request URL is plain http to '{host}', which is not loopback: \
          TokenCacheBuilder::allow_insecure_http(true), or \

@@ -159,6 +159,19 @@ use std::time::Duration;
 #[doc(inline)]
 pub use server::{ReferenceServer, ReferenceServerBuilder};
 
+/// Makes every token cache of this process check deadlines and renewal instants on Tokio's
+/// clock instead of the coarse monotonic clock, for tests on a paused clock
+/// (`#[tokio::test(start_paused = true)]`): a token then expires, and a reader asks for its
+/// renewal, as the test advances time.
+///
+/// It is process-wide; call it first in every test of a test binary whose tests rely on it,
+/// and in no binary that measures speed. Without this, readers keep the real-time deadlines,
+/// which a paused clock never reaches, and only the background task's timers follow the test's
+/// clock.
+pub fn follow_tokio_clock() {
+    crate::cache::follow_tokio_clock();
+}
+
 /// How the reference server writes the `issued` and `expires` timestamps of a token response.
 ///
 /// The default is [`Rfc3339`](TimestampFormat::Rfc3339).

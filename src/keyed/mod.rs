@@ -1,0 +1,591 @@
+//! [`KeyedTokenCache`]: one token per account, for a platform that holds many credentials.
+//!
+//! A Carrental credential belongs to one account. A platform that books for many agencies holds
+//! one account per agency, each with its own token, all against the same API. A
+//! `KeyedTokenCache<K>` keeps one [`TokenCache`] per key `K` (a tenant or account id), made on
+//! first use from a factory the application gives, and [`KeyedBearerAuthLayer`] picks the
+//! account of every request from the request itself.
+//!
+//! # What each account gets
+//!
+//! Every account is a [`TokenCache`] with the settings given to
+//! [`configure`](KeyedTokenCacheBuilder::configure): the same renewal, `401` handling, backoff and
+//! its own [`LoginBudget`]. On top of that:
+//!
+//! - **One budget for all.** Every login of every account also draws on one shared
+//!   [`LoginBudget`] ([`shared_login_budget`](KeyedTokenCacheBuilder::shared_login_budget)): the
+//!   API limits a client, not an account.
+//! - **Renewals spread out.** Each account renews at a random point of the last
+//!   [`renewal_spread`](KeyedTokenCacheBuilder::renewal_spread) of its token's life before the
+//!   usual lead, so that tokens issued in the same second (a restart, a cold storm) are renewed
+//!   over minutes rather than all at once. Once spread, they stay spread.
+//! - **Nothing runs for an idle account.** An account's background task stops as soon as nothing
+//!   is ahead but the next renewal; the first request past the renewal instant starts one for
+//!   the renewal (while it goes on using the current token). An idle account costs its memory
+//!   and no task, timer or wake-up. An account nobody uses does not renew: if a request comes
+//!   after its token's deadline, it waits for a login.
+//!
+//! # Bounds
+//!
+//! - **Idle timeout** (default 30 minutes): an account with no request for that long is dropped:
+//!   its token is taken out of service and zeroed, and its task, if any, stops. A single
+//!   background task per keyed cache checks every quarter of the timeout, so an account goes
+//!   between 1 and 1.25 idle timeouts after its last request.
+//! - **At most** [`max_accounts`](KeyedTokenCacheBuilder::max_accounts) accounts (default
+//!   10,000): making one more first drops the least recently used sixteenth of them.
+//!
+//! A dropped account is made again, and logs in again, on its next request.
+//!
+//! # The hot path
+//!
+//! A warm request does one lookup in a concurrent hash map ([`papaya`], lock-free reads), one
+//! `ArcSwap` load and one deadline check on the coarse clock, and marks the account used when it
+//! was not already in the current quarter of the idle timeout. Nothing is allocated and nothing
+//! is locked.
+
+mod layer;
+
+use std::fmt;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use foldhash::fast::RandomState;
+use http::HeaderValue;
+
+use crate::cache::DirectReader;
+use crate::error::BoxError;
+use crate::source::SharedSource;
+use crate::{Error, ErrorKind, LoginBudget, Token, TokenCache, TokenCacheBuilder, TokenSource};
+
+pub use layer::{
+    AccountFn, AccountFromRequest, FromExtension, KeyedBearerAuth, KeyedBearerAuthLayer,
+};
+
+/// The default [`KeyedTokenCacheBuilder::max_accounts`].
+const DEFAULT_MAX_ACCOUNTS: usize = 10_000;
+/// The default [`KeyedTokenCacheBuilder::idle_timeout`].
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// The default [`KeyedTokenCacheBuilder::renewal_spread`].
+const DEFAULT_SPREAD: f64 = 0.2;
+/// The default shared budget: 10 logins at once, then 10 a second.
+const DEFAULT_SHARED_BURST: u32 = 10;
+const DEFAULT_SHARED_INTERVAL: Duration = Duration::from_millis(100);
+/// Sweeps per idle timeout.
+const SWEEPS_PER_TIMEOUT: u32 = 4;
+/// The fraction of the accounts dropped when one more is needed and there is no room.
+const EVICT_DIVISOR: usize = 16;
+
+/// One [`TokenCache`] per account key `K`, made on first use. See the [module docs](self).
+///
+/// Clone it freely: clones share the accounts.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_authtoken::{Error, KeyedTokenCache, Token, TokenSource};
+///
+/// /// The login of one agency.
+/// struct Agency(u32);
+/// impl TokenSource for Agency {
+///     async fn fetch(&self) -> Result<Token, Error> {
+///         Token::new(format!("token-of-{}", self.0), Duration::from_secs(3600))
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Error> {
+/// let accounts = KeyedTokenCache::builder(|agency: &u32| match *agency {
+///     1..=1000 => Ok(Agency(*agency)),
+///     _ => Err("no such agency"),
+/// })
+/// .idle_timeout(Duration::from_secs(600))
+/// .build()?;
+///
+/// assert_eq!(accounts.token(&7).await?.header_value(), "Bearer token-of-7");
+/// let refused = accounts.token(&5000).await.unwrap_err();
+/// assert_eq!(refused.kind(), tower_authtoken::ErrorKind::UnknownAccount);
+/// # Ok(())
+/// # }
+/// ```
+pub struct KeyedTokenCache<K> {
+    inner: Arc<Keyed<K>>,
+}
+
+impl<K> Clone for KeyedTokenCache<K> {
+    fn clone(&self) -> Self {
+        KeyedTokenCache {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+type Factory<K> = dyn Fn(&K) -> Result<SharedSource, BoxError> + Send + Sync;
+type Configure = dyn Fn(TokenCacheBuilder) -> TokenCacheBuilder + Send + Sync;
+
+struct Keyed<K> {
+    accounts: papaya::HashMap<K, Account, RandomState>,
+    factory: Box<Factory<K>>,
+    configure: Box<Configure>,
+    shared_budget: LoginBudget,
+    spread: f64,
+    max_accounts: usize,
+    idle_timeout: Duration,
+    /// Advanced by the sweeper every quarter of the idle timeout; accounts remember the epoch
+    /// of their last request.
+    epoch: AtomicU32,
+    /// Makes accounts one at a time, so that each key's factory runs once.
+    creating: Mutex<()>,
+    sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    counters: KeyedCounters,
+}
+
+#[derive(Default)]
+struct KeyedCounters {
+    created: AtomicU64,
+    refused: AtomicU64,
+    dropped_idle: AtomicU64,
+    dropped_full: AtomicU64,
+}
+
+/// One account: its cache, the hot path's view of it, and when it was last used.
+pub(crate) struct Account {
+    cache: TokenCache,
+    reader: DirectReader,
+    last_used: AtomicU32,
+}
+
+impl Account {
+    /// The token's header and identity, if one may be sent now.
+    #[inline]
+    pub(crate) fn current(&self) -> Option<(HeaderValue, u64)> {
+        self.reader.current()
+    }
+
+    #[inline]
+    pub(crate) fn cache_key(&self) -> u64 {
+        self.reader.cache_key()
+    }
+
+    pub(crate) fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
+}
+
+/// Counts of a [`KeyedTokenCache`]'s accounts, from [`KeyedTokenCache::stats`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyedStats {
+    /// Accounts held now.
+    pub accounts: usize,
+    /// Accounts made so far (a dropped account made again counts again).
+    pub created: u64,
+    /// Keys the factory refused.
+    pub refused: u64,
+    /// Accounts dropped after the idle timeout.
+    pub dropped_idle: u64,
+    /// Accounts dropped to make room under `max_accounts`.
+    pub dropped_full: u64,
+}
+
+impl<K> KeyedTokenCache<K>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    /// A builder over `factory`, which turns a key into the [`TokenSource`] of its account
+    /// (typically an [`AuthTokenSource`](crate::AuthTokenSource) with that account's
+    /// credentials), or refuses it: the request then fails with [`ErrorKind::UnknownAccount`],
+    /// carrying the factory's error as its source. The factory runs once per account, when the
+    /// account is first needed (and again after it was dropped); it must not block. A source
+    /// whose credentials must be looked up asynchronously can do so in its own `fetch`.
+    pub fn builder<F, S, E>(factory: F) -> KeyedTokenCacheBuilder<K>
+    where
+        F: Fn(&K) -> Result<S, E> + Send + Sync + 'static,
+        S: TokenSource,
+        E: Into<BoxError>,
+    {
+        KeyedTokenCacheBuilder {
+            factory: Box::new(move |key: &K| match factory(key) {
+                Ok(source) => Ok(Arc::new(source) as SharedSource),
+                Err(error) => Err(error.into()),
+            }),
+            configure: Box::new(|builder| builder),
+            shared_budget: LoginBudget::new(DEFAULT_SHARED_BURST, DEFAULT_SHARED_INTERVAL),
+            spread: DEFAULT_SPREAD,
+            max_accounts: DEFAULT_MAX_ACCOUNTS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+
+    /// A valid token for the account `key`, made on first use; waits for a login when needed.
+    pub async fn token(&self, key: &K) -> Result<Token, Error> {
+        self.cache(key)?.token().await
+    }
+
+    /// The [`TokenCache`] of the account `key`, made on first use: to
+    /// [`invalidate`](TokenCache::invalidate) a token or read its
+    /// [`stats`](TokenCache::stats). Must be called from within a Tokio runtime the first time.
+    pub fn cache(&self, key: &K) -> Result<TokenCache, Error> {
+        self.inner
+            .with_account(key, |account| account.cache.clone())
+    }
+
+    /// Drops the account `key` now, as the idle timeout would: its token is taken out of
+    /// service and zeroed. Whether there was one.
+    pub fn remove(&self, key: &K) -> bool {
+        let accounts = self.inner.accounts.pin();
+        match accounts.remove(key) {
+            Some(account) => {
+                account.reader.retire();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The number of accounts held now.
+    pub fn len(&self) -> usize {
+        self.inner.accounts.len()
+    }
+
+    /// Whether no account is held.
+    pub fn is_empty(&self) -> bool {
+        self.inner.accounts.is_empty()
+    }
+
+    /// Counts of accounts made, refused and dropped.
+    pub fn stats(&self) -> KeyedStats {
+        let counters = &self.inner.counters;
+        KeyedStats {
+            accounts: self.len(),
+            created: counters.created.load(Ordering::Relaxed),
+            refused: counters.refused.load(Ordering::Relaxed),
+            dropped_idle: counters.dropped_idle.load(Ordering::Relaxed),
+            dropped_full: counters.dropped_full.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The shared budget every account's logins draw on.
+    pub fn shared_login_budget(&self) -> &LoginBudget {
+        &self.inner.shared_budget
+    }
+
+    /// Runs `f` on the account `key`, made first if there is none.
+    #[inline]
+    pub(crate) fn with_account<T>(
+        &self,
+        key: &K,
+        f: impl FnOnce(&Account) -> T,
+    ) -> Result<T, Error> {
+        self.inner.with_account(key, f)
+    }
+}
+
+impl<K> Keyed<K>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    /// Runs `f` on the account `key`, made first if there is none. The warm case locks nothing.
+    #[inline]
+    pub(crate) fn with_account<T>(
+        self: &Arc<Self>,
+        key: &K,
+        f: impl FnOnce(&Account) -> T,
+    ) -> Result<T, Error> {
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        {
+            let accounts = self.accounts.pin();
+            if let Some(account) = accounts.get(key) {
+                if account.last_used.load(Ordering::Relaxed) != epoch {
+                    account.last_used.store(epoch, Ordering::Relaxed);
+                }
+                return Ok(f(account));
+            }
+        }
+        self.create(key, f)
+    }
+
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn create<T>(
+        self: &Arc<Self>,
+        key: &K,
+        f: impl FnOnce(&Account) -> T,
+    ) -> Result<T, Error> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::new(ErrorKind::Runtime).with_detail(
+                "no Tokio runtime: use the keyed token cache from within a Tokio runtime",
+            )
+        })?;
+        let _one_at_a_time = self.creating.lock().unwrap_or_else(PoisonError::into_inner);
+        let accounts = self.accounts.pin();
+        if let Some(account) = accounts.get(key) {
+            return Ok(f(account));
+        }
+        let source = (self.factory)(key).map_err(|error| {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            Error::new(ErrorKind::UnknownAccount)
+                .with_detail("the account factory refused the request's account")
+                .with_source(error)
+        })?;
+        if accounts.len() >= self.max_accounts {
+            self.evict_least_recent(&accounts);
+        }
+        let cache = (self.configure)(TokenCacheBuilder::for_source(source))
+            .build_account(&self.shared_budget, self.spread);
+        let account = Account {
+            reader: cache.direct_reader(),
+            cache,
+            last_used: AtomicU32::new(self.epoch.load(Ordering::Relaxed)),
+        };
+        self.counters.created.fetch_add(1, Ordering::Relaxed);
+        let inserted = accounts.get_or_insert(key.clone(), account);
+        let result = f(inserted);
+        drop(accounts);
+        start_sweeper(self, &runtime);
+        Ok(result)
+    }
+
+    /// Drops the least recently used sixteenth of the accounts (at least one).
+    fn evict_least_recent(
+        &self,
+        accounts: &papaya::HashMapRef<'_, K, Account, RandomState, impl papaya::Guard>,
+    ) {
+        let mut ages: Vec<(u32, &K)> = accounts
+            .iter()
+            .map(|(key, account)| (account.last_used.load(Ordering::Relaxed), key))
+            .collect();
+        let count = (ages.len() / EVICT_DIVISOR).max(1).min(ages.len());
+        if count == 0 {
+            return;
+        }
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        // Oldest first: the epoch wraps, so compare how long ago, not the raw value.
+        ages.select_nth_unstable_by_key(count - 1, |(used, _)| {
+            std::cmp::Reverse(epoch.wrapping_sub(*used))
+        });
+        for (_, key) in &ages[..count] {
+            if let Some(account) = accounts.remove(*key) {
+                account.reader.retire();
+                self.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        tracing::info!(
+            dropped = count,
+            max_accounts = self.max_accounts,
+            "the keyed token cache is full; dropped its least recently used accounts"
+        );
+    }
+
+    /// Drops the accounts not used for the idle timeout, and starts the next epoch.
+    fn sweep(&self) {
+        let epoch = self.epoch.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        let accounts = self.accounts.pin();
+        let mut dropped = 0u64;
+        accounts.retain(|_, account| {
+            let idle_for = epoch.wrapping_sub(account.last_used.load(Ordering::Relaxed));
+            let keep = idle_for <= SWEEPS_PER_TIMEOUT;
+            if !keep {
+                account.reader.retire();
+                dropped += 1;
+            }
+            keep
+        });
+        if dropped > 0 {
+            self.counters
+                .dropped_idle
+                .fetch_add(dropped, Ordering::Relaxed);
+            tracing::debug!(dropped, "dropped idle accounts");
+        }
+    }
+}
+
+impl<K> Drop for Keyed<K> {
+    fn drop(&mut self) {
+        if let Some(sweeper) = self
+            .sweeper
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            sweeper.abort();
+        }
+    }
+}
+
+impl<K: Hash + Eq> fmt::Debug for KeyedTokenCache<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedTokenCache")
+            .field("accounts", &self.inner.accounts.len())
+            .field("max_accounts", &self.inner.max_accounts)
+            .field("idle_timeout", &self.inner.idle_timeout)
+            .field("shared_login_budget", &self.inner.shared_budget)
+            .field("renewal_spread", &self.inner.spread)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`KeyedTokenCache`]; from [`KeyedTokenCache::builder`].
+#[must_use = "call build() to get a KeyedTokenCache"]
+pub struct KeyedTokenCacheBuilder<K> {
+    factory: Box<Factory<K>>,
+    configure: Box<Configure>,
+    shared_budget: LoginBudget,
+    spread: f64,
+    max_accounts: usize,
+    idle_timeout: Duration,
+}
+
+impl<K> KeyedTokenCacheBuilder<K>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    /// Settings for every account's [`TokenCache`], as on a [`TokenCacheBuilder`]:
+    /// `refresh_before`, `expiry_margin`, backoffs, `allow_insecure_http`, a shared store, and
+    /// the account's own `login_budget`. Default: the [`TokenCacheBuilder`] defaults. `build()`
+    /// checks them once.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_authtoken::{Error, KeyedTokenCache, Token, TokenSource};
+    /// # struct Agency;
+    /// # impl TokenSource for Agency {
+    /// #     async fn fetch(&self) -> Result<Token, Error> { Token::new("t", Duration::from_secs(60)) }
+    /// # }
+    /// let accounts = KeyedTokenCache::builder(|_: &u64| Ok::<_, Error>(Agency))
+    ///     .configure(|cache| cache.refresh_before(Duration::from_secs(300)))
+    ///     .build()?;
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn configure<F>(mut self, configure: F) -> Self
+    where
+        F: Fn(TokenCacheBuilder) -> TokenCacheBuilder + Send + Sync + 'static,
+    {
+        self.configure = Box::new(configure);
+        self
+    }
+
+    /// The budget every login of every account draws on, besides the account's own. Default:
+    /// 10 at once, then 10 a second.
+    ///
+    /// Size it for the number of accounts in use: `n` accounts with tokens of life `L` renew
+    /// about `n / (renewal_spread × L)` times a second at worst, right after they all logged
+    /// in together.
+    pub fn shared_login_budget(mut self, budget: LoginBudget) -> Self {
+        self.shared_budget = budget;
+        self
+    }
+
+    /// The fraction (0 to 1) of each token's life, before the usual renewal lead, over which
+    /// the accounts' renewals are spread at random. Default: 0.2. With 1-hour tokens and the
+    /// default 60 s lead, renewals fall between 48 and 59 minutes into a token's life. 0 renews
+    /// every account at the lead, as a single [`TokenCache`] does.
+    pub fn renewal_spread(mut self, fraction: f64) -> Self {
+        self.spread = fraction;
+        self
+    }
+
+    /// The most accounts held at once. Default: 10,000. Making one more first drops the least
+    /// recently used sixteenth.
+    pub fn max_accounts(mut self, max: usize) -> Self {
+        self.max_accounts = max;
+        self
+    }
+
+    /// How long an account may go without a request before it is dropped, token and all.
+    /// Default: 30 minutes. It goes between 1 and 1.25 times this after its last request.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Checks the settings and builds the keyed cache. Nothing starts until the first account
+    /// is needed.
+    ///
+    /// Fails with [`ErrorKind::Config`], naming the setting, when one is out of range:
+    /// `max_accounts` 1 to 10,000,000, `idle_timeout` 1 s to 1 week, `renewal_spread` 0 to
+    /// 0.9, and the per-account settings as [`TokenCacheBuilder::build`] checks them.
+    pub fn build(self) -> Result<KeyedTokenCache<K>, Error> {
+        if !(1..=10_000_000).contains(&self.max_accounts) {
+            return Err(Error::config("max_accounts must be 1 to 10000000"));
+        }
+        if self.idle_timeout < Duration::from_secs(1)
+            || self.idle_timeout > Duration::from_secs(7 * 24 * 60 * 60)
+        {
+            return Err(Error::config("idle_timeout must be 1 s to 1 week"));
+        }
+        if !(0.0..=0.9).contains(&self.spread) {
+            return Err(Error::config("renewal_spread must be 0 to 0.9"));
+        }
+        self.shared_budget
+            .check()
+            .map_err(|problem| Error::config(format!("shared_{problem}")))?;
+        // The per-account settings, checked once on a stand-in source.
+        (self.configure)(TokenCacheBuilder::for_source(Arc::new(NoSource))).validate()?;
+        Ok(KeyedTokenCache {
+            inner: Arc::new(Keyed {
+                // Reclaim a dropped account at once rather than in batches: its memory and
+                // its source go with it, not some evictions later.
+                accounts: papaya::HashMap::builder()
+                    .hasher(RandomState::default())
+                    .collector(seize::Collector::new().batch_size(1))
+                    .build(),
+                factory: self.factory,
+                configure: self.configure,
+                shared_budget: self.shared_budget,
+                spread: self.spread,
+                max_accounts: self.max_accounts,
+                idle_timeout: self.idle_timeout,
+                epoch: AtomicU32::new(0),
+                creating: Mutex::new(()),
+                sweeper: Mutex::new(None),
+                counters: KeyedCounters::default(),
+            }),
+        })
+    }
+}
+
+impl<K> fmt::Debug for KeyedTokenCacheBuilder<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedTokenCacheBuilder")
+            .field("max_accounts", &self.max_accounts)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("shared_login_budget", &self.shared_budget)
+            .field("renewal_spread", &self.spread)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The stand-in source `build()` checks the per-account settings with.
+struct NoSource;
+
+impl TokenSource for NoSource {
+    async fn fetch(&self) -> Result<Token, Error> {
+        Err(Error::config("no source"))
+    }
+}
+
+/// Starts the sweeper task on `runtime`: it holds the keyed cache weakly and stops when it is
+/// dropped (its `Drop` also aborts it).
+fn start_sweeper<K>(keyed: &Arc<Keyed<K>>, runtime: &tokio::runtime::Handle)
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    let mut sweeper = keyed.sweeper.lock().unwrap_or_else(PoisonError::into_inner);
+    if sweeper.as_ref().is_some_and(|task| !task.is_finished()) {
+        return;
+    }
+    let every = keyed.idle_timeout / SWEEPS_PER_TIMEOUT;
+    let weak: Weak<Keyed<K>> = Arc::downgrade(keyed);
+    *sweeper = Some(runtime.spawn(async move {
+        let mut next = tokio::time::Instant::now() + every;
+        loop {
+            tokio::time::sleep_until(next).await;
+            next += every;
+            match weak.upgrade() {
+                Some(keyed) => keyed.sweep(),
+                None => return,
+            }
+        }
+    }));
+}
