@@ -51,10 +51,9 @@ impl Shared {
     /// Publishes a result to every caller waiting on the current fetch. Call with the lock held.
     fn publish(&self, control: &mut Control, result: Option<Result<(), Error>>) {
         control.demand = false;
-        self.outcomes.send_modify(|outcome| {
-            outcome.completed += 1;
-            outcome.result = result;
-        });
+        control.outcome.completed += 1;
+        control.outcome.result = result;
+        self.published.notify_waiters();
     }
 
     /// Takes the current token out of service if `now` is past its deadline. A token the server
@@ -141,8 +140,10 @@ async fn run(shared: Arc<Shared>, generation: u64) {
         shared: Arc::clone(&shared),
         generation,
     };
-    let mut closed = shared.closed.clone();
     loop {
+        if shared.closed.load(Ordering::Acquire) {
+            return;
+        }
         let step = {
             let control = shared.lock();
             if control.generation != generation {
@@ -154,7 +155,7 @@ async fn run(shared: Arc<Shared>, generation: u64) {
                 demand: control.demand,
                 backoff_until: control.backoff.as_ref().map(|b| b.until),
                 due_at: control.due_at,
-                budget_at: Some(shared.config.budget_ready_at(now)),
+                budget_at: Some(shared.budget_ready_at(now)),
             };
             schedule::next_step(view, now)
         };
@@ -165,7 +166,7 @@ async fn run(shared: Arc<Shared>, generation: u64) {
             }
             Step::Answer => answer(&shared),
             Step::Fetch => {
-                if shared.config.spend_budget(Instant::now()).is_err() {
+                if shared.spend_budget(Instant::now()).is_err() {
                     // A budget shared with another cache was spent meanwhile: decide again.
                     continue;
                 }
@@ -190,7 +191,11 @@ async fn run(shared: Arc<Shared>, generation: u64) {
                     };
                     tokio::select! {
                         biased;
-                        _ = closed.changed() => return,
+                        () = shared.wake.notified() => {
+                            if shared.closed.load(Ordering::Acquire) {
+                                return;
+                            }
+                        }
                         result = &mut fetch => {
                             // No result: the runtime is shutting down under us. Stop; the exit
                             // guard hands the waiters back to their own runtimes.
@@ -218,7 +223,6 @@ async fn run(shared: Arc<Shared>, generation: u64) {
                 };
                 tokio::select! {
                     biased;
-                    _ = closed.changed() => return,
                     _ = shared.wake.notified() => {}
                     _ = timer => {}
                 }

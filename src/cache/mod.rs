@@ -95,7 +95,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use http::HeaderValue;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::source::SharedSource;
@@ -140,11 +140,17 @@ pub struct TokenCache {
     handle: Arc<Handle>,
 }
 
-/// The users' side of the cache. When the last one drops, its sender drops with it, and the
-/// driver, which holds only the receiving end, stops.
+/// The users' side of the cache. When the last one drops, it closes the cache, and the driver,
+/// which holds only the shared state, stops.
 struct Handle {
     shared: Arc<Shared>,
-    _closed: watch::Sender<()>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+    }
 }
 
 /// State shared between the handles, the readers and the driver.
@@ -154,14 +160,17 @@ pub(crate) struct Shared {
     /// The token handed out, with its deadline on the coarse clock.
     slot: ArcSwapOption<Entry>,
     control: Mutex<Control>,
-    /// Wakes the driver when callers need a token or one was invalidated.
+    /// Wakes the driver when callers need a token, one was invalidated, or the cache closed.
     wake: Notify,
-    /// Every finished fetch (or immediate answer) is published here.
-    outcomes: watch::Sender<Outcome>,
-    /// Closes when the last handle drops.
-    closed: watch::Receiver<()>,
+    /// Wakes the callers waiting for an outcome when one is published (`Control::outcome`).
+    published: Notify,
+    /// Set when the last handle drops.
+    closed: AtomicBool,
     source: SharedSource,
-    config: Config,
+    /// Shared by all the accounts of a keyed cache.
+    config: Arc<Config>,
+    /// This cache's own login budget.
+    budget: LoginBudget,
     counters: Counters,
 }
 
@@ -231,6 +240,8 @@ struct Outcome {
 /// Everything off the hot path, behind a plain mutex that is never held across an `.await`.
 #[derive(Default)]
 struct Control {
+    /// Every finished fetch (or immediate answer) is published here.
+    outcome: Outcome,
     /// The running driver, if any.
     driver: Option<Driver>,
     /// Counts the drivers started, so that an older driver knows it was replaced.
@@ -320,28 +331,6 @@ impl Config {
             spread: self.spread,
         }
     }
-
-    /// When the login budgets allow the next login.
-    fn budget_ready_at(&self, now: Instant) -> Instant {
-        let own = self.budget.ready_at(now);
-        match &self.shared_budget {
-            Some(shared) => own.max(shared.ready_at(now)),
-            None => own,
-        }
-    }
-
-    /// Draws one login from the budgets, or says when they allow one. The cache's own budget
-    /// is spent by its single driver only, so it cannot run out between the check and the draw.
-    fn spend_budget(&self, now: Instant) -> Result<(), Instant> {
-        let own = self.budget.ready_at(now);
-        if own > now {
-            return Err(own);
-        }
-        if let Some(shared) = &self.shared_budget {
-            shared.try_spend(now)?;
-        }
-        self.budget.try_spend(now)
-    }
 }
 
 impl fmt::Debug for Config {
@@ -395,7 +384,11 @@ pub struct CacheStats {
 impl TokenCache {
     /// A cache over `source`, with the default settings of [`TokenCacheBuilder`].
     pub fn new<S: TokenSource>(source: S) -> TokenCache {
-        TokenCache::from_config(Arc::new(source), TokenCacheBuilder::default_config())
+        TokenCache::from_config(
+            Arc::new(source),
+            Arc::new(TokenCacheBuilder::default_config()),
+            LoginBudget::default(),
+        )
     }
 
     /// A builder to configure a cache over `source`.
@@ -406,27 +399,23 @@ impl TokenCache {
         }
     }
 
-    fn from_config(source: SharedSource, config: Config) -> TokenCache {
-        let (closed_tx, closed_rx) = watch::channel(());
-        let (outcomes, _) = watch::channel(Outcome::default());
+    fn from_config(source: SharedSource, config: Arc<Config>, budget: LoginBudget) -> TokenCache {
         let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::new(Shared {
             key,
             slot: ArcSwapOption::empty(),
             control: Mutex::new(Control::default()),
             wake: Notify::new(),
-            outcomes,
-            closed: closed_rx,
+            published: Notify::new(),
+            closed: AtomicBool::new(false),
             source,
             config,
+            budget,
             counters: Counters::default(),
         });
         registry().insert(key, Arc::downgrade(&shared));
         TokenCache {
-            handle: Arc::new(Handle {
-                shared,
-                _closed: closed_tx,
-            }),
+            handle: Arc::new(Handle { shared }),
         }
     }
 
@@ -542,6 +531,28 @@ enum Waited {
 }
 
 impl Shared {
+    /// When the login budgets allow the next login.
+    fn budget_ready_at(&self, now: Instant) -> Instant {
+        let own = self.budget.ready_at(now);
+        match &self.config.shared_budget {
+            Some(shared) => own.max(shared.ready_at(now)),
+            None => own,
+        }
+    }
+
+    /// Draws one login from the budgets, or says when they allow one. The cache's own budget
+    /// is spent by its single driver only, so it cannot run out between the check and the draw.
+    fn spend_budget(&self, now: Instant) -> Result<(), Instant> {
+        let own = self.budget.ready_at(now);
+        if own > now {
+            return Err(own);
+        }
+        if let Some(shared) = &self.config.shared_budget {
+            shared.try_spend(now)?;
+        }
+        self.budget.try_spend(now)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Control> {
         // The lock guards plain data and no code panics while holding it; if one ever did, the
         // data is still consistent enough to go on with.
@@ -551,7 +562,6 @@ impl Shared {
     }
 
     async fn token_slow(self: &Arc<Self>) -> Result<Token, Error> {
-        let mut outcomes = self.outcomes.subscribe();
         loop {
             let (seen, generation) = {
                 let mut control = self.lock();
@@ -569,10 +579,10 @@ impl Shared {
                 }
                 self.ensure_driver(&mut control)?;
                 control.demand = true;
-                (outcomes.borrow_and_update().completed, control.generation)
+                (control.outcome.completed, control.generation)
             };
             self.wake.notify_one();
-            match self.wait(&mut outcomes, seen, generation).await {
+            match self.wait(seen, generation).await {
                 Waited::Finished(Err(error)) => return Err(error),
                 Waited::Finished(Ok(())) | Waited::Again => continue,
             }
@@ -581,29 +591,27 @@ impl Shared {
 
     /// Waits for the outcome of the fetch after `seen`, checking now and then that the driver's
     /// runtime still runs tasks, and taking the fetch over on this runtime if it does not.
-    async fn wait(
-        self: &Arc<Self>,
-        outcomes: &mut watch::Receiver<Outcome>,
-        seen: u64,
-        generation: u64,
-    ) -> Waited {
+    async fn wait(self: &Arc<Self>, seen: u64, generation: u64) -> Waited {
         let started = Instant::now();
         let limit = started + self.config.attempt_limit() + Duration::from_secs(1);
         let mut probe_at = started + PROBE_AFTER;
         loop {
-            // Clone the outcome out of the channel before anything else awaits.
-            let next = async {
-                match outcomes.wait_for(|o| o.completed > seen).await {
-                    Ok(outcome) => match outcome.result.clone() {
+            // Register for the next publication before looking, so that none is missed.
+            let published = self.published.notified();
+            tokio::pin!(published);
+            published.as_mut().enable();
+            {
+                let control = self.lock();
+                if control.outcome.completed > seen {
+                    return match control.outcome.result.clone() {
                         Some(result) => Waited::Finished(result),
                         None => Waited::Again,
-                    },
-                    Err(_) => Waited::Finished(Err(runtime_error("the token cache was dropped"))),
+                    };
                 }
-            };
+            }
             tokio::select! {
                 biased;
-                waited = next => return waited,
+                () = published => {}
                 () = tokio::time::sleep_until(probe_at) => {
                     if self.driver_stalled(generation).await {
                         return match self.take_over(generation) {
@@ -966,7 +974,12 @@ impl TokenCacheBuilder {
     /// setter gives it): no setting that passes can make the cache panic or overflow later.
     pub fn build(self) -> Result<TokenCache, Error> {
         self.check().map_err(Error::config)?;
-        Ok(TokenCache::from_config(self.source, self.config))
+        let budget = self.config.budget.clone();
+        Ok(TokenCache::from_config(
+            self.source,
+            Arc::new(self.config),
+            budget,
+        ))
     }
 
     /// A builder over an already shared source: for a keyed cache's accounts.
@@ -982,13 +995,24 @@ impl TokenCacheBuilder {
         self.check().map_err(Error::config)
     }
 
-    /// Builds one account's cache of a keyed cache: every login also draws on `shared_budget`,
-    /// renewals are spread, and the driver parks while the account is idle.
-    pub(crate) fn build_account(mut self, shared_budget: &LoginBudget, spread: f64) -> TokenCache {
+    /// The settings of a keyed cache's accounts, shared by all of them: every login also draws
+    /// on `shared_budget`, renewals are spread, and the driver parks while the account is idle.
+    pub(crate) fn account_config(
+        mut self,
+        shared_budget: &LoginBudget,
+        spread: f64,
+    ) -> Arc<Config> {
         self.config.shared_budget = Some(shared_budget.clone());
         self.config.spread = spread;
         self.config.park_when_idle = true;
-        TokenCache::from_config(self.source, self.config)
+        Arc::new(self.config)
+    }
+
+    /// One account's cache: `source` with the shared `config`, and a login budget of its own
+    /// with the configured burst and interval.
+    pub(crate) fn build_account(source: SharedSource, config: &Arc<Config>) -> TokenCache {
+        let budget = LoginBudget::new(config.budget.burst(), config.budget.interval());
+        TokenCache::from_config(source, Arc::clone(config), budget)
     }
 
     fn check(&self) -> Result<(), &'static str> {

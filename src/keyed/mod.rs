@@ -54,7 +54,7 @@ use std::time::Duration;
 use foldhash::fast::RandomState;
 use http::HeaderValue;
 
-use crate::cache::DirectReader;
+use crate::cache::{Config, DirectReader};
 use crate::error::BoxError;
 use crate::source::SharedSource;
 use crate::{Error, ErrorKind, LoginBudget, Token, TokenCache, TokenCacheBuilder, TokenSource};
@@ -126,7 +126,8 @@ type Configure = dyn Fn(TokenCacheBuilder) -> TokenCacheBuilder + Send + Sync;
 struct Keyed<K> {
     accounts: papaya::HashMap<K, Account, RandomState>,
     factory: Box<Factory<K>>,
-    configure: Box<Configure>,
+    /// The settings of every account, shared.
+    config: Arc<Config>,
     shared_budget: LoginBudget,
     spread: f64,
     max_accounts: usize,
@@ -331,8 +332,7 @@ where
         if accounts.len() >= self.max_accounts {
             self.evict_least_recent(&accounts);
         }
-        let cache = (self.configure)(TokenCacheBuilder::for_source(source))
-            .build_account(&self.shared_budget, self.spread);
+        let cache = TokenCacheBuilder::build_account(source, &self.config);
         let account = Account {
             reader: cache.direct_reader(),
             cache,
@@ -520,8 +520,10 @@ where
         self.shared_budget
             .check()
             .map_err(|problem| Error::config(format!("shared_{problem}")))?;
-        // The per-account settings, checked once on a stand-in source.
-        (self.configure)(TokenCacheBuilder::for_source(Arc::new(NoSource))).validate()?;
+        // The per-account settings, checked once, on a stand-in source.
+        let template = (self.configure)(TokenCacheBuilder::for_source(Arc::new(NoSource)));
+        template.validate()?;
+        let config = template.account_config(&self.shared_budget, self.spread);
         Ok(KeyedTokenCache {
             inner: Arc::new(Keyed {
                 // Reclaim a dropped account at once rather than in batches: its memory and
@@ -531,7 +533,7 @@ where
                     .collector(seize::Collector::new().batch_size(1))
                     .build(),
                 factory: self.factory,
-                configure: self.configure,
+                config,
                 shared_budget: self.shared_budget,
                 spread: self.spread,
                 max_accounts: self.max_accounts,

@@ -1,0 +1,396 @@
+//! Many accounts (`KeyedTokenCache`, `KeyedBearerAuthLayer`) at scale.
+//!
+//! - `keyed/hot_path`: the time of one request with a warm account against the static-header
+//!   floor (tower-http's `AddAuthorization`), with 1, 1,000 and 100,000 live accounts, each
+//!   request naming the next account of a shuffled list (so the map lookups miss the CPU
+//!   caches as a platform's would), on one thread and on two. Both variants build the same
+//!   request, account extension included. Interleaved rounds, as in `hot_path/rounds`; the
+//!   allocations per request of both variants are counted too.
+//! - `keyed/scale`: 100,000 accounts made and warmed (their logins answered at once by an
+//!   in-process source), the memory each holds while idle, the process's CPU time over 10 s of
+//!   idleness, the tasks alive, and what is left after the keyed cache is dropped.
+//!
+//! `cargo bench --bench keyed` runs both; `-- hot_path` or `-- scale` one of them;
+//! `cargo test --bench keyed` a quick smoke run of both.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Barrier;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use tokio::runtime::Runtime;
+use tower::{Layer, Service, ServiceExt};
+use tower_authtoken::{
+    Error, KeyedBearerAuth, KeyedBearerAuthLayer, KeyedTokenCache, LoginBudget, Token, TokenSource,
+};
+use tower_http::auth::AddAuthorization;
+
+use common::{Clock, Ratio, Rounds, RoundsMode, Sample, Stopwatch, interleave, print_table};
+
+// ---------------------------------------------------------------------------------------------
+// Counting allocations, only while `COUNTING` is set: one relaxed load otherwise.
+// ---------------------------------------------------------------------------------------------
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is passed on to the system allocator unchanged; the counters only observe.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: the caller's obligations are the system allocator's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if COUNTING.load(Ordering::Relaxed) {
+            LIVE_BYTES.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        }
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            LIVE_BYTES.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+// ---------------------------------------------------------------------------------------------
+// The accounts.
+// ---------------------------------------------------------------------------------------------
+
+/// An account's login, answered at once with a one-hour token of its own.
+struct Instant1h(u32);
+
+impl TokenSource for Instant1h {
+    async fn fetch(&self) -> Result<Token, Error> {
+        Token::new(format!("{}-{:08}", common::TOKEN, self.0), common::HOUR)
+    }
+}
+
+/// The account key the requests carry.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+struct Account(u32);
+
+fn keyed(max: usize) -> KeyedTokenCache<Account> {
+    KeyedTokenCache::builder(|account: &Account| Ok::<_, Error>(Instant1h(account.0)))
+        .max_accounts(max)
+        // Room for every first login at once: this measures the cache, not the budget.
+        .shared_login_budget(LoginBudget::new(1_000_000, Duration::from_micros(1)))
+        .configure(|cache| {
+            cache.login_budget(LoginBudget::new(1_000_000, Duration::from_micros(1)))
+        })
+        .build()
+        .expect("valid settings")
+}
+
+/// Makes and warms `n` accounts, one after the other; returns how long it took.
+async fn warm(accounts: &KeyedTokenCache<Account>, n: u32) -> Duration {
+    let start = Instant::now();
+    for account in 0..n {
+        accounts.token(&Account(account)).await.expect("a token");
+    }
+    start.elapsed()
+}
+
+/// The accounts of `n` requests: the `live` accounts in a shuffled order, repeated.
+fn schedule(live: u32, n: usize) -> Vec<Account> {
+    let mut order: Vec<u32> = (0..live).collect();
+    fastrand::Rng::with_seed(7).shuffle(&mut order);
+    order.iter().cycle().take(n).map(|a| Account(*a)).collect()
+}
+
+fn request(account: Account) -> Request<()> {
+    let mut request = Request::new(());
+    request.extensions_mut().insert(account);
+    request
+}
+
+/// Sends one request per entry of `accounts` through `service`.
+async fn send<S>(service: &mut S, accounts: &[Account])
+where
+    S: Service<Request<()>, Response = Response<()>>,
+    S::Error: std::fmt::Debug,
+{
+    for account in accounts {
+        let ready = service.ready().await.expect("ready");
+        let response = ready
+            .call(std::hint::black_box(request(*account)))
+            .await
+            .expect("a response");
+        std::hint::black_box(response);
+    }
+}
+
+type Floor = AddAuthorization<common::NoOp>;
+type Keyed = KeyedBearerAuth<common::NoOp, Account>;
+
+fn floor() -> Floor {
+    AddAuthorization::bearer(common::NoOp, common::TOKEN).as_sensitive(true)
+}
+
+// ---------------------------------------------------------------------------------------------
+// keyed/hot_path
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy)]
+struct Plan {
+    warm_up: usize,
+    rounds: usize,
+    requests: usize,
+}
+
+impl Plan {
+    fn of(mode: RoundsMode) -> Plan {
+        match mode {
+            RoundsMode::Smoke => Plan {
+                warm_up: 1,
+                rounds: 2,
+                requests: 200,
+            },
+            _ => Plan {
+                warm_up: 5,
+                rounds: 100,
+                requests: 20_000,
+            },
+        }
+    }
+}
+
+/// Two threads, each on its own runtime, send `accounts` through their clone of `service`.
+fn two_threads<S>(runtimes: &[Runtime; 2], service: &S, accounts: &[Account]) -> Sample
+where
+    S: Service<Request<()>, Response = Response<()>> + Clone + Send,
+    S::Error: std::fmt::Debug,
+{
+    let barrier = Barrier::new(2);
+    let samples = std::thread::scope(|scope| {
+        runtimes
+            .each_ref()
+            .map(|runtime| {
+                let mut service = service.clone();
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    runtime.block_on(async {
+                        send(&mut service, &accounts[..64.min(accounts.len())]).await;
+                        barrier.wait();
+                        let stopwatch = Stopwatch::start();
+                        send(&mut service, accounts).await;
+                        stopwatch.stop()
+                    })
+                })
+            })
+            .map(|thread| thread.join().expect("the benchmark thread"))
+    });
+    Sample::concurrent(&samples)
+}
+
+/// Allocations per request of `service` over `accounts`.
+fn allocations_per_request<S>(runtime: &Runtime, service: &mut S, accounts: &[Account]) -> f64
+where
+    S: Service<Request<()>, Response = Response<()>>,
+    S::Error: std::fmt::Debug,
+{
+    ALLOCATIONS.store(0, Ordering::Relaxed);
+    COUNTING.store(true, Ordering::Relaxed);
+    runtime.block_on(send(service, accounts));
+    COUNTING.store(false, Ordering::Relaxed);
+    ALLOCATIONS.load(Ordering::Relaxed) as f64 / accounts.len() as f64
+}
+
+fn hot_path(mode: RoundsMode) {
+    let started = Instant::now();
+    let plan = Plan::of(mode);
+    let main = common::current_thread();
+    let runtimes = [common::current_thread(), common::current_thread()];
+    let mut results = Vec::new();
+    let mut allocations = Vec::new();
+    let sizes: &[u32] = match mode {
+        RoundsMode::Smoke => &[1, 1_000],
+        _ => &[1, 1_000, 100_000],
+    };
+    for &live in sizes {
+        let accounts = keyed(live as usize);
+        main.block_on(warm(&accounts, live));
+        let order = schedule(live, plan.requests);
+        let mut floor = floor();
+        let mut keyed: Keyed = KeyedBearerAuthLayer::new(accounts.clone()).layer(common::NoOp);
+        // Every account is used once before measuring, so that none is made during a round.
+        main.block_on(send(&mut keyed, &schedule(live, live as usize)));
+        let label = format!("{live} live accounts");
+        results.push(Rounds {
+            label: label.clone(),
+            threads: 1,
+            requests: plan.requests as u64,
+            rounds: interleave(
+                plan.warm_up,
+                plan.rounds,
+                || Sample::measure(|| main.block_on(send(&mut floor, &order))),
+                || Sample::measure(|| main.block_on(send(&mut keyed, &order))),
+            ),
+        });
+        let (floor2, keyed2) = (floor.clone(), keyed.clone());
+        results.push(Rounds {
+            label: label.clone(),
+            threads: 2,
+            requests: plan.requests as u64,
+            rounds: interleave(
+                plan.warm_up,
+                plan.rounds,
+                || two_threads(&runtimes, &floor2, &order),
+                || two_threads(&runtimes, &keyed2, &order),
+            ),
+        });
+        allocations.push((
+            label,
+            allocations_per_request(&main, &mut floor, &order),
+            allocations_per_request(&main, &mut keyed, &order),
+        ));
+        assert_eq!(
+            accounts.stats().created,
+            u64::from(live),
+            "no account was made twice"
+        );
+    }
+    results.sort_by_key(|r| r.threads);
+    print_table(
+        "keyed/hot_path: KeyedBearerAuth/floor time per request, a warm account per request \
+         from a shuffled list; interleaved rounds; ratio = median of the per-round ratios",
+        Ratio::Time,
+        &[Clock::Cpu, Clock::Wall],
+        &results,
+    );
+    println!();
+    println!(
+        "{:<28} {:>18} {:>18}",
+        "allocations per request", "floor", "keyed"
+    );
+    for (label, floor, keyed) in &allocations {
+        println!("{label:<28} {floor:>18.3} {keyed:>18.3}");
+        assert!(
+            (keyed - floor).abs() < 0.01,
+            "the keyed layer allocated: {keyed} per request against the floor's {floor}"
+        );
+    }
+    println!(
+        "keyed/hot_path took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// keyed/scale
+// ---------------------------------------------------------------------------------------------
+
+/// The CPU time (user + system) the whole process has used.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // Linux reports them in clock ticks of 1/100 s (USER_HZ).
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+fn scale(mode: RoundsMode) {
+    let (n, idle) = match mode {
+        RoundsMode::Smoke => (1_000u32, Duration::from_millis(200)),
+        _ => (100_000u32, Duration::from_secs(10)),
+    };
+    let runtime = common::multi_thread(2);
+    let metrics = runtime.metrics();
+    let accounts = keyed(n as usize);
+
+    LIVE_BYTES.store(0, Ordering::Relaxed);
+    COUNTING.store(true, Ordering::Relaxed);
+    let made_in = runtime.block_on(warm(&accounts, n));
+    // Let the accounts' drivers park.
+    runtime.block_on(async {
+        while metrics.num_alive_tasks() > 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let held = LIVE_BYTES.load(Ordering::Relaxed);
+    let tasks = metrics.num_alive_tasks();
+
+    let cpu_before = process_cpu();
+    runtime.block_on(async { tokio::time::sleep(idle).await });
+    let idle_cpu = process_cpu().saturating_sub(cpu_before);
+    let tasks_idle = metrics.num_alive_tasks();
+
+    drop(accounts);
+    runtime.block_on(async {
+        for _ in 0..100 {
+            if metrics.num_alive_tasks() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let left = LIVE_BYTES.load(Ordering::Relaxed);
+    COUNTING.store(false, Ordering::Relaxed);
+    let tasks_after = metrics.num_alive_tasks();
+
+    println!();
+    println!("keyed/scale: {n} accounts, each warm with its own one-hour token");
+    println!(
+        "  made and warm in            {:>10.3} s",
+        made_in.as_secs_f64()
+    );
+    println!(
+        "  memory held while idle      {:>10.1} MB, {:.0} bytes per account",
+        held as f64 / 1e6,
+        held as f64 / f64::from(n)
+    );
+    println!(
+        "  tasks alive while idle      {tasks:>10} (the sweeper; no task or timer per account)"
+    );
+    println!(
+        "  process CPU over {:>4.1} s idle {:>8} ms",
+        idle.as_secs_f64(),
+        idle_cpu.as_millis()
+    );
+    println!("  tasks alive after the idle  {tasks_idle:>10}");
+    println!("  after drop: tasks {tasks_after}, bytes still held {left}");
+    assert_eq!(
+        tasks, 1,
+        "only the sweeper runs while the accounts are idle"
+    );
+    assert_eq!(tasks_after, 0, "every task is gone with the keyed cache");
+}
+
+fn main() {
+    match common::rounds_mode("keyed/hot_path") {
+        RoundsMode::Skip => {}
+        mode => hot_path(mode),
+    }
+    match common::rounds_mode("keyed/scale") {
+        RoundsMode::Skip => {}
+        mode => scale(mode),
+    }
+}
