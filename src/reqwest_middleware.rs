@@ -22,7 +22,10 @@
 //!
 //! Errors from the cache reach the caller as [`reqwest_middleware::Error::Middleware`], whose
 //! [`anyhow::Error`] downcasts to [`tower_authtoken::Error`](crate::Error); errors from the rest
-//! of the chain come back unchanged.
+//! of the chain come back unchanged. A middleware added before this one may wrap them: behind
+//! reqwest-retry's `RetryTransientMiddleware`, the error downcasts to its `RetryError`, whose
+//! `RetryError::Error` holds the `reqwest_middleware::Error` above
+//! (`examples/reqwest_middleware.rs` unwraps it).
 //!
 //! # Example
 //!

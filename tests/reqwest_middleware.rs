@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::{Extensions, HeaderValue, StatusCode, header::AUTHORIZATION};
 use reqwest::{Request, Response};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
-use reqwest_retry::{Jitter, RetryTransientMiddleware, policies::ExponentialBackoff};
+use reqwest_retry::{Jitter, RetryError, RetryTransientMiddleware, policies::ExponentialBackoff};
 use reqwest_tracing::{SpanBackendWithUrl, TracingMiddleware};
 use tower::ServiceExt;
 use tower_authtoken::reqwest_middleware::BearerAuthMiddleware;
@@ -304,6 +304,40 @@ async fn a_login_failure_reaches_the_caller_as_a_downcastable_crate_error() {
     assert!(sent.attempts().is_empty());
 }
 
+#[tokio::test(start_paused = true)]
+async fn behind_the_retry_a_login_failure_is_not_retried_and_its_crate_error_is_in_a_retry_error() {
+    let server = ReferenceServer::start().await;
+    let wrong = Credentials::new("alice", "not-the-password");
+    let source = AuthTokenSource::new(&server.base_url(), wrong).unwrap();
+    let sent = Sent::default();
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(one_slow_retry())
+        .with(BearerAuthMiddleware::new(TokenCache::new(source)))
+        .with(Transport {
+            sent: sent.clone(),
+            fail_first: false,
+        })
+        .build();
+
+    let error = client.get(server.protected_url()).send().await.unwrap_err();
+    let reqwest_middleware::Error::Middleware(outer) = &error else {
+        panic!("a middleware error: {error}");
+    };
+    // RetryTransientMiddleware wraps the errors of the middlewares after it; a cache error is
+    // fatal to it, so it comes as `RetryError::Error`.
+    let Some(RetryError::Error(inner)) = outer.downcast_ref::<RetryError>() else {
+        panic!("a RetryError::Error: {error:?}");
+    };
+    let found = crate_error(inner);
+    assert_eq!(found.kind(), ErrorKind::AuthenticationFailed);
+    assert_eq!(
+        server.login_attempts(),
+        1,
+        "the retry did not retry the login failure"
+    );
+    assert!(sent.attempts().is_empty());
+}
+
 /// With every token refused, a minute of calls (one a second, each allowed a replay) costs a
 /// handful of logins, as with the layer (`tests/model_http.rs` 7), not one per call; and a
 /// replay never goes out with the token just rejected.
@@ -330,6 +364,7 @@ async fn an_api_that_rejects_every_token_costs_a_handful_of_logins_not_one_per_c
         "a handful of logins in a minute, and more than one (401s do invalidate): {logins}"
     );
     let replays = sent.attempts().len() - calls;
+    println!("{calls} calls over a minute: {logins} logins, {replays} replays");
     assert!(
         replays < logins,
         "each replay carries a token newer than the rejected one: {replays} replays, {logins} logins"
