@@ -128,7 +128,9 @@ fn crate_error(error: &reqwest_middleware::Error) -> &Error {
 async fn the_token_is_injected_as_a_sensitive_bearer_header() {
     let server = ReferenceServer::start().await;
     let sent = Sent::default();
-    let client = client(BearerAuthMiddleware::new(cache(&server)), &sent);
+    let auth = BearerAuthMiddleware::new(cache(&server));
+    let debug = auth.clone();
+    let client = client(auth, &sent);
     for _ in 0..3 {
         let response = client.get(server.protected_url()).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
@@ -143,6 +145,8 @@ async fn the_token_is_injected_as_a_sensitive_bearer_header() {
             .all(|a| a.authorization.as_ref().unwrap().is_sensitive())
     );
     assert_eq!(server.accepted(), 3);
+    let debug = format!("{debug:?}");
+    assert!(debug.starts_with("BearerAuthMiddleware") && !debug.contains(&issued[0]));
 }
 
 #[tokio::test(start_paused = true)]
