@@ -73,10 +73,14 @@
 //! # Cost
 //!
 //! A request with a warm token costs what [`BearerAuth`] costs (a pointer check, a clock read,
-//! a header clone) plus a clone of the cache handle, a new token reader (one full `ArcSwap`
-//! load) and one small allocation to share the chain's [`Extensions`] between the first attempt
-//! and a replay: tens of nanoseconds, against a chain that already boxes one future per
-//! middleware and a client that allocates the request's URL and headers.
+//! a header clone), plus, per request, a clone of the cache handle, a new token reader (one full
+//! `ArcSwap` load, since a reader needs `&mut` and the middleware has `&self`), one small
+//! allocation to share the chain's [`Extensions`] between the first attempt and a replay, and
+//! one boxed future for the rest of the chain. With
+//! [`retry_on_unauthorized`](BearerAuthMiddleware::retry_on_unauthorized), the copy of the
+//! request to replay is made before the first attempt, as with the layer. That is small
+//! against what the chain already does per request: one boxed future per middleware, and a
+//! request whose URL and headers the client allocates.
 
 use std::future::Future;
 use std::mem;
