@@ -85,6 +85,9 @@
 //! - `oauth2`: `OAuth2ClientCredentials`, a [`TokenSource`] for an OAuth 2.0 token endpoint
 //!   (the client credentials grant, RFC 6749 §4.4), on the same client code as
 //!   [`AuthTokenSource`]. Implies `reqwest`.
+//! - `reqwest-middleware`: `reqwest_middleware::BearerAuthMiddleware`, the same token handling
+//!   as [`BearerAuthLayer`] for clients built with `reqwest-middleware` (beside its retry and
+//!   tracing middlewares). Implies `reqwest`.
 //! - `test-util`: `testing`, an embedded reference server for your own tests.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code, unreachable_pub)]
@@ -108,6 +111,10 @@ mod oauth2;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
+
+#[cfg(feature = "reqwest-middleware")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
+pub mod reqwest_middleware;
 
 #[doc(inline)]
 pub use cache::{CacheStats, LoginBudget, TokenCache, TokenCacheBuilder};
