@@ -86,6 +86,9 @@
 //!   (the client credentials grant, RFC 6749 §4.4), on the same client code as
 //!   [`AuthTokenSource`]. Implies `reqwest`.
 //! - `test-util`: `testing`, an embedded reference server for your own tests.
+//! - `metrics`: counters, a gauge and a histogram of logins, renewals, invalidations and
+//!   refusals through the [`metrics`](https://docs.rs/metrics) facade; the names are in
+//!   [`metrics`](mod@metrics).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code, unreachable_pub)]
 #![warn(missing_docs, rust_2018_idioms, clippy::await_holding_lock)]
@@ -95,6 +98,7 @@ mod credentials;
 mod error;
 pub mod layer;
 mod loopback;
+pub mod metrics;
 mod source;
 pub mod store;
 pub mod token;

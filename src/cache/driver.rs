@@ -51,6 +51,7 @@ impl Shared {
     /// Publishes a result to every caller waiting on the current fetch. Call with the lock held.
     fn publish(&self, control: &mut Control, result: Option<Result<(), Error>>) {
         control.demand = false;
+        control.cause = None;
         self.outcomes.send_modify(|outcome| {
             outcome.completed += 1;
             outcome.result = result;
@@ -68,6 +69,7 @@ impl Shared {
             return;
         }
         self.slot.store(None);
+        crate::metrics::token_withdrawn(&self.config.metrics);
         if let Some((_, plan)) = control.current.take() {
             match plan.renewal {
                 Renewal::AtExpiry => {
@@ -230,6 +232,9 @@ async fn fetch(shared: &Shared) -> Option<Result<Token, Error>> {
         error_kind = tracing::field::Empty,
         duration_ms = tracing::field::Empty,
     );
+    let cause = shared.lock().cause.take();
+    span.follows_from(cause.as_ref().and_then(tracing::Span::id));
+    drop(cause);
     let request = {
         let mut control = shared.lock();
         ObtainRequest {
@@ -295,6 +300,7 @@ fn complete(shared: &Shared, generation: u64, started: Instant, result: Result<T
         return;
     }
     let adopted = result.and_then(|token| adopt(shared, &mut control, token, started, now));
+    crate::metrics::login_finished(&shared.config.metrics, &adopted, now - started);
     let outcome = match adopted {
         Ok(Adopted::Yes) => Ok(()),
         Ok(Adopted::AtItsExpiry) => return,
@@ -387,6 +393,7 @@ fn adopt(
     shared
         .slot
         .store(Some(Arc::new(Entry::new(&token, &plan, now))));
+    crate::metrics::token_served(&shared.config.metrics, plan.expires_at, renewed);
     control.last = Some((expires_at, token.lifetime()));
     control.current = Some((token.clone(), plan));
     control.first_401 = None;

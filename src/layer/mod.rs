@@ -322,6 +322,7 @@ impl<S, P> BearerAuth<S, P> {
         if let Some(host) = host
             && !self.cache.allows_insecure_http()
         {
+            crate::metrics::insecure_refused(self.cache.metrics());
             return ResponseFuture::failed(insecure_transport(host));
         }
         match self.reader.current() {
