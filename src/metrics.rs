@@ -78,25 +78,6 @@ pub const TOKEN_EXPIRY: &str = "authtoken_token_expiry_timestamp_seconds";
 /// The `cache` label of a cache that was given none.
 const DEFAULT_LABEL: &str = "default";
 
-/// What became of an invalidation.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Invalidation {
-    Honoured,
-    Ignored,
-    Stale,
-}
-
-impl Invalidation {
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    fn as_str(self) -> &'static str {
-        match self {
-            Invalidation::Honoured => "honoured",
-            Invalidation::Ignored => "ignored",
-            Invalidation::Stale => "stale",
-        }
-    }
-}
-
 /// A cache's metrics: its `cache` label. Empty without the feature.
 #[derive(Clone, Debug)]
 pub(crate) struct CacheMetrics {
@@ -178,8 +159,8 @@ mod record {
     use tokio::time::Instant;
 
     use super::{
-        BACKOFF_ANSWERS, CacheMetrics, INVALIDATIONS, Invalidation, LOGIN_DURATION, LOGINS,
-        RENEWALS, REQUESTS_REFUSED, TOKEN_EXPIRY,
+        BACKOFF_ANSWERS, CacheMetrics, INVALIDATIONS, LOGIN_DURATION, LOGINS, RENEWALS,
+        REQUESTS_REFUSED, TOKEN_EXPIRY,
     };
     use crate::{Error, ErrorKind};
 
@@ -225,10 +206,23 @@ mod record {
         gauge!(TOKEN_EXPIRY, "cache" => m.label.clone()).set(0.0);
     }
 
-    /// A `401` led to `what`.
-    pub(crate) fn invalidation(m: &CacheMetrics, what: Invalidation) {
-        counter!(INVALIDATIONS, "cache" => m.label.clone(), "outcome" => what.as_str())
-            .increment(1);
+    /// A `401` took the current token out of service.
+    pub(crate) fn invalidation_honoured(m: &CacheMetrics) {
+        invalidation(m, "honoured");
+    }
+
+    /// A `401` for the current token was ignored: invalidations in a row are spaced out.
+    pub(crate) fn invalidation_ignored(m: &CacheMetrics) {
+        invalidation(m, "ignored");
+    }
+
+    /// A `401` came for a token already out of service.
+    pub(crate) fn invalidation_stale(m: &CacheMetrics) {
+        invalidation(m, "stale");
+    }
+
+    fn invalidation(m: &CacheMetrics, outcome: &'static str) {
+        counter!(INVALIDATIONS, "cache" => m.label.clone(), "outcome" => outcome).increment(1);
     }
 
     /// The plain-HTTP rule refused a request before it was sent.
@@ -251,7 +245,7 @@ mod record {
 
     use tokio::time::Instant;
 
-    use super::{CacheMetrics, Invalidation};
+    use super::CacheMetrics;
     use crate::{Error, ErrorKind};
 
     #[inline(always)]
@@ -261,7 +255,11 @@ mod record {
     #[inline(always)]
     pub(crate) fn token_withdrawn(_: &CacheMetrics) {}
     #[inline(always)]
-    pub(crate) fn invalidation(_: &CacheMetrics, _: Invalidation) {}
+    pub(crate) fn invalidation_honoured(_: &CacheMetrics) {}
+    #[inline(always)]
+    pub(crate) fn invalidation_ignored(_: &CacheMetrics) {}
+    #[inline(always)]
+    pub(crate) fn invalidation_stale(_: &CacheMetrics) {}
     #[inline(always)]
     pub(crate) fn insecure_refused(_: &CacheMetrics) {}
     #[inline(always)]
@@ -269,6 +267,6 @@ mod record {
 }
 
 pub(crate) use record::{
-    backoff_answered, insecure_refused, invalidation, login_finished, token_served,
-    token_withdrawn,
+    backoff_answered, insecure_refused, invalidation_honoured, invalidation_ignored,
+    invalidation_stale, login_finished, token_served, token_withdrawn,
 };

@@ -657,7 +657,7 @@ impl Shared {
             .as_ref()
             .is_some_and(|(token, _)| token.id() == id);
         if !is_current {
-            crate::metrics::invalidation(&self.config.metrics, crate::metrics::Invalidation::Stale);
+            crate::metrics::invalidation_stale(&self.config.metrics);
             return;
         }
         let now = Instant::now();
@@ -673,7 +673,7 @@ impl Shared {
             self.counters
                 .ignored_invalidations
                 .fetch_add(1, Ordering::Relaxed);
-            crate::metrics::invalidation(&self.config.metrics, crate::metrics::Invalidation::Ignored);
+            crate::metrics::invalidation_ignored(&self.config.metrics);
             tracing::debug!(
                 "the server rejected the current token again soon after a renewal; \
                  invalidations in a row are spaced out, so it stays in service for now"
@@ -684,7 +684,7 @@ impl Shared {
         control.rejected = control.current.take().map(|(token, _)| token);
         control.due_at = None;
         self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::invalidation(&self.config.metrics, crate::metrics::Invalidation::Honoured);
+        crate::metrics::invalidation_honoured(&self.config.metrics);
         crate::metrics::token_withdrawn(&self.config.metrics);
         tracing::info!("token invalidated after the server rejected it; renewing");
         // Renew now rather than on the next caller, if a driver can run.
