@@ -3,8 +3,9 @@
 //!
 //! With the feature on, every [`TokenCache`](crate::TokenCache) records the metrics below with
 //! whatever recorder the application installed (`metrics-exporter-prometheus`, an
-//! OpenTelemetry bridge, ...). Without it, nothing is recorded and nothing is compiled in.
-//! Nothing is recorded on the hot path: every metric counts a rare event (a login, a `401`, a
+//! OpenTelemetry bridge, ...). Without it, the cache records nothing and its recording calls
+//! compile to nothing; the names below and [`describe`] stay, so code using them builds either
+//! way. Nothing is recorded on the hot path: every metric counts a rare event (a login, a `401`, a
 //! refused request), so a warm request costs exactly what it costs without the feature.
 //!
 //! | Name | Kind | Labels | What it counts |
@@ -32,7 +33,7 @@
 //! subtraction away, in the same convention as `process_start_time_seconds`:
 //!
 //! ```text
-//! # seconds left on each cache's token; negative (about -1.7e9) when it has none
+//! # seconds left on each cache's token; hugely negative (minus the UNIX time) when it has none
 //! authtoken_token_expiry_timestamp_seconds - time()
 //! # alert: a token within 30 s of expiry, or none at all
 //! authtoken_token_expiry_timestamp_seconds - time() < 30
@@ -42,9 +43,9 @@
 //! histogram_quantile(0.99, sum by (le) (rate(authtoken_login_duration_seconds_bucket[5m])))
 //! ```
 //!
-//! The expiry is the cache's own, measured on the local monotonic clock from when the login
-//! started (as [`CacheStats::expires_at`](crate::CacheStats::expires_at)), and converted to the
-//! wall clock when it is written; the server's clock plays no part.
+//! The expiry is the cache's own reckoning on the local monotonic clock (the instant
+//! [`CacheStats::expires_at`](crate::CacheStats::expires_at) reports), converted to the wall
+//! clock when it is written; the server's clock plays no part.
 //!
 //! # Descriptions and units
 //!
@@ -106,13 +107,18 @@ impl Default for CacheMetrics {
     }
 }
 
-/// Registers every metric's description and unit with the installed recorder.
+/// Registers every metric's description and unit with the installed recorder; without the
+/// `metrics` feature, does nothing.
 ///
 /// Call it once after installing the recorder (descriptions go to the recorder in force when it
 /// runs); metrics are recorded whether or not it was called.
-#[cfg(feature = "metrics")]
-#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub fn describe() {
+    #[cfg(feature = "metrics")]
+    describe_all();
+}
+
+#[cfg(feature = "metrics")]
+fn describe_all() {
     use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         LOGINS,
