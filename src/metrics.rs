@@ -55,9 +55,13 @@
 //!
 //! Independently of this feature, each login runs in an `authtoken.fetch` span on the cache's
 //! background task, which [follows from](tracing::Span::follows_from) the span of the request
-//! that made it necessary: the first caller that found no token, the request that found the
-//! renewal due, or the request whose `401` invalidated the token. A trace shows why a request
-//! waited, and which request a login was for.
+//! that made it necessary: the first caller (in a span) that found no token, the request that
+//! found the renewal due, or the request whose `401` invalidated the token. Callers that join a
+//! login already running are not linked. A trace shows why a request waited, and which request
+//! a login was for. The cache holds a handle on that span from the moment the need arises until
+//! the login starts (a span id alone could be reused by the subscriber once its span closed,
+//! and the link would point at an unrelated request); usually microseconds, longer only when
+//! the [`LoginBudget`](crate::LoginBudget) makes the login wait.
 
 use std::borrow::Cow;
 
@@ -155,6 +159,22 @@ fn describe_all() {
         Unit::Seconds,
         "When the token being handed out expires, in seconds since the UNIX epoch; 0 if none"
     );
+}
+
+/// Remembers the current span as the cause of the next login, unless one is remembered already
+/// or there is no current span. On the slow paths only: it clones a span handle.
+pub(crate) fn remember_cause(cause: &mut Option<tracing::Span>) {
+    if cause.is_none() {
+        *cause = Some(tracing::Span::current()).filter(|span| !span.is_none());
+    }
+}
+
+/// Links the login's `span` to the span that caused it, then lets go of that span, so that the
+/// request's span is not kept open for as long as the login runs.
+pub(crate) fn link_cause(span: &tracing::Span, cause: Option<tracing::Span>) {
+    if let Some(cause) = cause {
+        span.follows_from(&cause);
+    }
 }
 
 #[cfg(feature = "metrics")]

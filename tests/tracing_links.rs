@@ -91,6 +91,25 @@ async fn cold_login_follows_from_the_first_request_that_waited_for_it() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn cold_login_follows_from_the_first_waiting_request_that_has_a_span() {
+    let links = Links::default();
+    let _default =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(links.clone()));
+    let server = ReferenceServer::start().await;
+    let cache = cache_for(&server);
+
+    let untraced = cache.token();
+    let traced = cache
+        .token()
+        .instrument(tracing::info_span!("traced_request"));
+    let (a, b) = tokio::join!(untraced, traced);
+    a.unwrap();
+    b.unwrap();
+
+    assert_eq!(links.follows(), vec![fetch_follows("traced_request")]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn login_after_a_401_follows_from_the_rejected_request() {
     let links = Links::default();
     let _default =

@@ -233,8 +233,7 @@ async fn fetch(shared: &Shared) -> Option<Result<Token, Error>> {
         duration_ms = tracing::field::Empty,
     );
     let cause = shared.lock().cause.take();
-    span.follows_from(cause.as_ref().and_then(tracing::Span::id));
-    drop(cause);
+    crate::metrics::link_cause(&span, cause);
     let request = {
         let mut control = shared.lock();
         ObtainRequest {

@@ -535,7 +535,7 @@ impl Shared {
                 }
                 self.ensure_driver(&mut control)?;
                 control.demand = true;
-                control.cause.get_or_insert_with(tracing::Span::current);
+                crate::metrics::remember_cause(&mut control.cause);
                 (outcomes.borrow_and_update().completed, control.generation)
             };
             self.wake.notify_one();
@@ -644,7 +644,7 @@ impl Shared {
     fn poke(self: &Arc<Self>) {
         let mut control = self.lock();
         if self.ensure_driver(&mut control).is_ok() {
-            control.cause.get_or_insert_with(tracing::Span::current);
+            crate::metrics::remember_cause(&mut control.cause);
             drop(control);
             self.wake.notify_one();
         }
@@ -690,7 +690,7 @@ impl Shared {
         // Renew now rather than on the next caller, if a driver can run.
         if self.ensure_driver(&mut control).is_ok() {
             control.demand = true;
-            control.cause.get_or_insert_with(tracing::Span::current);
+            crate::metrics::remember_cause(&mut control.cause);
             drop(control);
             self.wake.notify_one();
         }
