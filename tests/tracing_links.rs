@@ -197,3 +197,39 @@ async fn renewal_on_the_timer_follows_from_no_request() {
     assert_eq!(links.fetches(), 2);
     assert_eq!(links.follows(), vec![fetch_follows("first_request")]);
 }
+
+/// A source of one-second tokens, without a server.
+struct OneSecond;
+
+impl tower_authtoken::TokenSource for OneSecond {
+    async fn fetch(&self) -> Result<tower_authtoken::Token, tower_authtoken::Error> {
+        tower_authtoken::Token::new("opaque", Duration::from_secs(1))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn renewal_a_reader_found_due_follows_from_that_reader() {
+    let links = Links::default();
+    let _default =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(links.clone()));
+    let cache = TokenCache::builder(OneSecond)
+        .jitter(Duration::ZERO)
+        .build()
+        .unwrap();
+    cache.token().await.unwrap();
+    // Readers judge the renewal due on the real (coarse) clock, which the paused clock does not
+    // move: the renewal of a 1 s token is due after 480 ms of it, the deadline after 880 ms.
+    // Block the runtime for 600 ms of it, so that the background task's own timer (on the
+    // paused clock) has not fired, and the reader is the one that finds the renewal due.
+    std::thread::sleep(Duration::from_millis(600));
+    let read = tracing::info_span!("reader").in_scope(|| cache.current());
+    assert!(read.is_some());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    assert_eq!(cache.stats().renewals, 1);
+    assert_eq!(
+        links.follows(),
+        vec![fetch_follows("reader")],
+        "the first login had no request span"
+    );
+}
