@@ -89,6 +89,9 @@
 //!   as [`BearerAuthLayer`] for clients built with `reqwest-middleware` (beside its retry and
 //!   tracing middlewares). Implies `reqwest`.
 //! - `test-util`: `testing`, an embedded reference server for your own tests.
+//! - `metrics`: counters, a gauge and a histogram of logins, renewals, invalidations and
+//!   refusals through the [`metrics`](https://docs.rs/metrics) facade; the names are in
+//!   [`metrics`](mod@metrics).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code, unreachable_pub)]
 #![warn(missing_docs, rust_2018_idioms, clippy::await_holding_lock)]
@@ -99,6 +102,7 @@ mod error;
 pub mod keyed;
 pub mod layer;
 mod loopback;
+pub mod metrics;
 mod source;
 pub mod store;
 pub mod token;

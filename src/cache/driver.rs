@@ -51,6 +51,7 @@ impl Shared {
     /// Publishes a result to every caller waiting on the current fetch. Call with the lock held.
     fn publish(&self, control: &mut Control, result: Option<Result<(), Error>>) {
         control.demand = false;
+        control.cause = None;
         control.outcome.completed += 1;
         control.outcome.result = result;
         self.published.notify_waiters();
@@ -85,6 +86,7 @@ impl Shared {
             return;
         }
         self.slot.store(None);
+        crate::metrics::token_withdrawn(&self.config.metrics);
         if let Some((_, plan)) = control.current.take() {
             match plan.renewal {
                 Renewal::AtExpiry => {
@@ -284,6 +286,8 @@ async fn fetch(shared: &Shared) -> Option<Result<Token, Error>> {
         error_kind = tracing::field::Empty,
         duration_ms = tracing::field::Empty,
     );
+    let cause = shared.lock().cause.take();
+    crate::metrics::link_cause(&span, cause);
     let request = {
         let mut control = shared.lock();
         ObtainRequest {
@@ -349,6 +353,7 @@ fn complete(shared: &Shared, generation: u64, started: Instant, result: Result<T
         return;
     }
     let adopted = result.and_then(|token| adopt(shared, &mut control, token, started, now));
+    crate::metrics::login_finished(&shared.config.metrics, &adopted, now - started);
     let outcome = match adopted {
         Ok(Adopted::Yes) => Ok(()),
         Ok(Adopted::AtItsExpiry) => return,
@@ -441,6 +446,7 @@ fn adopt(
     shared
         .slot
         .store(Some(Arc::new(Entry::new(&token, &plan, now))));
+    crate::metrics::token_served(&shared.config.metrics, plan.expires_at, renewed);
     control.last = Some((expires_at, token.lifetime()));
     control.current = Some((token.clone(), plan));
     control.first_401 = None;

@@ -267,6 +267,9 @@ struct Control {
     first_401: Option<Instant>,
     /// When a waiter last checked that the driver's runtime still runs.
     last_probe: Option<Instant>,
+    /// The span of the request that made the next login necessary, for the login's span to
+    /// follow from. A handle, not an id: an id may be reused once its span closes.
+    cause: Option<tracing::Span>,
 }
 
 /// The driver task and the runtime it runs on.
@@ -311,6 +314,7 @@ pub(crate) struct Config {
     /// (a keyed cache's accounts: no task or timer for an idle account).
     pub(crate) park_when_idle: bool,
     pub(crate) store: Option<Arc<dyn TokenStore>>,
+    pub(crate) metrics: crate::metrics::CacheMetrics,
 }
 
 impl Config {
@@ -500,6 +504,11 @@ impl TokenCache {
         shared.config.allow_insecure_http || shared.source.allows_insecure_http()
     }
 
+    /// The cache's metrics, for the layer's refusals.
+    pub(crate) fn metrics(&self) -> &crate::metrics::CacheMetrics {
+        &self.shared().config.metrics
+    }
+
     #[inline]
     fn shared(&self) -> &Arc<Shared> {
         &self.handle.shared
@@ -575,10 +584,12 @@ impl Shared {
                 if let Some(backoff) = &control.backoff
                     && now < backoff.until
                 {
+                    crate::metrics::backoff_answered(&self.config.metrics, backoff.error.kind());
                     return Err(backoff.error_at(now));
                 }
                 self.ensure_driver(&mut control)?;
                 control.demand = true;
+                crate::metrics::remember_cause(&mut control.cause);
                 (control.outcome.completed, control.generation)
             };
             self.wake.notify_one();
@@ -685,6 +696,7 @@ impl Shared {
     fn poke(self: &Arc<Self>) {
         let mut control = self.lock();
         if self.ensure_driver(&mut control).is_ok() {
+            crate::metrics::remember_cause(&mut control.cause);
             drop(control);
             self.wake.notify_one();
         }
@@ -697,6 +709,7 @@ impl Shared {
             .as_ref()
             .is_some_and(|(token, _)| token.id() == id);
         if !is_current {
+            crate::metrics::invalidation_stale(&self.config.metrics);
             return;
         }
         let now = Instant::now();
@@ -712,6 +725,7 @@ impl Shared {
             self.counters
                 .ignored_invalidations
                 .fetch_add(1, Ordering::Relaxed);
+            crate::metrics::invalidation_ignored(&self.config.metrics);
             tracing::debug!(
                 "the server rejected the current token again soon after a renewal; \
                  invalidations in a row are spaced out, so it stays in service for now"
@@ -722,10 +736,13 @@ impl Shared {
         control.rejected = control.current.take().map(|(token, _)| token);
         control.due_at = None;
         self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::invalidation_honoured(&self.config.metrics);
+        crate::metrics::token_withdrawn(&self.config.metrics);
         tracing::info!("token invalidated after the server rejected it; renewing");
         // Renew now rather than on the next caller, if a driver can run.
         if self.ensure_driver(&mut control).is_ok() {
             control.demand = true;
+            crate::metrics::remember_cause(&mut control.cause);
             drop(control);
             self.wake.notify_one();
         }
@@ -734,6 +751,7 @@ impl Shared {
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        crate::metrics::token_withdrawn(&self.config.metrics);
         registry().remove(&self.key);
     }
 }
@@ -868,6 +886,7 @@ impl TokenCacheBuilder {
             spread: 0.0,
             park_when_idle: false,
             store: None,
+            metrics: crate::metrics::CacheMetrics::default(),
         }
     }
 
@@ -965,6 +984,33 @@ impl TokenCacheBuilder {
     /// is unchanged: requests still read the token from this process's memory.
     pub fn shared<T: TokenStore>(mut self, store: T) -> Self {
         self.config.store = Some(Arc::new(store));
+        self
+    }
+
+    /// The value of the `cache` label on this cache's [metrics](crate::metrics) (feature
+    /// `metrics`; without it, the label is kept and unused). Default: `"default"`.
+    ///
+    /// Give each cache its own label when a process has several (one per account or API), so
+    /// that their metrics can be told apart: caches with the same label add up in the counters
+    /// and overwrite each other's expiry gauge. It is the only label that carries anything of
+    /// yours: no user name is recorded unless you put it here, and no secret ever is.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_authtoken::{Error, Token, TokenCache, TokenSource};
+    /// # struct Fixed;
+    /// # impl TokenSource for Fixed {
+    /// #     async fn fetch(&self) -> Result<Token, Error> {
+    /// #         Token::new("opaque", Duration::from_secs(3600))
+    /// #     }
+    /// # }
+    /// # fn main() -> Result<(), Error> {
+    /// let billing = TokenCache::builder(Fixed).metrics_label("billing-api").build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn metrics_label(mut self, label: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        self.config.metrics = crate::metrics::CacheMetrics::new(label.into());
         self
     }
 

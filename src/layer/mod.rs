@@ -315,6 +315,7 @@ impl<S, P> BearerAuth<S, P> {
         if let Some(host) = insecure_target(&req, self.relative_insecure_host.as_deref())
             && !self.cache.allows_insecure_http()
         {
+            crate::metrics::insecure_refused(self.cache.metrics());
             return ResponseFuture::failed(insecure_transport(host));
         }
         match self.reader.current() {
