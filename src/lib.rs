@@ -86,6 +86,9 @@
 //!   (the client credentials grant, RFC 6749 §4.4), on the same client code as
 //!   [`AuthTokenSource`]. Implies `reqwest`.
 //! - `test-util`: `testing`, an embedded reference server for your own tests.
+//! - `tonic`: [`tonic`](crate::tonic) module: `GrpcBearerAuthLayer` for tonic channels
+//!   (`grpc-status: 16` in headers or trailers invalidates the token; login failures arrive as
+//!   `tonic::Status` codes) and `From<Error> for tonic::Status`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code, unreachable_pub)]
 #![warn(missing_docs, rust_2018_idioms, clippy::await_holding_lock)]
@@ -107,6 +110,10 @@ mod oauth2;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
+
+#[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+pub mod tonic;
 
 #[doc(inline)]
 pub use cache::{CacheStats, LoginBudget, TokenCache, TokenCacheBuilder};

@@ -124,6 +124,8 @@ use crate::cache::SlotReader;
 use crate::error::BoxError;
 use crate::{Error, ErrorKind, TokenCache};
 use future::{Replay, ResponseFuture, RetryFuture};
+#[cfg(feature = "tonic")]
+pub(crate) use request::grpc_unauthenticated;
 pub use request::{AuthorizeRequest, ReplayBody, ReplayableRequest, StatusResponse};
 
 /// Marks a [`BearerAuth`] that does not replay requests (the default).
@@ -302,6 +304,15 @@ impl<S, P> BearerAuth<S, P> {
     /// The cache the service takes tokens from.
     pub fn cache(&self) -> &TokenCache {
         &self.cache
+    }
+
+    /// The refusal for every request with a relative URI, when the layer was given a plain-http,
+    /// non-loopback origin and the cache does not allow plain HTTP: the plain-HTTP rule for a
+    /// front-end whose requests are all relative (gRPC), to refuse before the transport connects.
+    #[cfg(feature = "tonic")]
+    pub(crate) fn refuses_relative(&self) -> Option<Error> {
+        let host = self.relative_insecure_host.as_deref()?;
+        (!self.cache.allows_insecure_http()).then(|| insecure_transport(host))
     }
 
     /// Authorizes `req` and calls the inner service, or waits for a token first.
