@@ -95,7 +95,7 @@ impl GrpcBearerAuthLayer {
     /// A layer that authorizes every call with a token from `cache`, for a channel to
     /// `origin`: the channel's endpoint, such as `Endpoint::uri()`.
     ///
-    /// Calls are refused before sending, and before the channel is asked to connect, with
+    /// Calls are refused before they reach the channel, with
     /// [`ErrorKind::InsecureTransport`] (arriving as `Code::FailedPrecondition`), when `origin` is plain `http://` to a host that is not
     /// loopback and the cache does not allow plain HTTP; see
     /// [`BearerAuthLayer::with_origin`]. For a channel balanced over several endpoints, give
@@ -182,23 +182,17 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.inner.refuses_relative().is_some() {
-            // `call` refuses every call without touching the inner service: do not let a
-            // channel connect to a host the token may not be sent to.
-            return Poll::Ready(Ok(()));
-        }
         self.inner.poll_ready(cx)
     }
 
     #[inline]
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
-        // Refused here rather than in `poll_ready`, so that the error reaches the caller as its
-        // `Status`: tonic's generated clients turn a readiness error into `Code::Unknown`.
-        let inner = match self.inner.refuses_relative() {
-            Some(error) => ResponseFuture::failed(error),
-            None => self.inner.call(req),
-        };
-        GrpcResponseFuture { inner }
+        // A call to a plain-http origin that may not carry the token is refused inside, in
+        // `call` rather than `poll_ready`: tonic's generated clients turn a readiness error into
+        // `Code::Unknown`. A `Channel` connects when a call reaches it, so none is opened.
+        GrpcResponseFuture {
+            inner: self.inner.call(req),
+        }
     }
 }
 

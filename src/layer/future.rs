@@ -76,7 +76,7 @@ impl<F, S, Req> ResponseFuture<F, S, Req> {
         }
     }
 
-    pub(crate) fn failed(error: Error) -> Self {
+    pub(super) fn failed(error: Error) -> Self {
         ResponseFuture {
             state: State::Cold {
                 cold: Box::new(Cold::Failed(Some(error))),

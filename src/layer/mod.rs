@@ -306,15 +306,6 @@ impl<S, P> BearerAuth<S, P> {
         &self.cache
     }
 
-    /// The refusal for every request with a relative URI, when the layer was given a plain-http,
-    /// non-loopback origin and the cache does not allow plain HTTP: the plain-HTTP rule for a
-    /// front-end whose requests are all relative (gRPC), to refuse before the transport connects.
-    #[cfg(feature = "tonic")]
-    pub(crate) fn refuses_relative(&self) -> Option<Error> {
-        let host = self.relative_insecure_host.as_deref()?;
-        (!self.cache.allows_insecure_http()).then(|| insecure_transport(host))
-    }
-
     /// Authorizes `req` and calls the inner service, or waits for a token first.
     #[inline]
     fn authorize<Req>(&mut self, mut req: Req) -> ResponseFuture<S::Future, S, Req>
