@@ -38,28 +38,25 @@ const STREAM: &str = "/test.Echo/Stream";
 // ---------------------------------------------------------------------------------------------
 // A bytes codec: the message is the frame's payload as it is.
 
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct BytesCodec;
-
-struct BytesEncoder;
-struct BytesDecoder;
 
 impl Codec for BytesCodec {
     type Encode = Bytes;
     type Decode = Bytes;
-    type Encoder = BytesEncoder;
-    type Decoder = BytesDecoder;
+    type Encoder = BytesCodec;
+    type Decoder = BytesCodec;
 
-    fn encoder(&mut self) -> BytesEncoder {
-        BytesEncoder
+    fn encoder(&mut self) -> BytesCodec {
+        BytesCodec
     }
 
-    fn decoder(&mut self) -> BytesDecoder {
-        BytesDecoder
+    fn decoder(&mut self) -> BytesCodec {
+        BytesCodec
     }
 }
 
-impl Encoder for BytesEncoder {
+impl Encoder for BytesCodec {
     type Item = Bytes;
     type Error = Status;
 
@@ -69,7 +66,7 @@ impl Encoder for BytesEncoder {
     }
 }
 
-impl Decoder for BytesDecoder {
+impl Decoder for BytesCodec {
     type Item = Bytes;
     type Error = Status;
 
