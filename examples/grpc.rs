@@ -12,18 +12,17 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::Bytes;
 use http::uri::PathAndQuery;
 use tokio::net::TcpListener;
 use tonic::body::Body;
 use tonic::client::Grpc;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Status};
 use tower::{BoxError, ServiceBuilder, service_fn};
 use tower_authtoken::testing::ReferenceServer;
-use tower_authtoken::tonic::{GrpcBearerAuth, GrpcBearerAuthLayer};
+use tower_authtoken::tonic::{BytesCodec, GrpcBearerAuth, GrpcBearerAuthLayer};
 use tower_authtoken::{AuthTokenSource, TokenCache};
 
 const HELLO: &str = "/demo.Greeter/Hello";
@@ -106,42 +105,4 @@ async fn serve_greeter(auth: Arc<ReferenceServer>) -> Result<Endpoint, BoxError>
     let endpoint = Endpoint::from_shared(format!("http://{}", listener.local_addr()?))?;
     tokio::spawn(Server::builder().serve_with_incoming(greeter, TcpIncoming::from(listener)));
     Ok(endpoint)
-}
-
-/// A codec whose messages are raw bytes.
-#[derive(Clone, Copy)]
-struct BytesCodec;
-
-impl Codec for BytesCodec {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = BytesCodec;
-    type Decoder = BytesCodec;
-
-    fn encoder(&mut self) -> BytesCodec {
-        BytesCodec
-    }
-
-    fn decoder(&mut self) -> BytesCodec {
-        BytesCodec
-    }
-}
-
-impl Encoder for BytesCodec {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for BytesCodec {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
 }

@@ -86,9 +86,10 @@
 //!   (the client credentials grant, RFC 6749 §4.4), on the same client code as
 //!   [`AuthTokenSource`]. Implies `reqwest`.
 //! - `test-util`: `testing`, an embedded reference server for your own tests.
-//! - `tonic`: [`tonic`](crate::tonic) module: `GrpcBearerAuthLayer` for tonic channels
+//! - `tonic`: the [`tonic`] module: `GrpcBearerAuthLayer` for tonic channels
 //!   (`grpc-status: 16` in headers or trailers invalidates the token; login failures arrive as
-//!   `tonic::Status` codes) and `From<Error> for tonic::Status`.
+//!   `tonic::Status` codes) and `From<Error> for tonic::Status`; with `test-util`, a bytes codec
+//!   for a gRPC service without protoc.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code, unreachable_pub)]
 #![warn(missing_docs, rust_2018_idioms, clippy::await_holding_lock)]

@@ -1,5 +1,5 @@
-//! gRPC with [tonic](::tonic): [`GrpcBearerAuthLayer`] for a tonic `Channel`, and
-//! [`tonic::Status`](::tonic::Status) for the crate's [`Error`].
+//! gRPC with [tonic]: [`GrpcBearerAuthLayer`] for a tonic `Channel`, and
+//! [`tonic::Status`] for the crate's [`Error`].
 //!
 //! [`BearerAuthLayer`] works over a `Channel` as it is, but three things differ for gRPC, and
 //! [`GrpcBearerAuth`] handles them:
@@ -19,7 +19,7 @@
 //!   stream is read to its end).
 //! - **What a failed login looks like.** A tonic client turns a layer's error into a
 //!   [`Status`]; an error it does not know becomes `Code::Unknown`. [`GrpcBearerAuth`] fails with
-//!   a `Status` whose code says what happened ([`From<Error> for Status`](#impl-From<Error>-for-Status)),
+//!   a `Status` whose code says what happened (`From<Error> for Status`, in the table below),
 //!   whose message is the error's `Display` (never a secret), and whose
 //!   [`source`](std::error::Error::source) is the [`Error`] itself.
 //!
@@ -35,7 +35,8 @@
 //! use tower_authtoken::tonic::GrpcBearerAuthLayer;
 //! use tower_authtoken::{AuthTokenSource, Credentials, TokenCache};
 //!
-//! # fn main() -> Result<(), tower::BoxError> {
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower::BoxError> {
 //! # let password = String::from("wonderland");
 //! let source = AuthTokenSource::new(
 //!     "https://api.example.com/v1",
@@ -340,6 +341,60 @@ impl From<Error> for Status {
         }
         status.set_source(Arc::new(error));
         status
+    }
+}
+
+/// A gRPC codec whose messages are raw [`Bytes`](bytes::Bytes), for tests and examples: a tonic service and
+/// client without protoc or generated code (feature `test-util`).
+///
+/// The message is the frame's payload as it is; pass it to `tonic::server::Grpc::new` and to
+/// `tonic::client::Grpc::unary` and friends. `examples/grpc.rs` serves and calls a unary method
+/// with it.
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BytesCodec;
+
+#[cfg(feature = "test-util")]
+mod bytes_codec {
+    use ::tonic::Status;
+    use ::tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+    use bytes::{Buf, BufMut, Bytes};
+
+    use super::BytesCodec;
+
+    impl Codec for BytesCodec {
+        type Encode = Bytes;
+        type Decode = Bytes;
+        type Encoder = BytesCodec;
+        type Decoder = BytesCodec;
+
+        fn encoder(&mut self) -> BytesCodec {
+            BytesCodec
+        }
+
+        fn decoder(&mut self) -> BytesCodec {
+            BytesCodec
+        }
+    }
+
+    impl Encoder for BytesCodec {
+        type Item = Bytes;
+        type Error = Status;
+
+        fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            dst.put(item);
+            Ok(())
+        }
+    }
+
+    impl Decoder for BytesCodec {
+        type Item = Bytes;
+        type Error = Status;
+
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+            Ok(Some(src.copy_to_bytes(src.remaining())))
+        }
     }
 }
 

@@ -15,65 +15,24 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::Bytes;
 use http::Uri;
 use http::uri::PathAndQuery;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tonic::body::Body as GrpcBody;
 use tonic::client::{Grpc, GrpcService};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::MetadataMap;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Status};
 use tower::{Layer, Service, service_fn};
 use tower_authtoken::testing::{Failure, ReferenceServer};
-use tower_authtoken::tonic::GrpcBearerAuthLayer;
+use tower_authtoken::tonic::{BytesCodec, GrpcBearerAuth, GrpcBearerAuthLayer};
 use tower_authtoken::{AuthTokenSource, BearerAuthLayer, Credentials, ErrorKind, TokenCache};
 
 const UNARY: &str = "/test.Echo/Unary";
 const STREAM: &str = "/test.Echo/Stream";
-
-// ---------------------------------------------------------------------------------------------
-// A bytes codec: the message is the frame's payload as it is.
-
-#[derive(Clone, Copy)]
-struct BytesCodec;
-
-impl Codec for BytesCodec {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = BytesCodec;
-    type Decoder = BytesCodec;
-
-    fn encoder(&mut self) -> BytesCodec {
-        BytesCodec
-    }
-
-    fn decoder(&mut self) -> BytesCodec {
-        BytesCodec
-    }
-}
-
-impl Encoder for BytesCodec {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for BytesCodec {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The gRPC server.
@@ -168,16 +127,41 @@ impl Service<http::Request<GrpcBody>> for Api {
 // ---------------------------------------------------------------------------------------------
 // Clients.
 
-async fn reference_server() -> Arc<ReferenceServer> {
-    Arc::new(ReferenceServer::start().await)
+/// The reference server issuing tokens, and the gRPC API checking them.
+struct World {
+    auth: Arc<ReferenceServer>,
+    api: Api,
+    endpoint: Endpoint,
 }
 
-fn cache(auth: &ReferenceServer) -> TokenCache {
-    TokenCache::new(AuthTokenSource::new(&auth.base_url(), auth.credentials()).unwrap())
-}
+impl World {
+    async fn start() -> World {
+        World::with(ReferenceServer::start().await).await
+    }
 
-fn endpoint(addr: SocketAddr) -> Endpoint {
-    Endpoint::from_shared(format!("http://{addr}")).unwrap()
+    async fn with(auth: ReferenceServer) -> World {
+        let auth = Arc::new(auth);
+        let api = Api::new(&auth);
+        let addr = api.serve().await;
+        let endpoint = Endpoint::from_shared(format!("http://{addr}")).unwrap();
+        World {
+            auth,
+            api,
+            endpoint,
+        }
+    }
+
+    /// A cache logging in to the reference server as its default user.
+    fn cache(&self) -> TokenCache {
+        let source = AuthTokenSource::new(&self.auth.base_url(), self.auth.credentials());
+        TokenCache::new(source.unwrap())
+    }
+
+    /// A client on a channel to the API, through `GrpcBearerAuthLayer`.
+    fn client(&self, cache: TokenCache) -> Grpc<GrpcBearerAuth<Channel>> {
+        let layer = GrpcBearerAuthLayer::new(cache, self.endpoint.uri());
+        Grpc::new(layer.layer(self.endpoint.connect_lazy()))
+    }
 }
 
 /// A unary call, as a generated client makes it.
@@ -226,23 +210,18 @@ where
 
 #[tokio::test(start_paused = true)]
 async fn a_unary_call_carries_a_token_the_grpc_server_accepts() {
-    let auth = reference_server().await;
-    let api = Api::new(&auth);
-    let endpoint = endpoint(api.serve().await);
-    let layer = GrpcBearerAuthLayer::new(cache(&auth), endpoint.uri());
-    let mut client = Grpc::new(layer.layer(endpoint.connect_lazy()));
+    let world = World::start().await;
+    let mut client = world.client(world.cache());
 
     assert_eq!(unary(&mut client).await.unwrap(), "hello");
     assert_eq!(unary(&mut client).await.unwrap(), "hello");
 
-    let seen = api.seen();
+    let seen = world.api.seen();
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[0], seen[1], "the second call reuses the token");
-    assert_eq!(
-        seen[0].as_deref(),
-        auth.issued_tokens().first().map(String::as_str)
-    );
-    assert_eq!(auth.logins(), 1);
+    let issued = world.auth.issued_tokens();
+    assert_eq!(seen[0].as_deref(), issued.first().map(String::as_str));
+    assert_eq!(world.auth.logins(), 1);
 }
 
 /// A trailers-only `UNAUTHENTICATED` (a unary handler's error) is `grpc-status: 16` in the
@@ -250,24 +229,16 @@ async fn a_unary_call_carries_a_token_the_grpc_server_accepts() {
 /// `GrpcBearerAuth` and with a plain `BearerAuth`, which shares the headers check with HTTP.
 #[tokio::test(start_paused = true)]
 async fn grpc_status_16_in_the_headers_invalidates_the_token_and_the_next_call_logs_in_again() {
-    let auth = reference_server().await;
-    let api = Api::new(&auth);
-    let endpoint = endpoint(api.serve().await);
-    let grpc_cache = cache(&auth);
-    let plain_cache = cache(&auth);
-    let mut grpc = Grpc::new(
-        GrpcBearerAuthLayer::new(grpc_cache.clone(), endpoint.uri()).layer(endpoint.connect_lazy()),
-    );
-    let mut plain = Grpc::new(
-        BearerAuthLayer::new(plain_cache.clone())
-            .with_origin(endpoint.uri())
-            .layer(endpoint.connect_lazy()),
-    );
+    let world = World::start().await;
+    let (grpc_cache, plain_cache) = (world.cache(), world.cache());
+    let mut grpc = world.client(grpc_cache.clone());
+    let plain_layer = BearerAuthLayer::new(plain_cache.clone()).with_origin(world.endpoint.uri());
+    let mut plain = Grpc::new(plain_layer.layer(world.endpoint.connect_lazy()));
     unary(&mut grpc).await.unwrap();
     unary(&mut plain).await.unwrap();
-    assert_eq!(auth.logins(), 2);
+    assert_eq!(world.auth.logins(), 2);
 
-    auth.revoke_all();
+    world.auth.revoke_all();
     for client_result in [unary(&mut grpc).await, unary(&mut plain).await] {
         assert_eq!(client_result.unwrap_err().code(), Code::Unauthenticated);
     }
@@ -276,12 +247,11 @@ async fn grpc_status_16_in_the_headers_invalidates_the_token_and_the_next_call_l
 
     assert_eq!(unary(&mut grpc).await.unwrap(), "hello");
     assert_eq!(unary(&mut plain).await.unwrap(), "hello");
-    assert_eq!(auth.logins(), 4, "one new login for each cache");
-    let seen = api.seen();
-    let last_two = &seen[seen.len() - 2..];
-    for token in last_two {
+    assert_eq!(world.auth.logins(), 4, "one new login for each cache");
+    let seen = world.api.seen();
+    for token in &seen[seen.len() - 2..] {
         assert!(
-            auth.accepts(token.as_deref().unwrap()),
+            world.auth.accepts(token.as_deref().unwrap()),
             "a new token was sent"
         );
     }
@@ -291,23 +261,20 @@ async fn grpc_status_16_in_the_headers_invalidates_the_token_and_the_next_call_l
 /// and a message went through: `GrpcBearerAuth`'s body sees it.
 #[tokio::test(start_paused = true)]
 async fn grpc_status_16_in_the_trailers_of_a_stream_invalidates_the_token() {
-    let auth = reference_server().await;
-    let api = Api::new(&auth);
-    let endpoint = endpoint(api.serve().await);
-    let cache = cache(&auth);
-    let layer = GrpcBearerAuthLayer::new(cache.clone(), endpoint.uri());
-    let mut client = Grpc::new(layer.layer(endpoint.connect_lazy()));
+    let world = World::start().await;
+    let cache = world.cache();
+    let mut client = world.client(cache.clone());
     assert_eq!(stream(&mut client).await.unwrap(), ["hello", "done"]);
 
-    auth.revoke_all();
+    world.auth.revoke_all();
     let (messages, status) = stream(&mut client).await.unwrap_err();
     assert_eq!(messages, ["hello"], "the rejection came after a message");
     assert_eq!(status.code(), Code::Unauthenticated);
     assert_eq!(cache.stats().invalidations, 1);
 
     assert_eq!(stream(&mut client).await.unwrap(), ["hello", "done"]);
-    assert_eq!(auth.logins(), 2);
-    let seen = api.seen();
+    assert_eq!(world.auth.logins(), 2);
+    let seen = world.api.seen();
     assert_ne!(
         seen[1], seen[2],
         "the call after the rejection carries a new token"
@@ -320,17 +287,15 @@ async fn grpc_status_16_in_the_trailers_of_a_stream_invalidates_the_token() {
 /// of logins are made, not one per call.
 #[tokio::test(start_paused = true)]
 async fn a_grpc_api_that_rejects_every_token_gets_a_handful_of_logins_not_one_per_call() {
-    let auth = Arc::new(
+    let world = World::with(
         ReferenceServer::builder()
             .reject_all_tokens(true)
             .start()
             .await,
-    );
-    let api = Api::new(&auth);
-    let endpoint = endpoint(api.serve().await);
-    let cache = cache(&auth);
-    let layer = GrpcBearerAuthLayer::new(cache.clone(), endpoint.uri());
-    let mut client = Grpc::new(layer.layer(endpoint.connect_lazy()));
+    )
+    .await;
+    let cache = world.cache();
+    let mut client = world.client(cache.clone());
 
     let calls = 600;
     for call in 0..calls {
@@ -343,8 +308,8 @@ async fn a_grpc_api_that_rejects_every_token_gets_a_handful_of_logins_not_one_pe
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    assert_eq!(api.seen().len(), calls, "every call reached the API");
-    let logins = auth.logins();
+    assert_eq!(world.api.seen().len(), calls, "every call reached the API");
+    let logins = world.auth.logins();
     let stats = cache.stats();
     println!("{calls} calls rejected: {logins} logins, {stats:?}");
     assert!(
@@ -357,13 +322,10 @@ async fn a_grpc_api_that_rejects_every_token_gets_a_handful_of_logins_not_one_pe
 
 #[tokio::test(start_paused = true)]
 async fn a_wrong_password_reaches_the_tonic_client_as_unauthenticated_without_the_password() {
-    let auth = reference_server().await;
-    let api = Api::new(&auth);
-    let endpoint = endpoint(api.serve().await);
+    let world = World::start().await;
     let password = "not-the-password-42";
-    let source = AuthTokenSource::new(&auth.base_url(), Credentials::new("alice", password));
-    let layer = GrpcBearerAuthLayer::new(TokenCache::new(source.unwrap()), endpoint.uri());
-    let mut client = Grpc::new(layer.layer(endpoint.connect_lazy()));
+    let source = AuthTokenSource::new(&world.auth.base_url(), Credentials::new("alice", password));
+    let mut client = world.client(TokenCache::new(source.unwrap()));
 
     let status = unary(&mut client).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
@@ -372,39 +334,48 @@ async fn a_wrong_password_reaches_the_tonic_client_as_unauthenticated_without_th
         "{status:?}"
     );
     assert!(!format!("{status:?}").contains(password));
-    let source = std::error::Error::source(&status)
-        .and_then(|source| source.downcast_ref::<tower_authtoken::Error>());
-    assert_eq!(
-        source.map(|error| error.kind()),
-        Some(ErrorKind::AuthenticationFailed)
-    );
-    assert!(api.seen().is_empty(), "no call reached the API");
+    assert_eq!(kind_of(&status), Some(ErrorKind::AuthenticationFailed));
+    assert!(world.api.seen().is_empty(), "no call reached the API");
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_failing_login_endpoint_reaches_the_tonic_client_as_unavailable() {
-    let auth = reference_server().await;
-    let api = Api::new(&auth);
-    let endpoint = endpoint(api.serve().await);
-    let layer = GrpcBearerAuthLayer::new(cache(&auth), endpoint.uri());
-    let mut client = Grpc::new(layer.layer(endpoint.connect_lazy()));
+    let world = World::start().await;
+    let mut client = world.client(world.cache());
 
-    auth.push_failure(Failure::Status(503));
+    world.auth.push_failure(Failure::Status(503));
     let status = unary(&mut client).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert!(api.seen().is_empty(), "no call reached the API");
+    assert_eq!(kind_of(&status), Some(ErrorKind::Server));
+    assert!(world.api.seen().is_empty(), "no call reached the API");
+}
+
+/// The kind of the crate's error behind a status.
+fn kind_of(status: &Status) -> Option<ErrorKind> {
+    let source = std::error::Error::source(status)?;
+    source
+        .downcast_ref::<tower_authtoken::Error>()
+        .map(tower_authtoken::Error::kind)
 }
 
 /// A channel to `http://10.255.255.1:50051` whose connector counts its connections and leads
-/// them to the in-process server on loopback, so that a token sent by mistake would be seen
+/// them to the in-process API on loopback, so that a token sent by mistake would be seen
 /// (and no packet leaves the machine).
-fn channel_to_a_remote_h2c_host(api_addr: SocketAddr) -> (Endpoint, Channel, Arc<AtomicUsize>) {
+fn channel_to_a_remote_h2c_host(world: &World) -> (Endpoint, Channel, Arc<AtomicUsize>) {
     let endpoint = Endpoint::from_static("http://10.255.255.1:50051");
     let connects = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&connects);
+    let api = world
+        .endpoint
+        .uri()
+        .authority()
+        .unwrap()
+        .as_str()
+        .to_owned();
     let connector = service_fn(move |_: Uri| {
         counter.fetch_add(1, Ordering::SeqCst);
-        async move { TcpStream::connect(api_addr).await.map(TokioIo::new) }
+        let api = api.clone();
+        async move { TcpStream::connect(api).await.map(TokioIo::new) }
     });
     let channel = endpoint.connect_with_connector_lazy(connector);
     (endpoint, channel, connects)
@@ -412,44 +383,38 @@ fn channel_to_a_remote_h2c_host(api_addr: SocketAddr) -> (Endpoint, Channel, Arc
 
 #[tokio::test(start_paused = true)]
 async fn a_token_is_never_sent_over_h2c_to_a_non_loopback_host_without_the_opt_in() {
-    let auth = reference_server().await;
-    let api = Api::new(&auth);
-    let (endpoint, channel, connects) = channel_to_a_remote_h2c_host(api.serve().await);
+    let world = World::start().await;
+    let (endpoint, channel, connects) = channel_to_a_remote_h2c_host(&world);
 
-    let layer = GrpcBearerAuthLayer::new(cache(&auth), endpoint.uri());
+    let layer = GrpcBearerAuthLayer::new(world.cache(), endpoint.uri());
     let mut client = Grpc::new(layer.layer(channel.clone()));
     let status = unary(&mut client).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("10.255.255.1"), "{status:?}");
+
+    // The same rule with the plain layer given the channel's endpoint.
+    let layer = BearerAuthLayer::new(world.cache()).with_origin(endpoint.uri());
+    let mut client = Grpc::new(layer.layer(channel));
+    let status = unary(&mut client).await.unwrap_err();
+    assert_eq!(kind_of(&status), Some(ErrorKind::InsecureTransport));
+
     assert_eq!(
         connects.load(Ordering::SeqCst),
         0,
         "the channel never connected"
     );
-
-    // The same rule with the plain layer given the channel's endpoint.
-    let layer = BearerAuthLayer::new(cache(&auth)).with_origin(endpoint.uri());
-    let mut client = Grpc::new(layer.layer(channel));
-    let status = unary(&mut client).await.unwrap_err();
-    let error = std::error::Error::source(&status)
-        .and_then(|source| source.downcast_ref::<tower_authtoken::Error>());
-    assert_eq!(
-        error.map(|error| error.kind()),
-        Some(ErrorKind::InsecureTransport)
-    );
     assert!(
-        api.seen().is_empty(),
+        world.api.seen().is_empty(),
         "no call, and so no token, reached the API"
     );
 }
 
 #[tokio::test(start_paused = true)]
 async fn with_the_opt_in_a_token_goes_over_h2c_to_a_non_loopback_host() {
-    let auth = reference_server().await;
-    let api = Api::new(&auth);
-    let (endpoint, channel, connects) = channel_to_a_remote_h2c_host(api.serve().await);
-    let source = AuthTokenSource::new(&auth.base_url(), auth.credentials()).unwrap();
-    let cache = TokenCache::builder(source)
+    let world = World::start().await;
+    let (endpoint, channel, connects) = channel_to_a_remote_h2c_host(&world);
+    let source = AuthTokenSource::new(&world.auth.base_url(), world.auth.credentials());
+    let cache = TokenCache::builder(source.unwrap())
         .allow_insecure_http(true)
         .build()
         .unwrap();
@@ -458,7 +423,7 @@ async fn with_the_opt_in_a_token_goes_over_h2c_to_a_non_loopback_host() {
     let mut client = Grpc::new(layer.layer(channel));
     assert_eq!(unary(&mut client).await.unwrap(), "hello");
     assert_eq!(connects.load(Ordering::SeqCst), 1);
-    let seen = api.seen();
+    let seen = world.api.seen();
     assert_eq!(seen.len(), 1);
-    assert!(auth.accepts(seen[0].as_deref().unwrap()));
+    assert!(world.auth.accepts(seen[0].as_deref().unwrap()));
 }

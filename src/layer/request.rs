@@ -301,3 +301,49 @@ mod reqwest_impls {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(grpc_status: Option<&'static str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(code) = grpc_status {
+            headers.insert(GRPC_STATUS, HeaderValue::from_static(code));
+        }
+        headers
+    }
+
+    #[test]
+    fn a_401_or_a_200_with_grpc_status_16_rejects_the_token_and_nothing_else_does() {
+        let cases = [
+            (StatusCode::UNAUTHORIZED, None, true),
+            (StatusCode::UNAUTHORIZED, Some("0"), true),
+            (StatusCode::OK, Some("16"), true),
+            (StatusCode::OK, None, false),
+            (StatusCode::OK, Some("0"), false),
+            (StatusCode::OK, Some("7"), false),
+            (StatusCode::OK, Some("160"), false),
+            (StatusCode::OK, Some("1"), false),
+            (StatusCode::FORBIDDEN, None, false),
+            (StatusCode::INTERNAL_SERVER_ERROR, Some("16"), false),
+        ];
+        for (status, grpc_status, rejects) in cases {
+            let mut response = http::Response::new(());
+            *response.status_mut() = status;
+            *response.headers_mut() = headers(grpc_status);
+            assert_eq!(
+                response.rejects_token(),
+                rejects,
+                "{status} with grpc-status {grpc_status:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn trailers_reject_the_token_only_with_grpc_status_16() {
+        assert!(grpc_unauthenticated(&headers(Some("16"))));
+        assert!(!grpc_unauthenticated(&headers(Some("14"))));
+        assert!(!grpc_unauthenticated(&headers(None)));
+    }
+}
