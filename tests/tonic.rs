@@ -257,6 +257,33 @@ async fn grpc_status_16_in_the_headers_invalidates_the_token_and_the_next_call_l
     }
 }
 
+/// A gRPC call streams its request, so `retry_on_unauthorized` compiles over a channel but
+/// never replays one: the call fails with `UNAUTHENTICATED` once, reaches the API once, and the
+/// token is invalidated all the same.
+#[tokio::test(start_paused = true)]
+async fn retry_on_unauthorized_over_a_channel_invalidates_but_never_replays_a_grpc_call() {
+    let world = World::start().await;
+    let cache = world.cache();
+    let layer = BearerAuthLayer::new(cache.clone())
+        .with_origin(world.endpoint.uri())
+        .retry_on_unauthorized_any_method();
+    let mut client = Grpc::new(layer.layer(world.endpoint.connect_lazy()));
+    unary(&mut client).await.unwrap();
+
+    world.auth.revoke_all();
+    let status = unary(&mut client).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(
+        world.api.seen().len(),
+        2,
+        "the rejected call was not replayed"
+    );
+    assert_eq!(cache.stats().invalidations, 1);
+
+    assert_eq!(unary(&mut client).await.unwrap(), "hello");
+    assert_eq!(world.auth.logins(), 2);
+}
+
 /// A stream that fails midway carries `grpc-status: 16` in its trailers, after the headers
 /// and a message went through: `GrpcBearerAuth`'s body sees it.
 #[tokio::test(start_paused = true)]
