@@ -92,6 +92,10 @@
 //! - `metrics`: counters, a gauge and a histogram of logins, renewals, invalidations and
 //!   refusals through the [`metrics`](https://docs.rs/metrics) facade; the names are in
 //!   [`metrics`](mod@metrics).
+//! - `tonic`: the [`tonic`] module: `GrpcBearerAuthLayer` for tonic channels
+//!   (`grpc-status: 16` in headers or trailers invalidates the token; login failures arrive as
+//!   `tonic::Status` codes) and `From<Error> for tonic::Status`; with `test-util`, a bytes codec
+//!   for a gRPC service without protoc.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code, unreachable_pub)]
 #![warn(missing_docs, rust_2018_idioms, clippy::await_holding_lock)]
@@ -119,6 +123,9 @@ pub mod testing;
 #[cfg(feature = "reqwest-middleware")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
 pub mod reqwest_middleware;
+#[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+pub mod tonic;
 
 #[doc(inline)]
 pub use cache::{CacheStats, LoginBudget, TokenCache, TokenCacheBuilder};

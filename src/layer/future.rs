@@ -5,7 +5,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use http::StatusCode;
 use pin_project_lite::pin_project;
 use tower::Service;
 
@@ -87,8 +86,15 @@ impl<F, S, Req> ResponseFuture<F, S, Req> {
 
     /// The identity of the token the request went out with, once it went out.
     fn token_id(&self) -> Option<u64> {
+        self.sent_with().map(|(_, id)| id)
+    }
+
+    /// The cache key and the identity of the token the request went out with, once it went out:
+    /// what [`rejected`] needs, for a rejection seen later (gRPC trailers).
+    #[inline]
+    pub(crate) fn sent_with(&self) -> Option<(u64, u64)> {
         match &self.state {
-            State::Called { id, .. } => Some(*id),
+            State::Called { key, id, .. } => Some((*key, *id)),
             State::Cold { .. } => None,
         }
     }
@@ -112,7 +118,7 @@ where
                 StateProj::Called { fut, key, id } => {
                     return match ready!(fut.poll(cx)) {
                         Ok(response) => {
-                            if response.response_status() == StatusCode::UNAUTHORIZED {
+                            if response.rejects_token() {
                                 rejected(*key, *id);
                             }
                             Poll::Ready(Ok(response))
@@ -129,11 +135,12 @@ where
     }
 }
 
-/// Takes the token `id` of the cache `key` out of service after a `401`: the rare case, kept
-/// out of the warm path's code.
+/// Takes the token `id` of the cache `key` out of service after the server rejected it (a `401`,
+/// or `grpc-status: 16`; see [`StatusResponse`]): the rare case, kept out of the warm path's code.
+/// The cache decides whether to act on it (the spacing of invalidations in a row).
 #[cold]
 #[inline(never)]
-fn rejected(key: u64, id: u64) {
+pub(crate) fn rejected(key: u64, id: u64) {
     crate::cache::invalidate(key, id);
 }
 
@@ -264,7 +271,7 @@ where
             match this.state.as_mut().project() {
                 RetryStateProj::First { mut fut, replay } => {
                     let response = ready!(fut.as_mut().poll(cx))?;
-                    if response.response_status() != StatusCode::UNAUTHORIZED {
+                    if !response.rejects_token() {
                         return Poll::Ready(Ok(response));
                     }
                     let (Some(replay), Some(rejected)) = (replay.take(), fut.token_id()) else {
@@ -315,7 +322,7 @@ where
                 }
                 RetryStateProj::Replayed { fut, key, id } => {
                     let response = ready!(fut.poll(cx)).map_err(Into::into)?;
-                    if response.response_status() == StatusCode::UNAUTHORIZED {
+                    if response.rejects_token() {
                         rejected(*key, *id);
                     }
                     return Poll::Ready(Ok(response));

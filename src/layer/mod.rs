@@ -124,6 +124,8 @@ use crate::cache::SlotReader;
 use crate::error::BoxError;
 use crate::{Error, ErrorKind, TokenCache};
 use future::{Replay, ResponseFuture, RetryFuture};
+#[cfg(feature = "tonic")]
+pub(crate) use request::grpc_unauthenticated;
 pub use request::{AuthorizeRequest, ReplayBody, ReplayableRequest, StatusResponse};
 
 /// Marks a [`BearerAuth`] that does not replay requests (the default).

@@ -1,7 +1,7 @@
 //! What the layer needs from a request and a response, for `http` and `reqwest` types alike.
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, StatusCode, header::AUTHORIZATION};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header::AUTHORIZATION};
 
 use crate::loopback::is_loopback_host;
 
@@ -99,8 +99,8 @@ pub trait ReplayableRequest: AuthorizeRequest + Sized {
 /// ```
 ///
 /// A body type from another crate needs its implementation here (the orphan rule keeps you
-/// from writing it): tonic's body has none yet, so `retry_on_unauthorized` does not compile
-/// with it; wrap it in a body type of your own that returns `None`.
+/// from writing it). With the `tonic` feature, tonic's `tonic::body::Body` has one that returns
+/// `None`: a gRPC request streams its messages, and is never replayed.
 pub trait ReplayBody: Sized {
     /// A copy of the body to send again, or `None` if it cannot be replayed.
     fn try_clone_body(&self) -> Option<Self>;
@@ -150,17 +150,50 @@ macro_rules! never_replayed {
     };
 }
 
+#[cfg(feature = "tonic")]
+never_replayed!(<> ::tonic::body::Body);
+
 never_replayed!(
     <> hyper::body::Incoming,
     <D, E> http_body_util::combinators::BoxBody<D, E>,
     <D, E> http_body_util::combinators::UnsyncBoxBody<D, E>,
 );
 
-/// A response whose status the layer inspects, to invalidate a token the server rejected.
+/// A response the layer inspects, to invalidate a token the server rejected.
+///
+/// The server rejected the token when the response is `401 Unauthorized`, or a `200` whose
+/// headers carry `grpc-status: 16` (gRPC's `UNAUTHENTICATED`, sent as an HTTP `200`). A gRPC
+/// status that arrives in trailers is seen by the response body of `GrpcBearerAuth` (feature
+/// `tonic`).
 pub trait StatusResponse: sealed::Sealed {
-    /// The response status.
+    /// Whether the server rejected the token the request carried.
     #[doc(hidden)]
-    fn response_status(&self) -> StatusCode;
+    fn rejects_token(&self) -> bool;
+}
+
+/// `grpc-status`, the header (or trailer) holding a gRPC call's status code.
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+/// Whether a response with `status` and `headers` rejects the token its request carried: the one
+/// definition, shared by every front-end.
+///
+/// A `401`, or a `200` carrying `grpc-status: 16` (`UNAUTHENTICATED`). Any other response costs
+/// one comparison, and a `200` one header lookup; nothing is allocated.
+#[inline]
+pub(crate) fn rejects_token(status: StatusCode, headers: &HeaderMap) -> bool {
+    match status {
+        StatusCode::UNAUTHORIZED => true,
+        StatusCode::OK => grpc_unauthenticated(headers),
+        _ => false,
+    }
+}
+
+/// Whether gRPC headers or trailers carry `grpc-status: 16` (`UNAUTHENTICATED`).
+#[inline]
+pub(crate) fn grpc_unauthenticated(headers: &HeaderMap) -> bool {
+    headers
+        .get(GRPC_STATUS)
+        .is_some_and(|code| code.as_bytes() == b"16")
 }
 
 impl<B> sealed::Sealed for http::Request<B> {}
@@ -208,8 +241,8 @@ impl<B> sealed::Sealed for http::Response<B> {}
 
 impl<B> StatusResponse for http::Response<B> {
     #[inline]
-    fn response_status(&self) -> StatusCode {
-        self.status()
+    fn rejects_token(&self) -> bool {
+        rejects_token(self.status(), self.headers())
     }
 }
 
@@ -263,8 +296,54 @@ mod reqwest_impls {
 
     impl StatusResponse for reqwest::Response {
         #[inline]
-        fn response_status(&self) -> StatusCode {
-            self.status()
+        fn rejects_token(&self) -> bool {
+            rejects_token(self.status(), self.headers())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(grpc_status: Option<&'static str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(code) = grpc_status {
+            headers.insert(GRPC_STATUS, HeaderValue::from_static(code));
+        }
+        headers
+    }
+
+    #[test]
+    fn a_401_or_a_200_with_grpc_status_16_rejects_the_token_and_nothing_else_does() {
+        let cases = [
+            (StatusCode::UNAUTHORIZED, None, true),
+            (StatusCode::UNAUTHORIZED, Some("0"), true),
+            (StatusCode::OK, Some("16"), true),
+            (StatusCode::OK, None, false),
+            (StatusCode::OK, Some("0"), false),
+            (StatusCode::OK, Some("7"), false),
+            (StatusCode::OK, Some("160"), false),
+            (StatusCode::OK, Some("1"), false),
+            (StatusCode::FORBIDDEN, None, false),
+            (StatusCode::INTERNAL_SERVER_ERROR, Some("16"), false),
+        ];
+        for (status, grpc_status, rejects) in cases {
+            let mut response = http::Response::new(());
+            *response.status_mut() = status;
+            *response.headers_mut() = headers(grpc_status);
+            assert_eq!(
+                response.rejects_token(),
+                rejects,
+                "{status} with grpc-status {grpc_status:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn trailers_reject_the_token_only_with_grpc_status_16() {
+        assert!(grpc_unauthenticated(&headers(Some("16"))));
+        assert!(!grpc_unauthenticated(&headers(Some("14"))));
+        assert!(!grpc_unauthenticated(&headers(None)));
     }
 }
