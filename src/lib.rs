@@ -80,11 +80,14 @@
 //!
 //! # Features
 //!
-//! - `reqwest` (default): [`AuthTokenSource`] and `Service<reqwest::Request>` for
+//! - `reqwest` (default): the default login client of [`AuthTokenSource`], and `Service<reqwest::Request>` for
 //!   [`BearerAuth`]. TLS is reqwest's default rustls backend.
 //! - `oauth2`: `OAuth2ClientCredentials`, a [`TokenSource`] for an OAuth 2.0 token endpoint
 //!   (the client credentials grant, RFC 6749 §4.4), on the same client code as
-//!   [`AuthTokenSource`]. Implies `reqwest`.
+//!   [`AuthTokenSource`].
+//! - Without `reqwest`, [`AuthTokenSource`] and `OAuth2ClientCredentials` log in over any Tower
+//!   HTTP client you give them (`builder_with_service`: hyper-util's `Client`, a stack with
+//!   tracing, retry or proxy layers); with it, over such a client too (`http_service`).
 //! - `test-util`: `testing`, an embedded reference server for your own tests.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code, unreachable_pub)]
@@ -99,7 +102,6 @@ mod source;
 pub mod store;
 pub mod token;
 
-#[cfg(feature = "reqwest")]
 mod client;
 #[cfg(feature = "oauth2")]
 mod oauth2;
@@ -121,7 +123,6 @@ pub use source::TokenSource;
 #[doc(inline)]
 pub use token::Token;
 
-#[cfg(feature = "reqwest")]
 #[doc(inline)]
 pub use client::{AuthTokenSource, AuthTokenSourceBuilder};
 #[cfg(feature = "oauth2")]
