@@ -252,8 +252,8 @@ fn login_url(base_url: &str, login_path: &str, allow_insecure_http: bool) -> Res
 ///   plaintext queue, so the response (the token) is there in clear too. Sent data is copied into
 ///   a record buffer sized for it and encrypted in place, so no clear copy of the password stays
 ///   in rustls;
-/// - over HTTP/2 (only with your own [`client`](AuthTokenSourceBuilder::client): ours speaks
-///   HTTP/1.1 only), `h2` copies a request body under 256 bytes, the password with it, into its
+/// - over HTTP/2 (only with your own [`client`](AuthTokenSourceBuilder::client) or
+///   [`http_service`](AuthTokenSourceBuilder::http_service): ours speaks HTTP/1.1 only), `h2` copies a request body under 256 bytes, the password with it, into its
 ///   connection's write buffer;
 /// - `serde_json`'s scratch buffer, when the server writes the token with JSON escapes such as
 ///   `\/`;
