@@ -9,7 +9,7 @@
 //! the errors for a redirect, a wrong URL and a `429`, with server messages cleaned of the
 //! secret ([`clean_message`]).
 //!
-//! Every login goes through one type-erased Tower service ([`LoginService`]): our own reqwest
+//! Every login goes through one type-erased Tower service ([`ErasedLogin`]): our own reqwest
 //! client ([`reqwest_service`], feature `reqwest`) and any Tower HTTP client a user gives
 //! ([`login_service`]) are wrapped alike, and their `http::Response` is read by one function
 //! ([`read_answer`]), so that every guarantee holds over every client by the same code.
@@ -354,17 +354,7 @@ impl AuthTokenSource {
         service: S,
     ) -> AuthTokenSourceBuilder
     where
-        S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
-        ReqBody: From<Bytes> + Send + 'static,
-        ResBody: HttpBody + Send + 'static,
-        ResBody::Data: Send,
-        ResBody::Error: Into<BoxError>,
+        S: LoginHttpService<ReqBody, ResBody>,
     {
         let http = HttpOptions::with_client(login_service(service));
         Self::builder_with_options(base_url, credentials, http)
@@ -452,13 +442,48 @@ pub(crate) async fn traced(
 ///
 /// Every client, reqwest's and any Tower service a user gives, is turned into one by
 /// [`login_service`], so that what the answer means is decided by one implementation.
-pub(crate) type LoginService = BoxCloneSyncService<http::Request<Bytes>, Answer, Error>;
+pub(crate) type ErasedLogin = BoxCloneSyncService<http::Request<Bytes>, Answer, Error>;
 
-/// Turns a Tower HTTP client into the login's [`LoginService`]: the request body `Bytes` is
+mod sealed {
+    /// A login client, type-erased: only this crate can make or open one.
+    pub struct Erased(pub(super) super::ErasedLogin);
+
+    /// What makes a [`LoginHttpService`](super::LoginHttpService): implemented for every Tower
+    /// service that qualifies, and nothing else.
+    pub trait Sealed<ReqBody, ResBody> {
+        fn erase(self) -> Erased;
+    }
+}
+
+/// A Tower HTTP client that a login can run over:
+/// [`AuthTokenSourceBuilder::http_service`], [`AuthTokenSource::builder_with_service`] and their
+/// `OAuth2ClientCredentials` twins take one.
+///
+/// It is implemented for every `S` with
+///
+/// - `S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send +
+///   Sync + 'static`, its `Error: Into<BoxError>` and its `Future: Send + 'static`;
+/// - `ReqBody: From<Bytes> + Send + 'static`: the login body arrives as one [`Bytes`], held by
+///   reference in `http_body_util::Full<Bytes>`, `reqwest::Body` and the like, so the buffer
+///   sent is the crate's own, zeroed when the last reference drops;
+/// - `ResBody:` [`http_body::Body`]` + Send + 'static`, its `Data: Send` and its
+///   `Error: Into<BoxError>`.
+///
+/// hyper-util's legacy `Client<_, Full<Bytes>>`, and any `ServiceBuilder` stack around it that
+/// keeps those types (tower-http's `TraceLayer`, tower's `retry`, `timeout`, `rate_limit`,
+/// `map_request`), qualify. The trait is sealed: there is nothing to implement yourself.
+pub trait LoginHttpService<ReqBody, ResBody>: sealed::Sealed<ReqBody, ResBody> {}
+
+impl<S, ReqBody, ResBody> LoginHttpService<ReqBody, ResBody> for S where
+    S: sealed::Sealed<ReqBody, ResBody>
+{
+}
+
+/// Turns a Tower HTTP client into the login's [`ErasedLogin`]: the request body `Bytes` is
 /// converted into the client's body type (`Full<Bytes>`, `reqwest::Body`, ... hold it by
 /// reference, so the zeroing buffer is sent as it is), and the answer is read by
 /// [`read_answer`].
-pub(crate) fn login_service<S, ReqBody, ResBody>(service: S) -> LoginService
+impl<S, ReqBody, ResBody> sealed::Sealed<ReqBody, ResBody> for S
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>
         + Clone
@@ -472,23 +497,36 @@ where
     ResBody::Data: Send,
     ResBody::Error: Into<BoxError>,
 {
-    BoxCloneSyncService::new(tower::service_fn(move |request: http::Request<Bytes>| {
-        // `oneshot` on a clone: the clone that `poll_ready` made ready is the one called.
-        let service = service.clone();
-        async move {
-            let response = service
-                .oneshot(request.map(ReqBody::from))
-                .await
-                .map_err(|e| transport_error(e.into(), None))?;
-            read_answer(response).await
-        }
-    }))
+    fn erase(self) -> sealed::Erased {
+        let service = self;
+        sealed::Erased(BoxCloneSyncService::new(tower::service_fn(
+            move |request: http::Request<Bytes>| {
+                // `oneshot` on a clone: the clone that `poll_ready` made ready is the one called.
+                let service = service.clone();
+                async move {
+                    let response = service
+                        .oneshot(request.map(ReqBody::from))
+                        .await
+                        .map_err(|e| transport_error(e.into(), None))?;
+                    read_answer(response).await
+                }
+            },
+        )))
+    }
 }
 
-/// A `reqwest::Client` as a [`LoginService`]: the request converted to a `reqwest::Request`,
+/// A Tower HTTP client as the login's [`ErasedLogin`].
+pub(crate) fn login_service<S, ReqBody, ResBody>(service: S) -> ErasedLogin
+where
+    S: LoginHttpService<ReqBody, ResBody>,
+{
+    sealed::Sealed::erase(service).0
+}
+
+/// A `reqwest::Client` as a [`ErasedLogin`]: the request converted to a `reqwest::Request`,
 /// the response back to an `http::Response`, whose body [`read_answer`] reads as any other.
 #[cfg(feature = "reqwest")]
-pub(crate) fn reqwest_service(client: reqwest::Client) -> LoginService {
+pub(crate) fn reqwest_service(client: reqwest::Client) -> ErasedLogin {
     login_service(tower::service_fn(move |request: http::Request<Bytes>| {
         let client = client.clone();
         async move {
@@ -502,7 +540,7 @@ pub(crate) fn reqwest_service(client: reqwest::Client) -> LoginService {
 /// Our own reqwest client: one that follows no redirect, speaks HTTP/1.1 only and keeps no idle
 /// connection.
 #[cfg(feature = "reqwest")]
-fn default_service() -> Result<LoginService, Error> {
+fn default_service() -> Result<ErasedLogin, Error> {
     // HTTP/1.1 only: a login is one small request, and h2 would copy a body under 256 bytes
     // (ours, with the secret) into its connection's write buffer, unwiped.
     // No idle connections kept: a login happens once per token life, and a pooled connection is
@@ -520,7 +558,7 @@ fn default_service() -> Result<LoginService, Error> {
 /// Without the `reqwest` feature there is no client of our own: the builders' constructors take
 /// one, so this is never reached; if it were, it is a clear configuration error, not a panic.
 #[cfg(not(feature = "reqwest"))]
-fn default_service() -> Result<LoginService, Error> {
+fn default_service() -> Result<ErasedLogin, Error> {
     Err(Error::config(
         "no HTTP client: without the `reqwest` feature, give a Tower service to \
          builder_with_service",
@@ -533,7 +571,7 @@ pub(crate) struct HttpOptions {
     pub(crate) timeout: Duration,
     pub(crate) user_agent: Option<String>,
     /// The caller's client; `None`: our own reqwest client.
-    pub(crate) client: Option<LoginService>,
+    pub(crate) client: Option<ErasedLogin>,
     pub(crate) allow_insecure_http: bool,
     pub(crate) default_lifetime: Duration,
 }
@@ -552,7 +590,7 @@ impl Default for HttpOptions {
 
 impl HttpOptions {
     /// The defaults, with the caller's client.
-    pub(crate) fn with_client(client: LoginService) -> Self {
+    pub(crate) fn with_client(client: ErasedLogin) -> Self {
         HttpOptions {
             client: Some(client),
             ..HttpOptions::default()
@@ -615,7 +653,7 @@ impl HttpOptions {
 /// rules every login client shares.
 #[derive(Clone)]
 pub(crate) struct LoginHttp {
-    client: LoginService,
+    client: ErasedLogin,
     pub(crate) timeout: Duration,
     user_agent: HeaderValue,
     pub(crate) default_lifetime: Duration,
@@ -1213,11 +1251,9 @@ impl AuthTokenSourceBuilder {
     /// [`client`](Self::client)); without it, the service given to
     /// [`AuthTokenSource::builder_with_service`].
     ///
-    /// The service takes an `http::Request<B>` whose body type `B` can be made `From<Bytes>`
-    /// (`http_body_util::Full<Bytes>`, `reqwest::Body`, ...: they hold the login body by
-    /// reference, so the buffer holding the password is the crate's, zeroed when the last
-    /// reference drops), and answers an `http::Response` of any [`http_body::Body`]. It must be
-    /// `Clone + Send + Sync`; each login calls a clone, made ready first. Everything else holds
+    /// What qualifies is said at [`LoginHttpService`]: in short, a `Clone + Send + Sync`
+    /// service of `http::Request<B>` with `B: From<Bytes>` (such as `Full<Bytes>`) to an
+    /// `http::Response` of any body. Each login calls a clone, made ready first. Everything else holds
     /// as with our own client, by the same code: the request (absolute URI, `POST`, the
     /// headers), the [`timeout`](Self::timeout) around the whole exchange (the body read
     /// included), the body cap of 64 KiB and its zeroing, the status mapping, the `Date`
@@ -1237,17 +1273,7 @@ impl AuthTokenSourceBuilder {
     ///   [`client`](Self::client).
     pub fn http_service<S, ReqBody, ResBody>(mut self, service: S) -> Self
     where
-        S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
-        ReqBody: From<Bytes> + Send + 'static,
-        ResBody: HttpBody + Send + 'static,
-        ResBody::Data: Send,
-        ResBody::Error: Into<BoxError>,
+        S: LoginHttpService<ReqBody, ResBody>,
     {
         self.http.client = Some(login_service(service));
         self

@@ -124,6 +124,8 @@ pub use source::TokenSource;
 pub use token::Token;
 
 #[doc(inline)]
+pub use client::LoginHttpService;
+#[doc(inline)]
 pub use client::{AuthTokenSource, AuthTokenSourceBuilder};
 #[cfg(feature = "oauth2")]
 #[cfg_attr(docsrs, doc(cfg(feature = "oauth2")))]

@@ -15,14 +15,13 @@ use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use http::StatusCode;
 use http::header::{self, HeaderValue};
-use http_body::Body as HttpBody;
-use tower::{BoxError, Service};
 use url::Url;
 use zeroize::Zeroizing;
 
 use crate::client::{
-    Answer, EndpointNames, HttpOptions, LoginHttp, checked_url, clean_message, login_service,
-    rate_limited, redacted_url, redirect_error, server_message, traced, wrong_url_error,
+    Answer, EndpointNames, HttpOptions, LoginHttp, LoginHttpService, checked_url, clean_message,
+    login_service, rate_limited, redacted_url, redirect_error, server_message, traced,
+    wrong_url_error,
 };
 use crate::{Credentials, Error, ErrorKind, Token, TokenSource};
 
@@ -206,17 +205,7 @@ impl OAuth2ClientCredentials {
         service: S,
     ) -> OAuth2ClientCredentialsBuilder
     where
-        S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
-        ReqBody: From<Bytes> + Send + 'static,
-        ResBody: HttpBody + Send + 'static,
-        ResBody::Data: Send,
-        ResBody::Error: Into<BoxError>,
+        S: LoginHttpService<ReqBody, ResBody>,
     {
         let http = HttpOptions::with_client(login_service(service));
         Self::builder_with_options(token_url, client_id, client_secret, http)
@@ -632,17 +621,7 @@ impl OAuth2ClientCredentialsBuilder {
     /// sensitivity marks (the `Authorization: Basic` header is marked sensitive).
     pub fn http_service<S, ReqBody, ResBody>(mut self, service: S) -> Self
     where
-        S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
-        ReqBody: From<Bytes> + Send + 'static,
-        ResBody: HttpBody + Send + 'static,
-        ResBody::Data: Send,
-        ResBody::Error: Into<BoxError>,
+        S: LoginHttpService<ReqBody, ResBody>,
     {
         self.http.client = Some(login_service(service));
         self

@@ -24,8 +24,10 @@ use tower_authtoken::{
     AuthTokenSource, BearerAuthLayer, Credentials, Error, ErrorKind, OAuth2ClientCredentials,
     TokenCache, TokenSource,
 };
-use tower_http::trace::{DefaultMakeSpan, DefaultOnRequest, DefaultOnResponse, TraceLayer};
+use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
+use tower_http::trace::{DefaultMakeSpan, DefaultOnRequest, DefaultOnResponse, Trace, TraceLayer};
 use tracing::Level;
+use tracing::subscriber::DefaultGuard;
 
 /// hyper-util's legacy client for plain HTTP, the login body sent as `Full<Bytes>`.
 fn hyper_client() -> Client<HttpConnector, Full<Bytes>> {
@@ -206,15 +208,22 @@ fn capture_into(buffer: Arc<Mutex<Vec<u8>>>) -> impl tracing::Subscriber + Send 
         .finish()
 }
 
-/// tower-http's `TraceLayer` at its most talkative: spans and events at `INFO`, with every
-/// request and response header.
-fn verbose_trace() -> TraceLayer<
-    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+/// hyper-util's client in tower-http's `TraceLayer` at its most talkative.
+type TracedClient = Trace<
+    Client<HttpConnector, Full<Bytes>>,
+    SharedClassifier<ServerErrorsAsFailures>,
     DefaultMakeSpan,
     DefaultOnRequest,
     DefaultOnResponse,
-> {
-    TraceLayer::new_for_http()
+>;
+
+/// Starts capturing every span and event at `TRACE` on this thread (until the guard drops), and
+/// returns the capture with a [`TracedClient`]: spans and events at `INFO`, with every request
+/// and response header.
+fn traced_hyper_client() -> (Arc<Mutex<Vec<u8>>>, DefaultGuard, TracedClient) {
+    let buffer: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let guard = tracing::subscriber::set_default(capture_into(buffer.clone()));
+    let trace = TraceLayer::new_for_http()
         .make_span_with(
             DefaultMakeSpan::new()
                 .level(Level::INFO)
@@ -225,7 +234,9 @@ fn verbose_trace() -> TraceLayer<
             DefaultOnResponse::new()
                 .level(Level::INFO)
                 .include_headers(true),
-        )
+        );
+    let client = ServiceBuilder::new().layer(trace).service(hyper_client());
+    (buffer, guard, client)
 }
 
 #[tokio::test]
@@ -235,12 +246,7 @@ async fn a_trace_layer_around_the_login_never_logs_the_password_or_the_token() {
         .user("alice", PASSWORD)
         .start()
         .await;
-    let buffer: Arc<Mutex<Vec<u8>>> = Arc::default();
-    let _guard = tracing::subscriber::set_default(capture_into(buffer.clone()));
-
-    let traced = ServiceBuilder::new()
-        .layer(verbose_trace())
-        .service(hyper_client());
+    let (buffer, _guard, traced) = traced_hyper_client();
     let source = AuthTokenSource::builder_with_service(
         &server.base_url(),
         Credentials::new("alice", PASSWORD),
@@ -587,11 +593,7 @@ async fn oauth2_over_a_traced_hyper_client_gets_a_token_and_logs_no_secret() {
         .user("svc-client", SECRET)
         .start()
         .await;
-    let buffer: Arc<Mutex<Vec<u8>>> = Arc::default();
-    let _guard = tracing::subscriber::set_default(capture_into(buffer.clone()));
-    let traced = ServiceBuilder::new()
-        .layer(verbose_trace())
-        .service(hyper_client());
+    let (buffer, _guard, traced) = traced_hyper_client();
     let source = OAuth2ClientCredentials::builder_with_service(
         &server.oauth2_token_url(),
         "svc-client",
