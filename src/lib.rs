@@ -80,8 +80,8 @@
 //!
 //! # Features
 //!
-//! - `reqwest` (default): the default login client of [`AuthTokenSource`], and `Service<reqwest::Request>` for
-//!   [`BearerAuth`]. TLS is reqwest's default rustls backend.
+//! - `reqwest` (default): the default login client of [`AuthTokenSource`], and
+//!   `Service<reqwest::Request>` for [`BearerAuth`]. TLS is reqwest's default rustls backend.
 //! - `oauth2`: `OAuth2ClientCredentials`, a [`TokenSource`] for an OAuth 2.0 token endpoint
 //!   (the client credentials grant, RFC 6749 §4.4), on the same client code as
 //!   [`AuthTokenSource`].
