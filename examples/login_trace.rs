@@ -4,8 +4,10 @@
 //!
 //! ```text
 //! cargo run --example login_trace --features test-util
-//! cargo run --example login_trace --no-default-features --features test-util   # no reqwest at all
 //! ```
+//!
+//! It uses only what a build without the `reqwest` feature has (`builder_with_service`), so a
+//! hyper-only application writes exactly this.
 //!
 //! Any layer fits where `TraceLayer` is: a retry policy, a rate limit, a proxy connector. The
 //! trace shows the method, the URI and the headers (none of which carries the password, which
