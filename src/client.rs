@@ -8,16 +8,25 @@
 //! checks ([`HttpOptions`]), one login's send and capped, wiped body read ([`LoginHttp`]), and
 //! the errors for a redirect, a wrong URL and a `429`, with server messages cleaned of the
 //! secret ([`clean_message`]).
+//!
+//! Every login goes through one type-erased Tower service ([`ErasedLogin`]): our own reqwest
+//! client ([`reqwest_service`], feature `reqwest`) and any Tower HTTP client a user gives
+//! ([`login_service`]) are wrapped alike, and their `http::Response` is read by one function
+//! ([`read_answer`]), so that every guarantee holds over every client by the same code.
 
 use std::fmt;
+use std::pin::pin;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use http::StatusCode;
+use bytes::{Buf, Bytes};
 use http::header::{self, HeaderMap, HeaderValue};
-use reqwest::Url;
+use http::{Method, StatusCode};
+use http_body::Body as HttpBody;
 use serde::Serialize;
 use tokio::time::Instant;
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, Service, ServiceExt};
+use url::Url;
 use zeroize::Zeroizing;
 
 use crate::token::{DEFAULT_LIFETIME, MAX_LIFETIME};
@@ -243,8 +252,8 @@ fn login_url(base_url: &str, login_path: &str, allow_insecure_http: bool) -> Res
 ///   plaintext queue, so the response (the token) is there in clear too. Sent data is copied into
 ///   a record buffer sized for it and encrypted in place, so no clear copy of the password stays
 ///   in rustls;
-/// - over HTTP/2 (only with your own [`client`](AuthTokenSourceBuilder::client): ours speaks
-///   HTTP/1.1 only), `h2` copies a request body under 256 bytes, the password with it, into its
+/// - over HTTP/2 (only with your own [`client`](AuthTokenSourceBuilder::client) or
+///   [`http_service`](AuthTokenSourceBuilder::http_service): ours speaks HTTP/1.1 only), `h2` copies a request body under 256 bytes, the password with it, into its
 ///   connection's write buffer;
 /// - `serde_json`'s scratch buffer, when the server writes the token with JSON escapes such as
 ///   `\/`;
@@ -294,20 +303,73 @@ impl AuthTokenSource {
     /// [`ErrorKind::Config`] if the URL does not parse, is not `http(s)`, or carries user info,
     /// a query or a fragment; [`ErrorKind::InsecureTransport`] for `http://` to a host that is
     /// not loopback (see [`AuthTokenSourceBuilder::allow_insecure_http`]).
+    #[cfg(feature = "reqwest")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
     pub fn new(base_url: &str, credentials: Credentials) -> Result<AuthTokenSource, Error> {
         Self::builder(base_url, credentials).build()
     }
 
     /// A builder for a source that logs in at `{base_url}/authtoken` (or another
-    /// [`login_path`](AuthTokenSourceBuilder::login_path)) with `credentials`.
+    /// [`login_path`](AuthTokenSourceBuilder::login_path)) with `credentials`, over our own
+    /// reqwest client (see [`client`](AuthTokenSourceBuilder::client) and
+    /// [`http_service`](AuthTokenSourceBuilder::http_service) for others).
     ///
     /// The URL is checked by [`build`](AuthTokenSourceBuilder::build).
+    #[cfg(feature = "reqwest")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
     pub fn builder(base_url: &str, credentials: Credentials) -> AuthTokenSourceBuilder {
+        Self::builder_with_options(base_url, credentials, HttpOptions::default())
+    }
+
+    /// A builder for a source that logs in at `{base_url}/authtoken` (or another
+    /// [`login_path`](AuthTokenSourceBuilder::login_path)) with `credentials`, over `service`:
+    /// any Tower HTTP client, such as hyper-util's `Client` or a `ServiceBuilder` stack with
+    /// tracing, retry or proxy layers around it. See
+    /// [`http_service`](AuthTokenSourceBuilder::http_service) for what it must be and what
+    /// still holds.
+    ///
+    /// This is the constructor without the `reqwest` feature, where the crate has no HTTP
+    /// client of its own: the service is an argument, so a source without one cannot be built.
+    ///
+    /// ```
+    /// use http_body_util::Full;
+    /// use hyper_util::client::legacy::Client;
+    /// use hyper_util::rt::TokioExecutor;
+    /// use tower_authtoken::{AuthTokenSource, Credentials};
+    ///
+    /// # fn run() -> Result<(), tower_authtoken::Error> {
+    /// let http = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+    /// let source = AuthTokenSource::builder_with_service(
+    ///     "http://127.0.0.1:8080/api",
+    ///     Credentials::new("alice", "wonderland"),
+    ///     http,
+    /// )
+    /// .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder_with_service<S, ReqBody, ResBody>(
+        base_url: &str,
+        credentials: Credentials,
+        service: S,
+    ) -> AuthTokenSourceBuilder
+    where
+        S: LoginHttpService<ReqBody, ResBody>,
+    {
+        let http = HttpOptions::with_client(login_service(service));
+        Self::builder_with_options(base_url, credentials, http)
+    }
+
+    fn builder_with_options(
+        base_url: &str,
+        credentials: Credentials,
+        http: HttpOptions,
+    ) -> AuthTokenSourceBuilder {
         AuthTokenSourceBuilder {
             base_url: base_url.to_owned(),
             login_path: DEFAULT_LOGIN_PATH.to_owned(),
             credentials,
-            http: HttpOptions::default(),
+            http,
         }
     }
 
@@ -331,7 +393,10 @@ impl AuthTokenSource {
                 .with_detail("could not encode the login request")
                 .with_source(e)
         })?;
-        let request = self.http.post(&self.url, "application/json").body(body);
+        let request = self
+            .http
+            .post(&self.url, "application/json", body)
+            .map_err(|e| e.with_user(user))?;
         let answer = self.http.send(request, user).await?;
         if answer.status.is_success() {
             return self.http.parse_token(&answer, user);
@@ -371,12 +436,142 @@ pub(crate) async fn traced(
     result
 }
 
+/// The login's HTTP client, type-erased: it sends one login request and returns the answer with
+/// its body already read (capped, into a buffer zeroed when dropped). Its errors carry no user
+/// yet: [`LoginHttp::send`] adds it.
+///
+/// Every client, reqwest's and any Tower service a user gives, is turned into one by
+/// [`login_service`], so that what the answer means is decided by one implementation.
+pub(crate) type ErasedLogin = BoxCloneSyncService<http::Request<Bytes>, Answer, Error>;
+
+mod sealed {
+    /// A login client, type-erased: only this crate can make or open one.
+    pub struct Erased(pub(super) super::ErasedLogin);
+
+    /// What makes a [`LoginHttpService`](super::LoginHttpService): implemented for every Tower
+    /// service that qualifies, and nothing else.
+    pub trait Sealed<ReqBody, ResBody> {
+        fn erase(self) -> Erased;
+    }
+}
+
+/// A Tower HTTP client that a login can run over:
+/// [`AuthTokenSourceBuilder::http_service`], [`AuthTokenSource::builder_with_service`] and their
+/// `OAuth2ClientCredentials` twins take one.
+///
+/// It is implemented for every `S` with
+///
+/// - `S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send +
+///   Sync + 'static`, its `Error: Into<BoxError>` and its `Future: Send + 'static`;
+/// - `ReqBody: From<Bytes> + Send + 'static`: the login body arrives as one [`Bytes`], held by
+///   reference in `http_body_util::Full<Bytes>`, `reqwest::Body` and the like, so the buffer
+///   sent is the crate's own, zeroed when the last reference drops;
+/// - `ResBody:` [`http_body::Body`]` + Send + 'static`, its `Data: Send` and its
+///   `Error: Into<BoxError>`.
+///
+/// hyper-util's legacy `Client<_, Full<Bytes>>`, and any `ServiceBuilder` stack around it that
+/// keeps those types (tower-http's `TraceLayer`, tower's `retry`, `timeout`, `rate_limit`,
+/// `map_request`), qualify. The trait is sealed: there is nothing to implement yourself.
+pub trait LoginHttpService<ReqBody, ResBody>: sealed::Sealed<ReqBody, ResBody> {}
+
+impl<S, ReqBody, ResBody> LoginHttpService<ReqBody, ResBody> for S where
+    S: sealed::Sealed<ReqBody, ResBody>
+{
+}
+
+/// Turns a Tower HTTP client into the login's [`ErasedLogin`]: the request body `Bytes` is
+/// converted into the client's body type (`Full<Bytes>`, `reqwest::Body`, ... hold it by
+/// reference, so the zeroing buffer is sent as it is), and the answer is read by
+/// [`read_answer`].
+impl<S, ReqBody, ResBody> sealed::Sealed<ReqBody, ResBody> for S
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    ReqBody: From<Bytes> + Send + 'static,
+    ResBody: HttpBody + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
+{
+    fn erase(self) -> sealed::Erased {
+        let service = self;
+        sealed::Erased(BoxCloneSyncService::new(tower::service_fn(
+            move |request: http::Request<Bytes>| {
+                // `oneshot` on a clone: the clone that `poll_ready` made ready is the one called.
+                let service = service.clone();
+                async move {
+                    let response = service
+                        .oneshot(request.map(ReqBody::from))
+                        .await
+                        .map_err(|e| transport_error(e.into(), None))?;
+                    read_answer(response).await
+                }
+            },
+        )))
+    }
+}
+
+/// A Tower HTTP client as the login's [`ErasedLogin`].
+pub(crate) fn login_service<S, ReqBody, ResBody>(service: S) -> ErasedLogin
+where
+    S: LoginHttpService<ReqBody, ResBody>,
+{
+    sealed::Sealed::erase(service).0
+}
+
+/// A `reqwest::Client` as a [`ErasedLogin`]: the request converted to a `reqwest::Request`,
+/// the response back to an `http::Response`, whose body [`read_answer`] reads as any other.
+#[cfg(feature = "reqwest")]
+pub(crate) fn reqwest_service(client: reqwest::Client) -> ErasedLogin {
+    login_service(tower::service_fn(move |request: http::Request<Bytes>| {
+        let client = client.clone();
+        async move {
+            let request = reqwest::Request::try_from(request)?;
+            let response = client.execute(request).await?;
+            Ok::<_, reqwest::Error>(http::Response::from(response))
+        }
+    }))
+}
+
+/// Our own reqwest client: one that follows no redirect, speaks HTTP/1.1 only and keeps no idle
+/// connection.
+#[cfg(feature = "reqwest")]
+fn default_service() -> Result<ErasedLogin, Error> {
+    // HTTP/1.1 only: a login is one small request, and h2 would copy a body under 256 bytes
+    // (ours, with the secret) into its connection's write buffer, unwiped.
+    // No idle connections kept: a login happens once per token life, and a pooled connection is
+    // driven by the runtime that opened it, so a login from another runtime could wait on a
+    // connection that nobody drives (a runtime left idle).
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .http1_only()
+        .pool_max_idle_per_host(0)
+        .build()
+        .map_err(|e| Error::config("could not build the HTTP client").with_source(e))?;
+    Ok(reqwest_service(client))
+}
+
+/// Without the `reqwest` feature there is no client of our own: the builders' constructors take
+/// one, so this is never reached; if it were, it is a clear configuration error, not a panic.
+#[cfg(not(feature = "reqwest"))]
+fn default_service() -> Result<ErasedLogin, Error> {
+    Err(Error::config(
+        "no HTTP client: without the `reqwest` feature, give a Tower service to \
+         builder_with_service",
+    ))
+}
+
 /// The HTTP settings every login client's builder has, with their defaults.
 #[derive(Clone)]
 pub(crate) struct HttpOptions {
     pub(crate) timeout: Duration,
     pub(crate) user_agent: Option<String>,
-    pub(crate) client: Option<reqwest::Client>,
+    /// The caller's client; `None`: our own reqwest client.
+    pub(crate) client: Option<ErasedLogin>,
     pub(crate) allow_insecure_http: bool,
     pub(crate) default_lifetime: Duration,
 }
@@ -394,6 +589,14 @@ impl Default for HttpOptions {
 }
 
 impl HttpOptions {
+    /// The defaults, with the caller's client.
+    pub(crate) fn with_client(client: ErasedLogin) -> Self {
+        HttpOptions {
+            client: Some(client),
+            ..HttpOptions::default()
+        }
+    }
+
     /// Checks the settings, and builds our own client unless one was given: one that follows
     /// no redirect and speaks HTTP/1.1 only.
     ///
@@ -425,17 +628,7 @@ impl HttpOptions {
         };
         let client = match self.client {
             Some(client) => client,
-            // HTTP/1.1 only: a login is one small request, and h2 would copy a body under 256
-            // bytes (ours, with the secret) into its connection's write buffer, unwiped.
-            // No idle connections kept: a login happens once per token life, and a pooled
-            // connection is driven by the runtime that opened it, so a login from another
-            // runtime could wait on a connection that nobody drives (a runtime left idle).
-            None => reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .http1_only()
-                .pool_max_idle_per_host(0)
-                .build()
-                .map_err(|e| Error::config("could not build the HTTP client").with_source(e))?,
+            None => default_service()?,
         };
         Ok(LoginHttp {
             client,
@@ -460,7 +653,7 @@ impl HttpOptions {
 /// rules every login client shares.
 #[derive(Clone)]
 pub(crate) struct LoginHttp {
-    client: reqwest::Client,
+    client: ErasedLogin,
     pub(crate) timeout: Duration,
     user_agent: HeaderValue,
     pub(crate) default_lifetime: Duration,
@@ -483,18 +676,32 @@ pub(crate) struct Answer {
 }
 
 impl LoginHttp {
-    /// A `POST` to `url` with the timeout, `Accept: application/json`, the user agent and this
-    /// `Content-Type`.
-    pub(crate) fn post(&self, url: &Url, content_type: &'static str) -> reqwest::RequestBuilder {
-        self.client
-            .post(url.clone())
-            .timeout(self.timeout)
-            .header(header::ACCEPT, HeaderValue::from_static("application/json"))
-            .header(header::CONTENT_TYPE, HeaderValue::from_static(content_type))
-            .header(header::USER_AGENT, self.user_agent.clone())
+    /// A `POST` to `url` with `Accept: application/json`, the user agent, this `Content-Type`
+    /// and `body`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`] if the URL is not a valid URI for `http` (a URL that
+    /// [`checked_url`] accepted always is).
+    pub(crate) fn post(
+        &self,
+        url: &Url,
+        content_type: &'static str,
+        body: Bytes,
+    ) -> Result<http::Request<Bytes>, Error> {
+        let uri = http::Uri::try_from(url.as_str())
+            .map_err(|e| Error::config("the login URL is not a valid URI").with_source(e))?;
+        let mut request = http::Request::new(body);
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = uri;
+        let headers = request.headers_mut();
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(header::USER_AGENT, self.user_agent.clone());
+        Ok(request)
     }
 
-    /// Sends a login request and reads the answer.
+    /// Sends a login request and reads the answer, within the timeout.
     ///
     /// # Errors
     ///
@@ -503,49 +710,17 @@ impl LoginHttp {
     /// status whose body is over [`MAX_BODY`].
     pub(crate) async fn send(
         &self,
-        request: reqwest::RequestBuilder,
+        request: http::Request<Bytes>,
         user: &str,
     ) -> Result<Answer, Error> {
-        let mut response = request
-            .send()
-            .await
-            .map_err(|e| request_error(e, user, None))?;
-        // The token's lifetime runs from the moment the answer arrived.
-        let received_at = Instant::now();
-        let status = response.status();
-        let headers = response.headers().clone();
-        // The server's clock when it answered, to measure an `expires` without `issued` against.
-        let server_date = headers
-            .get(header::DATE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_timestamp);
-        let body = if status.is_success() {
-            if response
-                .content_length()
-                .is_some_and(|len| len > MAX_BODY as u64)
-            {
-                return Err(too_large(user, status));
-            }
-            match read_capped(&mut response, MAX_BODY).await {
-                Ok(Capped::Complete(body)) => body,
-                Ok(Capped::Overflow(_)) => return Err(too_large(user, status)),
-                Err(e) => return Err(request_error(e, user, Some(status))),
-            }
-        } else {
-            // The body of an error answer only feeds the message: read what fits, ignore
-            // failures.
-            match read_capped(&mut response, MAX_BODY).await {
-                Ok(Capped::Complete(body) | Capped::Overflow(body)) => body,
-                Err(_) => Zeroizing::new(Vec::new()),
-            }
-        };
-        Ok(Answer {
-            status,
-            headers,
-            received_at,
-            server_date,
-            body,
-        })
+        let exchange = self.client.clone().oneshot(request);
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(error)) => Err(error.with_user(user)),
+            Err(elapsed) => Err(Error::new(ErrorKind::Timeout)
+                .with_user(user)
+                .with_source(elapsed)),
+        }
     }
 
     /// Parses a successful answer into a token (see the [`token`](crate::token) module for the
@@ -559,6 +734,53 @@ impl LoginHttp {
         )
         .map_err(|e| e.with_user(user).with_status(answer.status))
     }
+}
+
+/// Reads the answer of any HTTP client: the status, the headers, the `Date` and the body, by the
+/// one set of rules every login client shares.
+///
+/// The body of a successful answer is read whole, up to [`MAX_BODY`]: a larger one (by its
+/// announced length or as it arrives) is [`ErrorKind::InvalidResponse`], and one that breaks
+/// off is [`ErrorKind::Transport`] (or [`ErrorKind::Timeout`]). The body of an error answer only
+/// feeds the message: what fits is read, and a failure leaves it empty.
+async fn read_answer<B>(response: http::Response<B>) -> Result<Answer, Error>
+where
+    B: HttpBody,
+    B::Error: Into<BoxError>,
+{
+    // The token's lifetime runs from the moment the answer arrived.
+    let received_at = Instant::now();
+    let (parts, body) = response.into_parts();
+    let status = parts.status;
+    // The server's clock when it answered, to measure an `expires` without `issued` against.
+    let server_date = parts
+        .headers
+        .get(header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_timestamp);
+    let announced = body.size_hint().exact();
+    let body = if status.is_success() {
+        if announced.is_some_and(|len| len > MAX_BODY as u64) {
+            return Err(too_large(status));
+        }
+        match read_capped(body, announced, MAX_BODY).await {
+            Ok(Capped::Complete(body)) => body,
+            Ok(Capped::Overflow(_)) => return Err(too_large(status)),
+            Err(e) => return Err(transport_error(e, Some(status))),
+        }
+    } else {
+        match read_capped(body, announced, MAX_BODY).await {
+            Ok(Capped::Complete(body) | Capped::Overflow(body)) => body,
+            Err(_) => Zeroizing::new(Vec::new()),
+        }
+    };
+    Ok(Answer {
+        status,
+        headers: parts.headers,
+        received_at,
+        server_date,
+        body,
+    })
 }
 
 /// The login request body, `{"userName": ..., "password": ...}`, in a buffer that is zeroed when
@@ -597,25 +819,38 @@ enum Capped {
     Overflow(Zeroizing<Vec<u8>>),
 }
 
-/// Reads the body chunk by chunk, and stops as soon as it grows over `cap`.
+/// Reads the body frame by frame, and stops as soon as it grows over `cap`. `announced` is the
+/// length the body announced, if any, to size the buffer.
 ///
 /// The buffer never reallocates in place: it grows into a new buffer and the old one is zeroed,
 /// so no unwiped copy of the body is ever freed.
-async fn read_capped(response: &mut reqwest::Response, cap: usize) -> reqwest::Result<Capped> {
-    let expected = response
-        .content_length()
-        .map_or(1024, |len| usize::try_from(len).unwrap_or(cap));
-    let mut body = Zeroizing::new(Vec::with_capacity(expected.min(cap)));
-    while let Some(chunk) = response.chunk().await? {
-        let room = cap - body.len();
-        let take = chunk.len().min(room);
-        reserve_wiped(&mut body, take, cap);
-        body.extend_from_slice(&chunk[..take]);
-        if chunk.len() > room {
-            return Ok(Capped::Overflow(body));
+async fn read_capped<B>(body: B, announced: Option<u64>, cap: usize) -> Result<Capped, BoxError>
+where
+    B: HttpBody,
+    B::Error: Into<BoxError>,
+{
+    let expected = announced.map_or(1024, |len| usize::try_from(len).unwrap_or(cap));
+    let mut buffer = Zeroizing::new(Vec::with_capacity(expected.min(cap)));
+    let mut body = pin!(body);
+    while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let Ok(mut data) = frame.map_err(Into::into)?.into_data() else {
+            // Trailers say nothing about the token.
+            continue;
+        };
+        while data.has_remaining() {
+            let chunk = data.chunk();
+            let room = cap - buffer.len();
+            let take = chunk.len().min(room);
+            reserve_wiped(&mut buffer, take, cap);
+            buffer.extend_from_slice(&chunk[..take]);
+            if chunk.len() > room {
+                return Ok(Capped::Overflow(buffer));
+            }
+            let advance = chunk.len();
+            data.advance(advance);
         }
     }
-    Ok(Capped::Complete(body))
+    Ok(Capped::Complete(buffer))
 }
 
 /// Makes room for `additional` more bytes (at most `cap` in all), by moving into a larger buffer
@@ -635,31 +870,52 @@ fn reserve_wiped(buffer: &mut Zeroizing<Vec<u8>>, additional: usize, cap: usize)
     *buffer = grown;
 }
 
-fn too_large(user: &str, status: StatusCode) -> Error {
+fn too_large(status: StatusCode) -> Error {
     Error::new(ErrorKind::InvalidResponse)
-        .with_user(user)
         .with_status(status)
         .with_detail(format!("body larger than {} KiB", MAX_BODY / 1024))
 }
 
-/// Maps a failed `send` or body read.
-fn request_error(error: reqwest::Error, user: &str, status: Option<StatusCode>) -> Error {
-    let kind = if error.is_timeout() {
-        ErrorKind::Timeout
-    } else if error.is_builder() {
-        ErrorKind::Config
-    } else {
-        ErrorKind::Transport
-    };
-    let mut out = Error::new(kind).with_user(user);
+/// Maps a failed exchange (`status`: `None`) or body read (`status`: the answer's): a timeout
+/// anywhere in the error's chain (reqwest's, Tokio's, an I/O `TimedOut`) is
+/// [`ErrorKind::Timeout`], a request reqwest could not build is [`ErrorKind::Config`], anything
+/// else [`ErrorKind::Transport`].
+fn transport_error(error: BoxError, status: Option<StatusCode>) -> Error {
+    let kind = transport_kind(&*error);
+    let mut out = Error::new(kind);
     if let Some(status) = status {
         out = out.with_status(status);
     }
     if kind == ErrorKind::Transport && status.is_some() {
         out = out.with_detail("the connection broke while reading the response body");
     }
-    // The error's URL is the login URL, which carries no secret (user info is refused).
+    // The error names at most the login URL, which carries no secret (user info is refused).
     out.with_source(error)
+}
+
+/// The kind of a transport failure, from the first error in the chain that says.
+fn transport_kind(error: &(dyn std::error::Error + 'static)) -> ErrorKind {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        #[cfg(feature = "reqwest")]
+        if let Some(error) = error.downcast_ref::<reqwest::Error>() {
+            if error.is_timeout() {
+                return ErrorKind::Timeout;
+            }
+            if error.is_builder() {
+                return ErrorKind::Config;
+            }
+        }
+        if error.is::<tokio::time::error::Elapsed>()
+            || error
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return ErrorKind::Timeout;
+        }
+        next = error.source();
+    }
+    ErrorKind::Transport
 }
 
 /// Maps a non-success status to its error.
@@ -978,8 +1234,48 @@ impl AuthTokenSourceBuilder {
     ///
     /// Do not pass a client built with `connection_verbose(true)`: it logs the raw bytes of
     /// every request and response at `TRACE`, the password and the token among them.
+    ///
+    /// Replaces any [`http_service`](Self::http_service) set before.
+    #[cfg(feature = "reqwest")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
     pub fn client(mut self, client: reqwest::Client) -> Self {
-        self.http.client = Some(client);
+        self.http.client = Some(reqwest_service(client));
+        self
+    }
+
+    /// Logs in over `service`, any Tower HTTP client: hyper-util's `Client`, or a
+    /// `ServiceBuilder` stack around one with tracing (tower-http's `TraceLayer`), retry, rate
+    /// limit or proxy layers. Replaces any [`client`](Self::client) set before.
+    ///
+    /// Default: with the `reqwest` feature, our own reqwest client (see
+    /// [`client`](Self::client)); without it, the service given to
+    /// [`AuthTokenSource::builder_with_service`].
+    ///
+    /// What qualifies is said at [`LoginHttpService`]: in short, a `Clone + Send + Sync`
+    /// service of `http::Request<B>` with `B: From<Bytes>` (such as `Full<Bytes>`) to an
+    /// `http::Response` of any body. Each login calls a clone, made ready first. Everything else holds
+    /// as with our own client, by the same code: the request (absolute URI, `POST`, the
+    /// headers), the [`timeout`](Self::timeout) around the whole exchange (the body read
+    /// included), the body cap of 64 KiB and its zeroing, the status mapping, the `Date`
+    /// handling, the plain-HTTP rule, and no secret in errors or in this crate's logs. A
+    /// service that fails gives [`ErrorKind::Transport`] (or [`ErrorKind::Timeout`] when a
+    /// timeout in its error's chain says so), which the cache retries.
+    ///
+    /// What the service does is yours to check:
+    /// - do not let it follow redirects (tower-http's `FollowRedirect` would send the password
+    ///   to the `Location` of a `307`/`308`); hyper-util's `Client` never does, so a redirect
+    ///   fails with [`ErrorKind::Config`] naming the `Location`;
+    /// - do not log request bodies, or headers without their sensitivity marks;
+    /// - an HTTP/2 connection copies the small login body into a write buffer that is never
+    ///   wiped: prefer HTTP/1.1 for the login;
+    /// - if the cache is used from several runtimes, keep no idle connection
+    ///   (hyper-util: `pool_max_idle_per_host(0)`), for the reason given at
+    ///   [`client`](Self::client).
+    pub fn http_service<S, ReqBody, ResBody>(mut self, service: S) -> Self
+    where
+        S: LoginHttpService<ReqBody, ResBody>,
+    {
+        self.http.client = Some(login_service(service));
         self
     }
 

@@ -22,7 +22,6 @@ use zeroize::Zeroize;
 #[derive(Clone)]
 pub struct Credentials {
     user_name: String,
-    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
     password: SecretString,
 }
 
@@ -49,7 +48,6 @@ impl Credentials {
     }
 
     /// The password, for the one place that must send it.
-    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
     pub(crate) fn password(&self) -> &str {
         self.password.expose_secret()
     }

@@ -80,14 +80,17 @@
 //!
 //! # Features
 //!
-//! - `reqwest` (default): [`AuthTokenSource`] and `Service<reqwest::Request>` for
-//!   [`BearerAuth`]. TLS is reqwest's default rustls backend.
+//! - `reqwest` (default): the default login client of [`AuthTokenSource`], and
+//!   `Service<reqwest::Request>` for [`BearerAuth`]. TLS is reqwest's default rustls backend.
 //! - `oauth2`: `OAuth2ClientCredentials`, a [`TokenSource`] for an OAuth 2.0 token endpoint
 //!   (the client credentials grant, RFC 6749 §4.4), on the same client code as
-//!   [`AuthTokenSource`]. Implies `reqwest`.
+//!   [`AuthTokenSource`].
 //! - `reqwest-middleware`: `reqwest_middleware::BearerAuthMiddleware`, the same token handling
 //!   as [`BearerAuthLayer`] for clients built with `reqwest-middleware` (beside its retry and
 //!   tracing middlewares). Implies `reqwest`.
+//! - Without `reqwest`, [`AuthTokenSource`] and `OAuth2ClientCredentials` log in over any Tower
+//!   HTTP client you give them (`builder_with_service`: hyper-util's `Client`, a stack with
+//!   tracing, retry or proxy layers); with it, over such a client too (`http_service`).
 //! - `test-util`: `testing`, an embedded reference server for your own tests.
 //! - `metrics`: counters, a gauge and a histogram of logins, renewals, invalidations and
 //!   refusals through the [`metrics`](https://docs.rs/metrics) facade; the names are in
@@ -111,7 +114,6 @@ mod source;
 pub mod store;
 pub mod token;
 
-#[cfg(feature = "reqwest")]
 mod client;
 #[cfg(feature = "oauth2")]
 mod oauth2;
@@ -144,7 +146,8 @@ pub use source::TokenSource;
 #[doc(inline)]
 pub use token::Token;
 
-#[cfg(feature = "reqwest")]
+#[doc(inline)]
+pub use client::LoginHttpService;
 #[doc(inline)]
 pub use client::{AuthTokenSource, AuthTokenSourceBuilder};
 #[cfg(feature = "oauth2")]

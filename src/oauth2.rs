@@ -15,12 +15,13 @@ use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use http::StatusCode;
 use http::header::{self, HeaderValue};
-use reqwest::Url;
+use url::Url;
 use zeroize::Zeroizing;
 
 use crate::client::{
-    Answer, EndpointNames, HttpOptions, LoginHttp, checked_url, clean_message, rate_limited,
-    redacted_url, redirect_error, server_message, traced, wrong_url_error,
+    Answer, EndpointNames, HttpOptions, LoginHttp, LoginHttpService, checked_url, clean_message,
+    login_service, rate_limited, redacted_url, redirect_error, server_message, traced,
+    wrong_url_error,
 };
 use crate::{Credentials, Error, ErrorKind, Token, TokenSource};
 
@@ -162,11 +163,14 @@ pub struct OAuth2ClientCredentials {
 
 impl OAuth2ClientCredentials {
     /// A source that gets tokens from `token_url` as `client_id` with `client_secret`, with
-    /// every default of [`OAuth2ClientCredentialsBuilder`]: HTTP Basic, no scope.
+    /// every default of [`OAuth2ClientCredentialsBuilder`]: HTTP Basic, no scope, our own
+    /// reqwest client.
     ///
     /// # Errors
     ///
     /// As [`OAuth2ClientCredentialsBuilder::build`].
+    #[cfg(feature = "reqwest")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
     pub fn new(
         token_url: &str,
         client_id: impl Into<String>,
@@ -176,13 +180,42 @@ impl OAuth2ClientCredentials {
     }
 
     /// A builder for a source that gets tokens from `token_url` as `client_id` with
-    /// `client_secret`. The `String` the secret arrives in is zeroed (spare capacity included).
+    /// `client_secret`, over our own reqwest client. The `String` the secret arrives in is
+    /// zeroed (spare capacity included).
     ///
     /// The URL is checked by [`build`](OAuth2ClientCredentialsBuilder::build).
+    #[cfg(feature = "reqwest")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
     pub fn builder(
         token_url: &str,
         client_id: impl Into<String>,
         client_secret: impl Into<String>,
+    ) -> OAuth2ClientCredentialsBuilder {
+        Self::builder_with_options(token_url, client_id, client_secret, HttpOptions::default())
+    }
+
+    /// A builder for a source that gets tokens from `token_url` as `client_id` with
+    /// `client_secret`, over `service`: any Tower HTTP client (see
+    /// [`http_service`](OAuth2ClientCredentialsBuilder::http_service)). The constructor
+    /// without the `reqwest` feature, where the crate has no HTTP client of its own.
+    pub fn builder_with_service<S, ReqBody, ResBody>(
+        token_url: &str,
+        client_id: impl Into<String>,
+        client_secret: impl Into<String>,
+        service: S,
+    ) -> OAuth2ClientCredentialsBuilder
+    where
+        S: LoginHttpService<ReqBody, ResBody>,
+    {
+        let http = HttpOptions::with_client(login_service(service));
+        Self::builder_with_options(token_url, client_id, client_secret, http)
+    }
+
+    fn builder_with_options(
+        token_url: &str,
+        client_id: impl Into<String>,
+        client_secret: impl Into<String>,
+        http: HttpOptions,
     ) -> OAuth2ClientCredentialsBuilder {
         OAuth2ClientCredentialsBuilder {
             token_url: token_url.to_owned(),
@@ -190,7 +223,7 @@ impl OAuth2ClientCredentials {
             auth: ClientAuth::default(),
             scopes: Vec::new(),
             params: Vec::new(),
-            http: HttpOptions::default(),
+            http,
         }
     }
 
@@ -248,10 +281,10 @@ impl OAuth2ClientCredentials {
         let body = self.request_body(client_id, secret);
         let mut request = self
             .http
-            .post(&self.url, "application/x-www-form-urlencoded")
-            .body(body);
+            .post(&self.url, "application/x-www-form-urlencoded", body)
+            .map_err(|e| e.with_user(client_id))?;
         if self.auth == ClientAuth::Basic {
-            request = request.header(
+            request.headers_mut().insert(
                 header::AUTHORIZATION,
                 basic_authorization(client_id, secret)?,
             );
@@ -568,8 +601,29 @@ impl OAuth2ClientCredentialsBuilder {
     /// With your client, its redirect policy applies; the [`timeout`](Self::timeout) and the
     /// user agent are still applied to every request. Never pass a client built with
     /// `connection_verbose(true)`: it logs the raw bytes, the secret and the token among them.
+    /// Replaces any [`http_service`](Self::http_service) set before.
+    #[cfg(feature = "reqwest")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
     pub fn client(mut self, client: reqwest::Client) -> Self {
-        self.http.client = Some(client);
+        self.http.client = Some(crate::client::reqwest_service(client));
+        self
+    }
+
+    /// Gets tokens over `service`, any Tower HTTP client (hyper-util's `Client`, a stack with
+    /// tracing, retry or proxy layers). Replaces any [`client`](Self::client) set before.
+    ///
+    /// Default: with the `reqwest` feature, our own reqwest client (see
+    /// [`client`](Self::client)); without it, the service given to
+    /// [`OAuth2ClientCredentials::builder_with_service`]. What the service must be, and what
+    /// still holds over it (every rule of this source, by the same code), is said at
+    /// [`AuthTokenSourceBuilder::http_service`](crate::AuthTokenSourceBuilder::http_service):
+    /// in short, it must not follow redirects nor log request bodies or headers without their
+    /// sensitivity marks (the `Authorization: Basic` header is marked sensitive).
+    pub fn http_service<S, ReqBody, ResBody>(mut self, service: S) -> Self
+    where
+        S: LoginHttpService<ReqBody, ResBody>,
+    {
+        self.http.client = Some(login_service(service));
         self
     }
 

@@ -99,7 +99,8 @@ fn record(secret: &'static str, read_buffer: bool) {
     IN_HOOK.with(|hook| hook.set(false));
 }
 
-// SAFETY: every allocation is `System`'s; `dealloc` only reads the block before handing it back.
+// SAFETY: every allocation is `System`'s; `dealloc` only reads and zeroes the block before handing
+// it back.
 // `realloc` is the trait's default (allocate, copy, free), so a block left behind by a move is
 // scanned like any other.
 unsafe impl GlobalAlloc for Scanning {
@@ -123,6 +124,11 @@ unsafe impl GlobalAlloc for Scanning {
                 }
             }
         }
+        // Every freed block, scanned or not, is zeroed before it goes back: a block reused later
+        // and freed with spare capacity would otherwise show a stale secret of an earlier login
+        // (or of the exempt server) and blame whoever freed it last.
+        // SAFETY: the block is live and writable, `layout.size()` bytes, until `System.dealloc`.
+        unsafe { ptr.write_bytes(0, layout.size()) };
         // SAFETY: `ptr` came from this allocator, hence from `System`, with this layout.
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -274,12 +280,38 @@ fn server_thread(first_answer: Failure) -> (String, mpsc::Sender<()>) {
 /// Logs in once as the application would, then drops everything: the token, the source with its
 /// HTTP client and pooled connection, and the runtime with its tasks.
 fn log_in_and_drop_everything(base_url: &str) -> Result<String, tower_authtoken::Error> {
+    log_in_with_and_drop_everything(base_url, AuthTokenSource::new)
+}
+
+/// Like [`log_in_and_drop_everything`], over hyper-util's client wrapped in tower-http's
+/// `TraceLayer`, given as the source's Tower service.
+fn log_in_over_a_traced_hyper_client_and_drop_everything(
+    base_url: &str,
+) -> Result<String, tower_authtoken::Error> {
+    log_in_with_and_drop_everything(base_url, |base_url, credentials| {
+        let client = tower::ServiceBuilder::new()
+            .layer(tower_http::trace::TraceLayer::new_for_http())
+            .service(
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<http_body_util::Full<bytes::Bytes>>(),
+            );
+        AuthTokenSource::builder_with_service(base_url, credentials, client).build()
+    })
+}
+
+/// Builds a source with `source` inside a fresh runtime, logs in once, then drops everything:
+/// the token, the source with its HTTP client and pooled connection, and the runtime with its
+/// tasks.
+fn log_in_with_and_drop_everything(
+    base_url: &str,
+    source: impl FnOnce(&str, Credentials) -> Result<AuthTokenSource, tower_authtoken::Error>,
+) -> Result<String, tower_authtoken::Error> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let outcome = runtime.block_on(async {
-        let source = AuthTokenSource::new(base_url, Credentials::new("alice", PASSWORD)).unwrap();
+        let source = source(base_url, Credentials::new("alice", PASSWORD)).unwrap();
         let outcome = source.fetch().await.map(|token| {
             let value = token.expose_secret() == TOKEN;
             let header = token.header_value().clone();
@@ -296,12 +328,13 @@ fn log_in_and_drop_everything(base_url: &str) -> Result<String, tower_authtoken:
     outcome.map(|same| if same { "the token" } else { "another" }.to_owned())
 }
 
-#[test]
-#[cfg_attr(
-    not(debug_assertions),
-    ignore = "names who freed a block from backtraces, which need the debug profile's frames"
-)]
-fn a_full_login_frees_no_block_of_ours_holding_the_password_or_the_token() {
+/// A full login over `log_in`: no block of ours holds a secret, and what remains is exactly the
+/// HTTP stack's read buffer, holding the response with the token. The password is in no freed
+/// block at all: hyper writes our (self-wiping) body buffer to the socket with vectored writes,
+/// without copying it.
+fn assert_a_full_login_leaves_only_the_read_buffer(
+    log_in: fn(&str) -> Result<String, tower_authtoken::Error>,
+) {
     let _alone = alone();
     let body = format!(r#"{{"type":"Bearer","token":"{TOKEN}","expiresIn":3600}}"#);
     let (base_url, _stop) = server_thread(Failure::Body {
@@ -309,12 +342,9 @@ fn a_full_login_frees_no_block_of_ours_holding_the_password_or_the_token() {
         content_type: "application/json".to_owned(),
         body,
     });
-    let (outcome, hits) = scanned(|| log_in_and_drop_everything(&base_url));
+    let (outcome, hits) = scanned(|| log_in(&base_url));
     assert_eq!(outcome.unwrap(), "the token");
     assert_none_of_ours(&hits);
-    // What remains is exactly the HTTP stack's read buffer, holding the response with the token.
-    // The password is in no freed block at all: hyper writes our (self-wiping) body buffer to
-    // the socket with vectored writes, without copying it.
     assert!(
         !hits.is_empty(),
         "hyper now wipes its read buffer? update the docs"
@@ -325,6 +355,26 @@ fn a_full_login_frees_no_block_of_ours_holding_the_password_or_the_token() {
         assert!(matches!(seen.freer, Freer::SharedBytes(_)), "{hits:#?}");
     }
     eprintln!("copies beyond reach after a login: {hits:#?}");
+}
+
+#[test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "names who freed a block from backtraces, which need the debug profile's frames"
+)]
+fn a_full_login_frees_no_block_of_ours_holding_the_password_or_the_token() {
+    assert_a_full_login_leaves_only_the_read_buffer(log_in_and_drop_everything);
+}
+
+#[test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "names who freed a block from backtraces, which need the debug profile's frames"
+)]
+fn a_full_login_over_a_traced_hyper_client_frees_no_block_of_ours_holding_a_secret() {
+    assert_a_full_login_leaves_only_the_read_buffer(
+        log_in_over_a_traced_hyper_client_and_drop_everything,
+    );
 }
 
 /// A bare HTTP/1.1 server on a thread of its own (exempt from scanning) that answers one request
@@ -376,12 +426,35 @@ fn chunked_server_thread(body: String, chunk: usize) -> (String, mpsc::Sender<()
     ignore = "names who freed a block from backtraces, which need the debug profile's frames"
 )]
 fn a_response_that_arrives_in_many_chunks_leaves_no_copy_of_ours_with_the_token() {
+    assert_a_chunked_response_leaves_no_copy_of_ours(log_in_and_drop_everything);
+}
+
+#[test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "names who freed a block from backtraces, which need the debug profile's frames"
+)]
+fn a_response_in_many_chunks_over_a_traced_hyper_client_leaves_no_copy_of_ours() {
+    assert_a_chunked_response_leaves_no_copy_of_ours(
+        log_in_over_a_traced_hyper_client_and_drop_everything,
+    );
+}
+
+/// A login over `log_in` whose response arrives in many chunks, so that the body buffer must
+/// grow several times: no block of ours holds the token.
+///
+/// One login per test: the scanner reads whole freed blocks, spare capacity included, and a
+/// second login in the same test thread can meet stale bytes of the first one's (unscanned)
+/// server in a block reused since, a false alarm.
+fn assert_a_chunked_response_leaves_no_copy_of_ours(
+    log_in: fn(&str) -> Result<String, tower_authtoken::Error>,
+) {
     let _alone = alone();
     // The token first, then enough padding that the body buffer must grow several times.
     let padding = "p".repeat(6000);
     let body = format!(r#"{{"token":"{TOKEN}","expiresIn":3600,"padding":"{padding}"}}"#);
     let (base_url, _stop) = chunked_server_thread(body, 700);
-    let (outcome, hits) = scanned(|| log_in_and_drop_everything(&base_url));
+    let (outcome, hits) = scanned(|| log_in(&base_url));
     assert_eq!(outcome.unwrap(), "the token");
     assert_none_of_ours(&hits);
 }
@@ -392,6 +465,25 @@ fn a_response_that_arrives_in_many_chunks_leaves_no_copy_of_ours_with_the_token(
     ignore = "names who freed a block from backtraces, which need the debug profile's frames"
 )]
 fn a_login_whose_error_echoes_the_password_frees_no_block_of_ours_holding_it() {
+    assert_an_echoed_password_is_only_in_the_read_buffer(log_in_and_drop_everything);
+}
+
+#[test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "names who freed a block from backtraces, which need the debug profile's frames"
+)]
+fn an_echoed_password_over_a_traced_hyper_client_frees_no_block_of_ours_holding_it() {
+    assert_an_echoed_password_is_only_in_the_read_buffer(
+        log_in_over_a_traced_hyper_client_and_drop_everything,
+    );
+}
+
+/// A login over `log_in` whose `401` echoes the password: the error has it redacted, no block
+/// of ours holds it, and the one copy left is the HTTP stack's read buffer.
+fn assert_an_echoed_password_is_only_in_the_read_buffer(
+    log_in: fn(&str) -> Result<String, tower_authtoken::Error>,
+) {
     let _alone = alone();
     let body = format!(r#"{{"message":"wrong password {PASSWORD} for alice"}}"#);
     let (base_url, _stop) = server_thread(Failure::Body {
@@ -399,7 +491,7 @@ fn a_login_whose_error_echoes_the_password_frees_no_block_of_ours_holding_it() {
         content_type: "application/json".to_owned(),
         body,
     });
-    let (outcome, hits) = scanned(|| log_in_and_drop_everything(&base_url));
+    let (outcome, hits) = scanned(|| log_in(&base_url));
     let error = outcome.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::AuthenticationFailed);
     assert_eq!(

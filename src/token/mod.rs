@@ -52,7 +52,6 @@ use zeroize::Zeroizing;
 use crate::Error;
 
 pub(crate) use parse::parse_token_response;
-#[cfg(feature = "reqwest")]
 pub(crate) use parse::{MAX_BODY, parse_timestamp, wipe_json};
 
 /// The longest lifetime we believe. A server that claims more is misconfigured or hostile.
