@@ -126,6 +126,27 @@ use crate::{Error, ErrorKind, TokenCache};
 use future::{Replay, ResponseFuture, RetryFuture};
 pub use request::{AuthorizeRequest, ReplayBody, ReplayableRequest, StatusResponse};
 
+/// A service [`BearerAuth`] can wrap: one that is [`Clone`].
+///
+/// Implemented for every `Clone` type, and for nothing else; it exists so that the compiler's
+/// error for a service that is not `Clone` says what is missing. `BearerAuth` calls a clone of
+/// its inner service when a request must wait for a token (the service `poll_ready` prepared
+/// goes with the request; the clone stays for the next one), and keeps one to replay a request
+/// after a `401`. Clients are usually cheap to clone (hyper-util's `Client`, `reqwest::Client`
+/// and tonic's `Channel` are handles); a service that is not `Clone`
+/// (`tower::util::BoxService`, a connection you own) can be shared through
+/// [`tower::buffer::Buffer`], whose handles are.
+#[diagnostic::on_unimplemented(
+    message = "`BearerAuth` needs an inner service that is `Clone`, and `{Self}` is not",
+    label = "this service is not `Clone`",
+    note = "`BearerAuth` calls a clone of the inner service when a request waits for a token",
+    note = "implement `Clone` for it, or share it through `tower::buffer::Buffer::new(service, capacity)`, which is `Clone`"
+)]
+pub trait CloneService: Clone {}
+
+#[diagnostic::do_not_recommend]
+impl<S: Clone> CloneService for S {}
+
 /// Marks a [`BearerAuth`] that does not replay requests (the default).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoReplay;
@@ -228,7 +249,7 @@ impl<P> BearerAuthLayer<P> {
     }
 }
 
-impl<S, P: Clone> Layer<S> for BearerAuthLayer<P> {
+impl<S: CloneService, P: Clone> Layer<S> for BearerAuthLayer<P> {
     type Service = BearerAuth<S, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
@@ -262,6 +283,8 @@ impl<P: fmt::Debug> fmt::Debug for BearerAuthLayer<P> {
 /// [`allow_insecure_http`](crate::TokenCacheBuilder::allow_insecure_http) (or its source allows
 /// it). Requests with a relative URI are judged by the origin given to
 /// [`BearerAuthLayer::with_origin`]; without one, the layer cannot see where they go.
+///
+/// The inner service must be `Clone` (see [`CloneService`]).
 #[derive(Clone)]
 pub struct BearerAuth<S, P = NoReplay> {
     inner: S,
@@ -273,7 +296,10 @@ pub struct BearerAuth<S, P = NoReplay> {
 
 impl<S> BearerAuth<S> {
     /// Wraps `inner`, authorizing its requests with tokens from `cache`.
-    pub fn new(inner: S, cache: TokenCache) -> Self {
+    pub fn new(inner: S, cache: TokenCache) -> Self
+    where
+        S: CloneService,
+    {
         BearerAuthLayer::new(cache).layer(inner)
     }
 
@@ -351,7 +377,7 @@ impl<S: fmt::Debug, P: fmt::Debug> fmt::Debug for BearerAuth<S, P> {
 
 impl<S, Req> Service<Req> for BearerAuth<S, NoReplay>
 where
-    S: Service<Req> + Clone,
+    S: Service<Req> + CloneService,
     S::Response: StatusResponse,
     S::Error: Into<BoxError>,
     Req: AuthorizeRequest,
@@ -373,7 +399,7 @@ where
 
 impl<S, Req> Service<Req> for BearerAuth<S, ReplayOnUnauthorized>
 where
-    S: Service<Req> + Clone,
+    S: Service<Req> + CloneService,
     S::Response: StatusResponse,
     S::Error: Into<BoxError>,
     Req: ReplayableRequest,
