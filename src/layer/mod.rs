@@ -206,6 +206,7 @@ impl<P> BearerAuthLayer<P> {
     /// rejected token in service), the original `401` response is returned. Nothing is
     /// allocated for the replay until a `401` arrives, beyond the copy of the request.
     /// Default: off.
+    #[must_use = "the layer with this setting is returned; the original is consumed"]
     pub fn retry_on_unauthorized(self) -> BearerAuthLayer<ReplayOnUnauthorized> {
         BearerAuthLayer {
             cache: self.cache,
@@ -217,6 +218,7 @@ impl<P> BearerAuthLayer<P> {
     /// Like [`retry_on_unauthorized`](Self::retry_on_unauthorized), but replays requests of any
     /// method. Use it only when your non-idempotent endpoints tolerate a repeat, since the
     /// server may have acted on the first request before it answered `401`.
+    #[must_use = "the layer with this setting is returned; the original is consumed"]
     pub fn retry_on_unauthorized_any_method(self) -> BearerAuthLayer<ReplayOnUnauthorized> {
         BearerAuthLayer {
             cache: self.cache,
@@ -235,6 +237,7 @@ impl<P> BearerAuthLayer<P> {
     /// the rule does not apply to it. With it, such requests are judged as if they went to
     /// `origin`: refused before sending when `origin` is plain `http://` to a non-loopback host
     /// and plain HTTP was not allowed. Default: none.
+    #[must_use = "the layer with this setting is returned; the original is consumed"]
     pub fn with_origin(mut self, origin: &http::Uri) -> Self {
         let host = origin.host().unwrap_or_default();
         self.relative_insecure_host = (origin.scheme() == Some(&http::uri::Scheme::HTTP)
