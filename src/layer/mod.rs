@@ -135,7 +135,8 @@ pub use request::{AuthorizeRequest, ReplayBody, ReplayableRequest, StatusRespons
 /// after a `401`. Clients are usually cheap to clone (hyper-util's `Client`, `reqwest::Client`
 /// and tonic's `Channel` are handles); a service that is not `Clone`
 /// (`tower::util::BoxService`, a connection you own) can be shared through
-/// [`tower::buffer::Buffer`], whose handles are.
+/// [`tower::buffer::Buffer`](https://docs.rs/tower/0.5/tower/buffer/struct.Buffer.html), whose
+/// handles are.
 #[diagnostic::on_unimplemented(
     message = "`BearerAuth` needs an inner service that is `Clone`, and `{Self}` is not",
     label = "this service is not `Clone`",

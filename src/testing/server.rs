@@ -1105,6 +1105,22 @@ mod tests {
         assert!(!format!("{builder:?}").contains("pa55"));
     }
 
+    #[cfg(feature = "test-util-tls")]
+    #[test]
+    #[should_panic(expected = "the certificate chain holds no certificate")]
+    fn tls_without_a_certificate_panics_naming_what_is_missing() {
+        let _ = ReferenceServer::builder().tls("", "");
+    }
+
+    #[cfg(feature = "test-util-tls")]
+    #[test]
+    #[should_panic(expected = "no private key in the PEM given")]
+    fn tls_without_a_private_key_panics_naming_what_is_missing() {
+        // A certificate's PEM where the key should be: no key in it.
+        const CERT: &str = "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n";
+        let _ = ReferenceServer::builder().tls(CERT, CERT);
+    }
+
     #[tokio::test]
     async fn the_first_builder_user_replaces_alice() {
         let server = ReferenceServer::builder()
