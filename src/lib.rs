@@ -85,7 +85,12 @@
 //! - `oauth2`: `OAuth2ClientCredentials`, a [`TokenSource`] for an OAuth 2.0 token endpoint
 //!   (the client credentials grant, RFC 6749 §4.4), on the same client code as
 //!   [`AuthTokenSource`]. Implies `reqwest`.
+//! - `redis`: `store::RedisTokenStore`, a [`store::TokenStore`] through which a fleet of
+//!   processes shares one token per account (encrypted at rest, one login per renewal for the
+//!   fleet), on a single Redis server or a Redis Cluster.
 //! - `test-util`: `testing`, an embedded reference server for your own tests.
+//! - `test-util-tls`: the reference server over HTTPS (`ReferenceServerBuilder::tls`, rustls with
+//!   the aws-lc-rs provider that reqwest uses), to test the https path. Implies `test-util`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code, unreachable_pub)]
 #![warn(missing_docs, rust_2018_idioms, clippy::await_holding_lock)]
