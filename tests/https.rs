@@ -109,6 +109,20 @@ fn api_client(
     Client::builder(TokioExecutor::new()).build(https)
 }
 
+/// A cache logging in at `base_url` with a reqwest client that trusts `trusted` only.
+fn login_cache(base_url: &str, server: &ReferenceServer, trusted: &SelfSigned) -> TokenCache {
+    let source = AuthTokenSource::builder(base_url, server.credentials())
+        .client(login_client(trusted, server))
+        .build()
+        .expect("an https base URL");
+    TokenCache::new(source)
+}
+
+/// What rustls says of a certificate signed by no root the client trusts.
+fn unknown_issuer() -> rustls::Error {
+    rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+}
+
 fn get(url: &str) -> Request<Empty<Bytes>> {
     Request::get(url).body(Empty::new()).expect("a request")
 }
@@ -139,11 +153,7 @@ async fn login_and_api_call_both_go_over_tls_with_the_bearer_header() {
     let cert = self_signed("reference server");
     let server = https_server(&cert).await;
     assert!(server.base_url().starts_with("https://127.0.0.1:"));
-    let source = AuthTokenSource::builder(&server.base_url(), server.credentials())
-        .client(login_client(&cert, &server))
-        .build()
-        .unwrap();
-    let cache = TokenCache::new(source);
+    let cache = login_cache(&server.base_url(), &server, &cert);
     let transport = api_client(&cert, server.addr());
 
     // The server over TLS refuses a request without a token, so a 200 below is the token's.
@@ -178,11 +188,7 @@ async fn login_and_api_call_both_go_over_tls_with_the_bearer_header() {
 async fn hyper_rustls_client_rejects_an_untrusted_certificate() {
     let cert = self_signed("reference server");
     let server = https_server(&cert).await;
-    let source = AuthTokenSource::builder(&server.base_url(), server.credentials())
-        .client(login_client(&cert, &server))
-        .build()
-        .unwrap();
-    let cache = TokenCache::new(source);
+    let cache = login_cache(&server.base_url(), &server, &cert);
     let stranger = self_signed("another server");
     let client = ServiceBuilder::new()
         .layer(BearerAuthLayer::new(cache))
@@ -192,13 +198,7 @@ async fn hyper_rustls_client_rejects_an_untrusted_certificate() {
         .oneshot(get(&server.protected_url()))
         .await
         .expect_err("a certificate the client does not trust");
-    assert_eq!(
-        rustls_error(&*error),
-        Some(&rustls::Error::InvalidCertificate(
-            rustls::CertificateError::UnknownIssuer
-        )),
-        "{error:?}"
-    );
+    assert_eq!(rustls_error(&*error), Some(&unknown_issuer()), "{error:?}");
     let rendered: Vec<String> = chain(&*error).iter().map(|e| e.to_string()).collect();
     assert!(
         rendered
@@ -217,21 +217,11 @@ async fn login_client_that_does_not_trust_the_certificate_fails_with_a_transport
     let cert = self_signed("reference server");
     let server = https_server(&cert).await;
     let stranger = self_signed("another server");
-    let source = AuthTokenSource::builder(&server.base_url(), server.credentials())
-        .client(login_client(&stranger, &server))
-        .build()
-        .unwrap();
-    let cache = TokenCache::new(source);
+    let cache = login_cache(&server.base_url(), &server, &stranger);
 
     let error: Error = cache.token().await.expect_err("an untrusted certificate");
     assert_eq!(error.kind(), ErrorKind::Transport, "{error}");
-    assert_eq!(
-        rustls_error(&error),
-        Some(&rustls::Error::InvalidCertificate(
-            rustls::CertificateError::UnknownIssuer
-        )),
-        "{error:?}"
-    );
+    assert_eq!(rustls_error(&error), Some(&unknown_issuer()), "{error:?}");
     assert_eq!(server.stats().login_attempts, 0);
 }
 
@@ -240,12 +230,9 @@ async fn the_plain_http_guard_lets_https_to_a_non_loopback_host_through() {
     let cert = self_signed("reference server");
     let server = https_server(&cert).await;
     // No allow_insecure_http anywhere: the guard is on, for the login and for the API calls.
-    let source = AuthTokenSource::builder(&api_host_url(&server), server.credentials())
-        .client(login_client(&cert, &server))
-        .build()
-        .unwrap();
+    let cache = login_cache(&api_host_url(&server), &server, &cert);
     let client = ServiceBuilder::new()
-        .layer(BearerAuthLayer::new(TokenCache::new(source)))
+        .layer(BearerAuthLayer::new(cache))
         .service(api_client(&cert, server.addr()));
 
     let url = format!("{}/protected", api_host_url(&server));
