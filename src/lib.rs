@@ -91,7 +91,12 @@
 //! - Without `reqwest`, [`AuthTokenSource`] and `OAuth2ClientCredentials` log in over any Tower
 //!   HTTP client you give them (`builder_with_service`: hyper-util's `Client`, a stack with
 //!   tracing, retry or proxy layers); with it, over such a client too (`http_service`).
+//! - `redis`: `store::RedisTokenStore`, a [`store::TokenStore`] through which a fleet of
+//!   processes shares one token per account (encrypted at rest, one login per renewal for the
+//!   fleet), on a single Redis server or a Redis Cluster.
 //! - `test-util`: `testing`, an embedded reference server for your own tests.
+//! - `test-util-tls`: the reference server over HTTPS (`ReferenceServerBuilder::tls`, rustls with
+//!   the aws-lc-rs provider that reqwest uses), to test the https path. Implies `test-util`.
 //! - `metrics`: counters, a gauge and a histogram of logins, renewals, invalidations and
 //!   refusals through the [`metrics`](https://docs.rs/metrics) facade; the names are in
 //!   [`metrics`](mod@metrics).

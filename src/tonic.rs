@@ -115,7 +115,7 @@ impl GrpcBearerAuthLayer {
     }
 }
 
-impl<S> Layer<S> for GrpcBearerAuthLayer {
+impl<S: crate::layer::CloneService> Layer<S> for GrpcBearerAuthLayer {
     type Service = GrpcBearerAuth<S>;
 
     fn layer(&self, inner: S) -> Self::Service {

@@ -180,7 +180,7 @@ pub fn floor<S>(inner: S, token: &str) -> Floor<S> {
     Tower(AddAuthorization::bearer(inner, token).as_sensitive(true))
 }
 
-pub fn bearer<S>(inner: S, cache: TokenCache) -> Bearer<S> {
+pub fn bearer<S: Clone>(inner: S, cache: TokenCache) -> Bearer<S> {
     Tower(BearerAuth::new(inner, cache))
 }
 

@@ -14,7 +14,7 @@ use super::KeyedTokenCache;
 use crate::error::BoxError;
 use crate::layer::future::{Replay, ResponseFuture, RetryFuture};
 use crate::layer::{
-    AuthorizeRequest, NoReplay, ReplayOnUnauthorized, ReplayableRequest, StatusResponse,
+    AuthorizeRequest, CloneService, NoReplay, ReplayOnUnauthorized, ReplayableRequest, StatusResponse,
     insecure_target, insecure_transport, origin_insecure_host,
 };
 use crate::{Error, ErrorKind, TokenCache};
@@ -198,7 +198,7 @@ impl<K: Hash + Eq, A: fmt::Debug, P: fmt::Debug> fmt::Debug for KeyedBearerAuthL
     }
 }
 
-impl<S, K, A: Clone, P: Clone> Layer<S> for KeyedBearerAuthLayer<K, A, P> {
+impl<S: CloneService, K, A: Clone, P: Clone> Layer<S> for KeyedBearerAuthLayer<K, A, P> {
     type Service = KeyedBearerAuth<S, K, A, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
@@ -307,7 +307,7 @@ where
     #[inline]
     fn authorize<Req>(&mut self, mut req: Req, found: Found) -> ResponseFuture<S::Future, S, Req>
     where
-        S: Service<Req> + Clone,
+        S: Service<Req> + CloneService,
         Req: AuthorizeRequest,
     {
         match found {
@@ -331,7 +331,7 @@ fn no_account() -> Error {
 
 impl<S, K, A, Req> Service<Req> for KeyedBearerAuth<S, K, A, NoReplay>
 where
-    S: Service<Req> + Clone,
+    S: Service<Req> + CloneService,
     S::Response: StatusResponse,
     S::Error: Into<BoxError>,
     Req: AuthorizeRequest,
@@ -358,7 +358,7 @@ where
 
 impl<S, K, A, Req> Service<Req> for KeyedBearerAuth<S, K, A, ReplayOnUnauthorized>
 where
-    S: Service<Req> + Clone,
+    S: Service<Req> + CloneService,
     S::Response: StatusResponse,
     S::Error: Into<BoxError>,
     Req: ReplayableRequest,

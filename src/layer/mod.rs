@@ -128,6 +128,62 @@ use future::{Replay, ResponseFuture, RetryFuture};
 pub(crate) use request::grpc_unauthenticated;
 pub use request::{AuthorizeRequest, ReplayBody, ReplayableRequest, StatusResponse};
 
+/// A service [`BearerAuth`] can wrap: one that is [`Clone`].
+///
+/// Implemented for every `Clone` type, and for nothing else; it exists so that the compiler's
+/// error for a service that is not `Clone` says what is missing. `BearerAuth` calls a clone of
+/// its inner service when a request must wait for a token (the service `poll_ready` prepared
+/// goes with the request; the clone stays for the next one), and keeps one to replay a request
+/// after a `401`. Clients are usually cheap to clone (hyper-util's `Client`, `reqwest::Client`
+/// and tonic's `Channel` are handles); a service that is not `Clone`
+/// (`tower::util::BoxService`, a connection you own) can be shared through
+/// [`tower::buffer::Buffer`](https://docs.rs/tower/0.5/tower/buffer/struct.Buffer.html), whose
+/// handles are.
+///
+/// A `BoxService` is not `Clone`, so this does not compile (the error is this trait's message,
+/// which `tests/compile_fail.rs` checks word for word):
+///
+/// ```compile_fail
+/// # use std::{convert::Infallible, time::Duration};
+/// # use tower_authtoken::{BearerAuth, Error, Token, TokenCache, TokenSource};
+/// # struct Fixed;
+/// # impl TokenSource for Fixed {
+/// #     async fn fetch(&self) -> Result<Token, Error> { Token::new("t", Duration::from_secs(60)) }
+/// # }
+/// let inner = tower::util::BoxService::new(tower::service_fn(|_: http::Request<()>| async {
+///     Ok::<_, Infallible>(http::Response::new(()))
+/// }));
+/// let client = BearerAuth::new(inner, TokenCache::new(Fixed));
+/// ```
+///
+/// and the same service made shareable by a `Buffer` does (with tower's `buffer` feature):
+///
+/// ```
+/// # use std::{convert::Infallible, time::Duration};
+/// # use tower_authtoken::{BearerAuth, Error, Token, TokenCache, TokenSource};
+/// # struct Fixed;
+/// # impl TokenSource for Fixed {
+/// #     async fn fetch(&self) -> Result<Token, Error> { Token::new("t", Duration::from_secs(60)) }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let inner = tower::util::BoxService::new(tower::service_fn(|_: http::Request<()>| async {
+///     Ok::<_, Infallible>(http::Response::new(()))
+/// }));
+/// let client = BearerAuth::new(tower::buffer::Buffer::new(inner, 64), TokenCache::new(Fixed));
+/// # }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`BearerAuth` needs an inner service that is `Clone`, and `{Self}` is not",
+    label = "this service is not `Clone`",
+    note = "`BearerAuth` calls a clone of the inner service when a request waits for a token",
+    note = "implement `Clone` for it, or share it through `tower::buffer::Buffer::new(service, capacity)`, which is `Clone`"
+)]
+pub trait CloneService: Clone {}
+
+#[diagnostic::do_not_recommend]
+impl<S: Clone> CloneService for S {}
+
 /// Marks a [`BearerAuth`] that does not replay requests (the default).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoReplay;
@@ -191,6 +247,7 @@ impl<P> BearerAuthLayer<P> {
     /// rejected token in service), the original `401` response is returned. Nothing is
     /// allocated for the replay until a `401` arrives, beyond the copy of the request.
     /// Default: off.
+    #[must_use = "the layer with this setting is returned; the original is consumed"]
     pub fn retry_on_unauthorized(self) -> BearerAuthLayer<ReplayOnUnauthorized> {
         BearerAuthLayer {
             cache: self.cache,
@@ -202,6 +259,7 @@ impl<P> BearerAuthLayer<P> {
     /// Like [`retry_on_unauthorized`](Self::retry_on_unauthorized), but replays requests of any
     /// method. Use it only when your non-idempotent endpoints tolerate a repeat, since the
     /// server may have acted on the first request before it answered `401`.
+    #[must_use = "the layer with this setting is returned; the original is consumed"]
     pub fn retry_on_unauthorized_any_method(self) -> BearerAuthLayer<ReplayOnUnauthorized> {
         BearerAuthLayer {
             cache: self.cache,
@@ -220,6 +278,7 @@ impl<P> BearerAuthLayer<P> {
     /// the rule does not apply to it. With it, such requests are judged as if they went to
     /// `origin`: refused before sending when `origin` is plain `http://` to a non-loopback host
     /// and plain HTTP was not allowed. Default: none.
+    #[must_use = "the layer with this setting is returned; the original is consumed"]
     pub fn with_origin(mut self, origin: &http::Uri) -> Self {
         self.relative_insecure_host = origin_insecure_host(origin);
         self
@@ -231,7 +290,7 @@ impl<P> BearerAuthLayer<P> {
     }
 }
 
-impl<S, P: Clone> Layer<S> for BearerAuthLayer<P> {
+impl<S: CloneService, P: Clone> Layer<S> for BearerAuthLayer<P> {
     type Service = BearerAuth<S, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
@@ -265,6 +324,8 @@ impl<P: fmt::Debug> fmt::Debug for BearerAuthLayer<P> {
 /// [`allow_insecure_http`](crate::TokenCacheBuilder::allow_insecure_http) (or its source allows
 /// it). Requests with a relative URI are judged by the origin given to
 /// [`BearerAuthLayer::with_origin`]; without one, the layer cannot see where they go.
+///
+/// The inner service must be `Clone` (see [`CloneService`]).
 #[derive(Clone)]
 pub struct BearerAuth<S, P = NoReplay> {
     inner: S,
@@ -276,7 +337,10 @@ pub struct BearerAuth<S, P = NoReplay> {
 
 impl<S> BearerAuth<S> {
     /// Wraps `inner`, authorizing its requests with tokens from `cache`.
-    pub fn new(inner: S, cache: TokenCache) -> Self {
+    pub fn new(inner: S, cache: TokenCache) -> Self
+    where
+        S: CloneService,
+    {
         BearerAuthLayer::new(cache).layer(inner)
     }
 
@@ -347,7 +411,7 @@ impl<S: fmt::Debug, P: fmt::Debug> fmt::Debug for BearerAuth<S, P> {
 
 impl<S, Req> Service<Req> for BearerAuth<S, NoReplay>
 where
-    S: Service<Req> + Clone,
+    S: Service<Req> + CloneService,
     S::Response: StatusResponse,
     S::Error: Into<BoxError>,
     Req: AuthorizeRequest,
@@ -369,7 +433,7 @@ where
 
 impl<S, Req> Service<Req> for BearerAuth<S, ReplayOnUnauthorized>
 where
-    S: Service<Req> + Clone,
+    S: Service<Req> + CloneService,
     S::Response: StatusResponse,
     S::Error: Into<BoxError>,
     Req: ReplayableRequest,

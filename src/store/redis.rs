@@ -359,6 +359,7 @@ impl<T> Drop for AbortOnDrop<T> {
 }
 
 /// Builds a [`RedisTokenStore`]; every setter states its default.
+#[must_use = "call build() to get a RedisTokenStore"]
 pub struct RedisTokenStoreBuilder {
     nodes: Vec<String>,
     cluster: bool,

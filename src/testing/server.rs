@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -32,6 +32,8 @@ const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60 * 60);
 /// [`Failure::Hang`] ends there). `Debug` lists user names, never passwords.
 pub struct ReferenceServer {
     addr: SocketAddr,
+    /// `"http"`, or `"https"` for a server started with [`ReferenceServerBuilder::tls`].
+    scheme: &'static str,
     shared: Arc<Shared>,
     accept_task: JoinHandle<()>,
     /// Dropping it tells every connection task to stop.
@@ -59,6 +61,7 @@ impl ReferenceServer {
             spurious_rejection_at: None,
             random_revocations: None,
             oauth2_scopes: None,
+            transport: Transport::default(),
         }
     }
 
@@ -77,12 +80,13 @@ impl ReferenceServer {
         self.addr
     }
 
-    /// The base URL to hand to the client: `http://127.0.0.1:PORT`.
+    /// The base URL to hand to the client: `http://127.0.0.1:PORT`, or
+    /// `https://127.0.0.1:PORT` for a server started with [`ReferenceServerBuilder::tls`].
     ///
     /// The login endpoint is `{base_url}/authtoken`; any path ending in `/authtoken` works too,
     /// so `{base_url}/api/v1` is a valid base URL as well.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// The URL of the OAuth 2.0 token endpoint: `{base_url}/oauth2/token` (any path ending in
@@ -619,6 +623,7 @@ pub struct ReferenceServerBuilder {
     spurious_rejection_at: Option<u64>,
     random_revocations: Option<Duration>,
     oauth2_scopes: Option<Vec<String>>,
+    transport: Transport,
 }
 
 impl ReferenceServerBuilder {
@@ -807,6 +812,45 @@ impl ReferenceServerBuilder {
         self
     }
 
+    /// Serves HTTPS instead of plain HTTP, with the certificate chain and the private key given
+    /// in PEM (the server's certificate first). Default: plain HTTP.
+    ///
+    /// [`base_url`](ReferenceServer::base_url) becomes `https://127.0.0.1:PORT`, so a client
+    /// that connects by that URL needs a certificate naming the IP address `127.0.0.1`; one
+    /// that resolves a name of its own to `127.0.0.1` needs the certificate to name that name.
+    /// The server speaks HTTP/1.1 (ALPN `http/1.1`), on rustls with the aws-lc-rs provider. A
+    /// client that refuses the certificate ends the connection during the handshake; nothing
+    /// reaches the handler or its counters.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use tower_authtoken::testing::ReferenceServer;
+    ///
+    /// let cert = rcgen::generate_simple_self_signed(["127.0.0.1".to_owned()]).unwrap();
+    /// let server = ReferenceServer::builder()
+    ///     .tls(cert.cert.pem(), cert.signing_key.serialize_pem())
+    ///     .start()
+    ///     .await;
+    /// assert!(server.base_url().starts_with("https://127.0.0.1:"));
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `cert_chain_pem` holds no certificate, `private_key_pem` holds no private key, or
+    /// rustls refuses the pair.
+    #[cfg(feature = "test-util-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util-tls")))]
+    pub fn tls(
+        mut self,
+        cert_chain_pem: impl AsRef<[u8]>,
+        private_key_pem: impl AsRef<[u8]>,
+    ) -> Self {
+        self.transport = Transport::tls(cert_chain_pem.as_ref(), private_key_pem.as_ref());
+        self
+    }
+
     /// Binds `127.0.0.1` on a free port and starts serving.
     ///
     /// # Panics
@@ -869,9 +913,16 @@ impl ReferenceServerBuilder {
         }));
 
         let (shutdown, stopped) = watch::channel(());
-        let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&shared), stopped));
+        let scheme = self.transport.scheme();
+        let accept_task = tokio::spawn(accept_loop(
+            listener,
+            self.transport,
+            Arc::clone(&shared),
+            stopped,
+        ));
         ReferenceServer {
             addr,
+            scheme,
             shared,
             accept_task,
             _shutdown: shutdown,
@@ -900,6 +951,7 @@ impl fmt::Debug for ReferenceServerBuilder {
             .field("spurious_rejection_at", &self.spurious_rejection_at)
             .field("random_revocations", &self.random_revocations)
             .field("oauth2_scopes", &self.oauth2_scopes)
+            .field("scheme", &self.transport.scheme())
             .finish()
     }
 }
@@ -931,8 +983,86 @@ fn revocation_rng(seed: Option<u64>) -> fastrand::Rng {
     }
 }
 
+/// How the server speaks on a connection: plain HTTP, or HTTPS with the `test-util-tls` feature.
+#[derive(Clone, Default)]
+struct Transport {
+    #[cfg(feature = "test-util-tls")]
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl Transport {
+    /// HTTPS with this certificate chain and key, both PEM; panics on bad input.
+    #[cfg(feature = "test-util-tls")]
+    fn tls(cert_chain_pem: &[u8], private_key_pem: &[u8]) -> Transport {
+        use tokio_rustls::rustls::ServerConfig;
+        use tokio_rustls::rustls::crypto::aws_lc_rs;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let certs = CertificateDer::pem_slice_iter(cert_chain_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap_or_else(|e| panic!("ReferenceServer: the certificate chain is not PEM: {e}"));
+        assert!(
+            !certs.is_empty(),
+            "ReferenceServer: the certificate chain holds no certificate"
+        );
+        // The error names what is wrong with the PEM, never the key's bytes.
+        let key = PrivateKeyDer::from_pem_slice(private_key_pem)
+            .unwrap_or_else(|e| panic!("ReferenceServer: no private key in the PEM given: {e}"));
+        let mut config =
+            ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+                .with_safe_default_protocol_versions()
+                .and_then(|builder| builder.with_no_client_auth().with_single_cert(certs, key))
+                .unwrap_or_else(|e| panic!("ReferenceServer: rustls refused the certificate: {e}"));
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Transport {
+            tls: Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        }
+    }
+
+    fn scheme(&self) -> &'static str {
+        #[cfg(feature = "test-util-tls")]
+        if self.tls.is_some() {
+            return "https";
+        }
+        "http"
+    }
+
+    /// Serves one connection until it ends: after the TLS handshake, if there is one.
+    async fn serve(self, stream: TcpStream, shared: Arc<Shared>) {
+        #[cfg(feature = "test-util-tls")]
+        if let Some(acceptor) = self.tls {
+            // A client that refuses the certificate ends the handshake, and the connection.
+            if let Ok(stream) = acceptor.accept(stream).await {
+                serve_http(TokioIo::new(stream), shared).await;
+            }
+            return;
+        }
+        serve_http(TokioIo::new(stream), shared).await;
+    }
+}
+
+/// Serves HTTP/1.1 on one connection until it ends; a connection error (the client went away, a
+/// deliberate close) just ends it.
+async fn serve_http<I>(io: I, shared: Arc<Shared>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+{
+    let service = service_fn(move |request| handler::handle(Arc::clone(&shared), request));
+    // The handler writes `Date` from the server's own (possibly offset) clock.
+    let _ = http1::Builder::new()
+        .auto_date_header(false)
+        .serve_connection(io, service)
+        .await;
+}
+
 /// Accepts connections until the server is dropped, one task per connection.
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stopped: watch::Receiver<()>) {
+async fn accept_loop(
+    listener: TcpListener,
+    transport: Transport,
+    shared: Arc<Shared>,
+    stopped: watch::Receiver<()>,
+) {
     loop {
         let mut stop = stopped.clone();
         let stream = tokio::select! {
@@ -947,15 +1077,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stopped: watch:
             _ = stop.changed() => return,
         };
         let _ = stream.set_nodelay(true);
-        let shared = Arc::clone(&shared);
+        let connection = transport.clone().serve(stream, Arc::clone(&shared));
         tokio::spawn(async move {
-            let service = service_fn(move |request| handler::handle(Arc::clone(&shared), request));
-            // The handler writes `Date` from the server's own (possibly offset) clock.
-            let connection = http1::Builder::new()
-                .auto_date_header(false)
-                .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
-                // A connection error (the client went away, a deliberate close) just ends it.
                 _ = connection => {}
                 _ = stop.changed() => {}
             }
@@ -979,6 +1103,22 @@ mod tests {
         assert!(!debug.contains("pa55"), "{debug}");
         let builder = ReferenceServer::builder().user("erin", "pa55-erin");
         assert!(!format!("{builder:?}").contains("pa55"));
+    }
+
+    #[cfg(feature = "test-util-tls")]
+    #[test]
+    #[should_panic(expected = "the certificate chain holds no certificate")]
+    fn tls_without_a_certificate_panics_naming_what_is_missing() {
+        let _ = ReferenceServer::builder().tls("", "");
+    }
+
+    #[cfg(feature = "test-util-tls")]
+    #[test]
+    #[should_panic(expected = "no private key in the PEM given")]
+    fn tls_without_a_private_key_panics_naming_what_is_missing() {
+        // A certificate's PEM where the key should be: no key in it.
+        const CERT: &str = "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n";
+        let _ = ReferenceServer::builder().tls(CERT, CERT);
     }
 
     #[tokio::test]
