@@ -163,17 +163,20 @@ fn describe_all() {
 
 /// Remembers the current span as the cause of the next login, unless one is remembered already
 /// or there is no current span. On the slow paths only: it clones a span handle.
-pub(crate) fn remember_cause(cause: &mut Option<tracing::Span>) {
+pub(crate) fn remember_cause(cause: &mut Option<Box<tracing::Span>>) {
     if cause.is_none() {
-        *cause = Some(tracing::Span::current()).filter(|span| !span.is_none());
+        let current = tracing::Span::current();
+        if !current.is_none() {
+            *cause = Some(Box::new(current));
+        }
     }
 }
 
 /// Links the login's `span` to the span that caused it, then lets go of that span, so that the
 /// request's span is not kept open for as long as the login runs.
-pub(crate) fn link_cause(span: &tracing::Span, cause: Option<tracing::Span>) {
+pub(crate) fn link_cause(span: &tracing::Span, cause: Option<Box<tracing::Span>>) {
     if let Some(cause) = cause {
-        span.follows_from(&cause);
+        span.follows_from(&*cause);
     }
 }
 

@@ -40,11 +40,11 @@ impl Shared {
         // at once) never runs its exit guard, and must still be replaced.
         control.generation += 1;
         let generation = control.generation;
-        control.driver = Some(Driver {
+        control.driver = Some(Box::new(Driver {
             join: runtime.spawn(run(Arc::clone(self), generation)),
             runtime,
             generation,
-        });
+        }));
         Ok(())
     }
 

@@ -89,7 +89,7 @@ pub(crate) mod schedule;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -135,21 +135,28 @@ pub(crate) fn follow_tokio_clock() {
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone)]
 pub struct TokenCache {
-    handle: Arc<Handle>,
-}
-
-/// The users' side of the cache. When the last one drops, it closes the cache, and the driver,
-/// which holds only the shared state, stops.
-struct Handle {
+    /// The users' side of the cache: the handles are counted in `Shared::handles`; when the last
+    /// one drops, it closes the cache, and the driver, which holds the shared state but no
+    /// handle, stops.
     shared: Arc<Shared>,
 }
 
-impl Drop for Handle {
+impl Clone for TokenCache {
+    fn clone(&self) -> Self {
+        self.shared.handles.fetch_add(1, Ordering::Relaxed);
+        TokenCache {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl Drop for TokenCache {
     fn drop(&mut self) {
-        self.shared.closed.store(true, Ordering::Release);
-        self.shared.wake.notify_one();
+        if self.shared.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.closed.store(true, Ordering::Release);
+            self.shared.wake.notify_one();
+        }
     }
 }
 
@@ -164,6 +171,8 @@ pub(crate) struct Shared {
     wake: Notify,
     /// Wakes the callers waiting for an outcome when one is published (`Control::outcome`).
     published: Notify,
+    /// The live [`TokenCache`] handles.
+    handles: AtomicUsize,
     /// Set when the last handle drops.
     closed: AtomicBool,
     source: SharedSource,
@@ -243,7 +252,8 @@ struct Control {
     /// Every finished fetch (or immediate answer) is published here.
     outcome: Outcome,
     /// The running driver, if any.
-    driver: Option<Driver>,
+    /// Boxed: an idle account has none, and its memory counts.
+    driver: Option<Box<Driver>>,
     /// Counts the drivers started, so that an older driver knows it was replaced.
     generation: u64,
     demand: bool,
@@ -269,7 +279,7 @@ struct Control {
     last_probe: Option<Instant>,
     /// The span of the request that made the next login necessary, for the login's span to
     /// follow from. A handle, not an id: an id may be reused once its span closes.
-    cause: Option<tracing::Span>,
+    cause: Option<Box<tracing::Span>>,
 }
 
 /// The driver task and the runtime it runs on.
@@ -411,6 +421,7 @@ impl TokenCache {
             control: Mutex::new(Control::default()),
             wake: Notify::new(),
             published: Notify::new(),
+            handles: AtomicUsize::new(1),
             closed: AtomicBool::new(false),
             source,
             config,
@@ -418,9 +429,7 @@ impl TokenCache {
             counters: Counters::default(),
         });
         registry().insert(key, Arc::downgrade(&shared));
-        TokenCache {
-            handle: Arc::new(Handle { shared }),
-        }
+        TokenCache { shared }
     }
 
     /// The current valid token, fetching one if there is none.
@@ -511,7 +520,7 @@ impl TokenCache {
 
     #[inline]
     fn shared(&self) -> &Arc<Shared> {
-        &self.handle.shared
+        &self.shared
     }
 }
 

@@ -14,8 +14,8 @@ use super::KeyedTokenCache;
 use crate::error::BoxError;
 use crate::layer::future::{Replay, ResponseFuture, RetryFuture};
 use crate::layer::{
-    AuthorizeRequest, CloneService, NoReplay, ReplayOnUnauthorized, ReplayableRequest, StatusResponse,
-    insecure_target, insecure_transport, origin_insecure_host,
+    AuthorizeRequest, CloneService, NoReplay, ReplayOnUnauthorized, ReplayableRequest,
+    StatusResponse, insecure_target, insecure_transport, origin_insecure_host,
 };
 use crate::{Error, ErrorKind, TokenCache};
 
