@@ -434,3 +434,22 @@ fn builder_checks_its_inputs() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
 }
+
+/// A login right after a `401` gets a fresh token expiring a moment after the rejected one; that
+/// is no sign of a server that replaces tokens only at expiry, and renewals stay early.
+#[tokio::test(start_paused = true)]
+async fn a_quick_login_after_a_401_does_not_switch_renewals_to_expiry() {
+    let source = ScriptedSource::new(600 * SECOND);
+    let cache = cache(&source);
+    let first = cache.token().await.unwrap();
+    sleep(Duration::from_millis(2)).await;
+    cache.invalidate(&first);
+    let second = cache.token().await.unwrap();
+    assert_ne!(second.expose_secret(), first.expose_secret());
+    assert_eq!(source.fetches(), 2);
+    // The lead is 60 s: renewed 540 s into the second token's life, not at its expiry.
+    sleep(545 * SECOND).await;
+    assert_eq!(source.fetches(), 3, "renewed early");
+    let third = now_or_never(cache.token()).expect("no wait").unwrap();
+    assert_ne!(third.expose_secret(), second.expose_secret());
+}

@@ -394,7 +394,12 @@ fn adopt(
         None => token.received_at().min(started),
     };
     if let Some((last_expiry, last_lifetime)) = control.last
-        && !schedule::extends(last_expiry, last_lifetime, cautious + token.lifetime())
+        && schedule::replaced_only_at_expiry(
+            last_expiry,
+            last_lifetime,
+            cautious,
+            cautious + token.lifetime(),
+        )
         && control.renewal == Renewal::Early
     {
         control.renewal = Renewal::AtExpiry;
