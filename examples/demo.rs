@@ -7,7 +7,13 @@
 //! CARRENTAL_PASSWORD=... cargo run --release --example demo -- \
 //!     --base-url https://api.example.com/v1 --user alice --resource /cars
 //! cargo run --release --example demo -- --redis redis://127.0.0.1:6379 --replicas 8
+//! cargo run --release --example demo -- --accounts 1000
 //! ```
+//!
+//! With `--accounts N`, the embedded server holds N accounts (`agency-0` ...), one
+//! `KeyedTokenCache` holds a token for each, and every request names a random account through a
+//! request extension read by `KeyedBearerAuthLayer`. The summary reports the logins per account
+//! per token lifetime and the peak login rate against the shared login budget (`--login-rate`).
 //!
 //! With `--redis`, every replica (a cache with its own Redis connection, `--replicas` of them in
 //! this process) shares tokens through a `RedisTokenStore`, and the summary reports the fleet's
@@ -36,7 +42,8 @@ use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tower_authtoken::store::{EncryptionKey, RedisTokenStore};
 use tower_authtoken::testing::ReferenceServer;
 use tower_authtoken::{
-    AuthTokenSource, BearerAuthLayer, Credentials, Error, Token, TokenCache, TokenSource,
+    AuthTokenSource, BearerAuthLayer, Credentials, Error, KeyedBearerAuthLayer, KeyedTokenCache,
+    LoginBudget, Token, TokenCache, TokenSource,
 };
 
 /// Drive concurrent traffic through the bearer-token layer and report what happened.
@@ -77,9 +84,245 @@ pub struct Args {
     /// How many caches (replicas) share the work in this process.
     #[arg(long, default_value_t = 1)]
     pub replicas: usize,
+    /// Many accounts: this many users on the embedded server, one keyed cache for all.
+    #[arg(long)]
+    pub accounts: Option<u32>,
+    /// With `--accounts`: the shared login budget, logins a second (also the burst).
+    #[arg(long, default_value_t = 500)]
+    pub login_rate: u32,
     /// Print only the summary.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// What a run with `--accounts` measured.
+#[derive(Debug, Clone)]
+pub struct AccountsReport {
+    pub accounts: u32,
+    pub sent: u64,
+    pub ok: u64,
+    pub rejected: u64,
+    pub errors: u64,
+    pub logins: u64,
+    /// The logins the accounts' caches started (their `CacheStats::fetches`), over the run.
+    pub fetches: u64,
+    /// Over the accounts: the fewest and the most logins per token lifetime during the run.
+    pub logins_per_lifetime: (f64, f64),
+    /// The most logins started in any one second (what the budget bounds), the most the server
+    /// saw arrive in one, and the budget's limit for a second.
+    pub peak_logins_per_s: usize,
+    pub peak_arrivals_per_s: usize,
+    pub budget_per_s: u32,
+    pub token_lifetime: Duration,
+    pub elapsed: Duration,
+    pub p99: Duration,
+    pub worst: Duration,
+}
+
+/// The account of a request, set by the application as a request extension.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Agency(pub u32);
+
+/// Traffic across `--accounts` accounts of the embedded server through one keyed cache.
+pub async fn run_accounts(args: Args) -> Result<AccountsReport, BoxError> {
+    let accounts_n = args.accounts.ok_or("--accounts")?.max(1);
+    let server = ReferenceServer::builder()
+        .token_lifetime(Duration::from_secs_f64(args.lifetime))
+        .login_delay(Duration::from_millis(args.login_delay_ms))
+        .start()
+        .await;
+    for account in 0..accounts_n {
+        server.add_user(&format!("agency-{account}"), &format!("password-{account}"));
+    }
+    let base_url = server.base_url();
+    let rate = args.login_rate.max(1);
+    let starts = Arc::new(Mutex::new(Vec::new()));
+    let login_starts = Arc::clone(&starts);
+    let keyed = KeyedTokenCache::builder(move |agency: &Agency| {
+        if agency.0 >= accounts_n {
+            return Err(BoxError::from(format!("no agency {}", agency.0)));
+        }
+        let credentials = Credentials::new(
+            format!("agency-{}", agency.0),
+            format!("password-{}", agency.0),
+        );
+        let inner = AuthTokenSource::new(&base_url, credentials).map_err(BoxError::from)?;
+        Ok(Started {
+            inner,
+            starts: Arc::clone(&login_starts),
+        })
+    })
+    .max_accounts(accounts_n as usize)
+    .shared_login_budget(LoginBudget::new(rate, Duration::from_secs(1) / rate))
+    .build()?;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let service = ServiceBuilder::new()
+        .layer(KeyedBearerAuthLayer::new(keyed.clone()))
+        .service(client);
+
+    // Log every account in before the clock starts, as a platform would at start-up.
+    let mut warm = tokio::task::JoinSet::new();
+    for account in 0..accounts_n {
+        let keyed = keyed.clone();
+        warm.spawn(async move { keyed.token(&Agency(account)).await });
+    }
+    let mut token_lifetime = Duration::ZERO;
+    while let Some(token) = warm.join_next().await {
+        token_lifetime = token??.lifetime();
+    }
+
+    let resource = format!("{}{}", server.base_url(), args.resource);
+    let counters = Arc::new(Counters::default());
+    let latencies = Arc::new(Mutex::new(histogram()));
+    let logins_before = server.login_attempts();
+    let fetches = |keyed: &KeyedTokenCache<Agency>| -> Result<u64, BoxError> {
+        let mut sum = 0;
+        for account in 0..accounts_n {
+            sum += keyed.cache(&Agency(account))?.stats().fetches;
+        }
+        Ok(sum)
+    };
+    let fetches_before = fetches(&keyed)?;
+    let started = Instant::now();
+    let end = started + Duration::from_secs_f64(args.duration);
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|_| {
+            let mut service = service.clone();
+            let (counters, latencies) = (Arc::clone(&counters), Arc::clone(&latencies));
+            let resource = resource.clone();
+            tokio::spawn(async move {
+                while Instant::now() < end {
+                    let mut request = Request::get(&resource)
+                        .body(Empty::new())
+                        .expect("a valid request");
+                    request
+                        .extensions_mut()
+                        .insert(Agency(fastrand::u32(..accounts_n)));
+                    let begin = Instant::now();
+                    counters.sent.fetch_add(1, Ordering::Relaxed);
+                    let result = async {
+                        let response = service.ready().await?.call(request).await?;
+                        let status = response.status();
+                        response.into_body().collect().await?;
+                        Ok::<_, BoxError>(status)
+                    }
+                    .await;
+                    latencies
+                        .lock()
+                        .unwrap()
+                        .record(micros(begin.elapsed()))
+                        .ok();
+                    match result {
+                        Ok(StatusCode::UNAUTHORIZED) => &counters.rejected,
+                        Ok(status) if status.is_success() => &counters.ok,
+                        Ok(_) | Err(_) => &counters.errors,
+                    }
+                    .fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await?;
+    }
+    let elapsed = started.elapsed();
+    let lifetimes = (elapsed.as_secs_f64() / token_lifetime.as_secs_f64()).max(1.0);
+    let per_account: Vec<f64> = (0..accounts_n)
+        // Less the login before the clock started.
+        .map(|account| {
+            server
+                .logins_of(&format!("agency-{account}"))
+                .saturating_sub(1) as f64
+                / lifetimes
+        })
+        .collect();
+    let latencies = latencies.lock().unwrap();
+    Ok(AccountsReport {
+        accounts: accounts_n,
+        sent: counters.sent.load(Ordering::Relaxed),
+        ok: counters.ok.load(Ordering::Relaxed),
+        rejected: counters.rejected.load(Ordering::Relaxed),
+        errors: counters.errors.load(Ordering::Relaxed),
+        logins: server.login_attempts() - logins_before,
+        fetches: fetches(&keyed)? - fetches_before,
+        logins_per_lifetime: (
+            per_account.iter().copied().fold(f64::INFINITY, f64::min),
+            per_account.iter().copied().fold(0.0, f64::max),
+        ),
+        peak_logins_per_s: peak(&starts.lock().unwrap(), Duration::from_secs(1)),
+        peak_arrivals_per_s: server.max_login_attempts_within(Duration::from_secs(1)),
+        budget_per_s: 2 * rate,
+        token_lifetime,
+        elapsed,
+        p99: Duration::from_micros(latencies.value_at_quantile(0.99)),
+        worst: Duration::from_micros(latencies.max()),
+    })
+}
+
+/// A source that records when each of its logins started.
+struct Started<S> {
+    inner: S,
+    starts: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl<S: TokenSource> TokenSource for Started<S> {
+    async fn fetch(&self) -> Result<Token, Error> {
+        self.starts.lock().unwrap().push(Instant::now());
+        self.inner.fetch().await
+    }
+
+    fn user_name(&self) -> Option<&str> {
+        self.inner.user_name()
+    }
+}
+
+/// The most of `instants` in any window of `window`.
+fn peak(instants: &[Instant], window: Duration) -> usize {
+    let mut sorted = instants.to_vec();
+    sorted.sort();
+    let (mut first, mut most) = (0, 0);
+    for (last, at) in sorted.iter().enumerate() {
+        while *at - sorted[first] >= window {
+            first += 1;
+        }
+        most = most.max(last + 1 - first);
+    }
+    most
+}
+
+fn print_accounts_summary(args: &Args, report: &AccountsReport) {
+    let secs = report.elapsed.as_secs_f64();
+    println!(
+        "summary: {} requests over {} accounts in {:.1} s ({:.0}/s) with {} workers; {} ok, {} rejected upstream, {} errors",
+        report.sent,
+        report.accounts,
+        secs,
+        report.sent as f64 / secs,
+        args.concurrency,
+        report.ok,
+        report.rejected,
+        report.errors,
+    );
+    println!(
+        "summary: {} logins during the run for {:.1} s tokens; per account per token lifetime: {:.2} to {:.2}",
+        report.logins,
+        report.token_lifetime.as_secs_f64(),
+        report.logins_per_lifetime.0,
+        report.logins_per_lifetime.1,
+    );
+    println!(
+        "summary: peak login rate {} started in a second ({} arrived at the server in one); the shared budget allows at most {} in a second ({} at once, then {}/s)",
+        report.peak_logins_per_s,
+        report.peak_arrivals_per_s,
+        report.budget_per_s,
+        args.login_rate,
+        args.login_rate,
+    );
+    println!(
+        "summary: latency p99 {:.2} ms, worst {:.2} ms",
+        report.p99.as_secs_f64() * 1000.0,
+        report.worst.as_secs_f64() * 1000.0,
+    );
 }
 
 /// What a run measured.
@@ -453,6 +696,22 @@ async fn main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
+    if args.accounts.is_some() {
+        return match run_accounts(args.clone()).await {
+            Ok(report) => {
+                print_accounts_summary(&args, &report);
+                if report.rejected == 0 && report.errors == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(error) => {
+                eprintln!("demo failed: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(args.clone()).await {
         Ok(report) => {
             print_summary(&args, &report);

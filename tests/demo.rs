@@ -32,3 +32,37 @@ async fn demo_runs_across_renewals_without_a_rejected_request() {
     assert!(report.renewals >= 3, "{report:?}");
     assert!(report.logins <= 8, "no login storm: {report:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_accounts_demo_serves_every_account_within_the_login_budget() {
+    let args = demo::Args::parse_from([
+        "demo",
+        "--accounts",
+        "200",
+        "--duration",
+        "3",
+        "--concurrency",
+        "16",
+        "--lifetime",
+        "2",
+        "--login-delay-ms",
+        "20",
+        "--login-rate",
+        "150",
+        "--quiet",
+    ]);
+    let report = demo::run_accounts(args).await.unwrap();
+    assert!(report.sent > 100, "{report:?}");
+    assert_eq!((report.rejected, report.errors), (0, 0), "{report:?}");
+    assert!(
+        report.peak_logins_per_s <= report.budget_per_s as usize,
+        "{report:?}"
+    );
+    assert_eq!(
+        report.fetches, report.logins,
+        "every login the server saw was budgeted"
+    );
+    // A 2 s token renews at about half its life, less jitter and spread: two to four logins
+    // a lifetime; more would be a storm.
+    assert!(report.logins_per_lifetime.1 <= 4.0, "{report:?}");
+}

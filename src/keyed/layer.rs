@@ -289,6 +289,7 @@ where
                 if let Some(host) = insecure
                     && !account.cache().allows_insecure_http()
                 {
+                    crate::metrics::insecure_refused(account.cache().metrics());
                     return Err(insecure_transport(host));
                 }
                 Ok(match account.current() {
