@@ -9,7 +9,9 @@
 //! - [`TokenCache`] holds the current token, hands it out without a lock, renews it before it
 //!   expires with one fetch shared by every caller, and keeps a valid token through failures;
 //! - [`BearerAuthLayer`] sets the sensitive `Authorization` header on every request of any
-//!   Tower client: hyper-util's `Client`, [`reqwest::Client`], tonic channels.
+//!   Tower client: hyper-util's `Client`, [`reqwest::Client`], tonic channels;
+//! - [`KeyedTokenCache`] and [`KeyedBearerAuthLayer`] do the same for many accounts at once,
+//!   each request with the token of the account it names ([`keyed`]).
 //!
 //! # Example
 //!
@@ -100,7 +102,7 @@
 //! - `metrics`: counters, a gauge and a histogram of logins, renewals, invalidations and
 //!   refusals through the [`metrics`](https://docs.rs/metrics) facade; the names are in
 //!   [`metrics`](mod@metrics).
-//! - `tonic`: the [`tonic`] module: `GrpcBearerAuthLayer` for tonic channels
+//! - `tonic`: the `tower_authtoken::tonic` module: `GrpcBearerAuthLayer` for tonic channels
 //!   (`grpc-status: 16` in headers or trailers invalidates the token; login failures arrive as
 //!   `tonic::Status` codes) and `From<Error> for tonic::Status`; with `test-util`, a bytes codec
 //!   for a gRPC service without protoc.
