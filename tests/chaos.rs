@@ -286,7 +286,9 @@ async fn chaos(seed: u64, run: Run) -> Tally {
     // count the ones that did.)
     let cold_starts = cache.stats().invalidations;
     assert!(cold_starts >= 5, "seed {seed}: {cold_starts} cold starts");
-    assert!(tally.cancelled >= 25, "seed {seed}: {tally:?}");
+    // (At least 10: 14 to 22 with the checked seeds. It was 25 while a bug switched the cache
+    // to logging in at expiry after a quick re-login, which made far more callers wait.)
+    assert!(tally.cancelled >= 10, "seed {seed}: {tally:?}");
     assert_no_panics();
     tally
 }
