@@ -793,3 +793,65 @@ fn a_static_store_keeps_sharing_after_the_runtime_that_first_used_it_shuts_down_
     assert_eq!(server.login_attempts(), 3);
     assert_eq!(server.rejections(), 0);
 }
+
+/// Many accounts in a fleet: each replica holds a keyed cache, every account shares its token
+/// through one Redis (the keys are per user), so each account logs in once for the fleet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(has_redis), ignore = "redis-server is not on the PATH")]
+async fn keyed_caches_of_three_replicas_log_each_account_in_once_through_redis() {
+    use tower_authtoken::{Credentials, KeyedTokenCache};
+
+    let redis = RedisServer::start();
+    let server = ReferenceServer::builder()
+        .token_lifetime(Duration::from_secs(30))
+        .login_delay(Duration::from_millis(100))
+        .start()
+        .await;
+    const ACCOUNTS: u32 = 5;
+    for account in 0..ACCOUNTS {
+        server.add_user(&format!("agency-{account}"), &format!("pw-{account}"));
+    }
+    let (prefix, key) = (prefix("keyed"), EncryptionKey::generate());
+    let replicas: Vec<KeyedTokenCache<u32>> = (0..3)
+        .map(|_| {
+            let store = RedisTokenStore::builder(&redis.url(), &prefix, key.clone())
+                .build()
+                .unwrap();
+            let base_url = server.base_url();
+            KeyedTokenCache::builder(move |account: &u32| {
+                let credentials =
+                    Credentials::new(format!("agency-{account}"), format!("pw-{account}"));
+                AuthTokenSource::new(&base_url, credentials)
+            })
+            .configure(move |cache| cache.shared(store))
+            .build()
+            .unwrap()
+        })
+        .collect();
+    // Every replica asks for every account, the replicas concurrently.
+    let mut callers = tokio::task::JoinSet::new();
+    for replica in &replicas {
+        for account in 0..ACCOUNTS {
+            let replica = replica.clone();
+            callers.spawn(async move { replica.token(&account).await });
+        }
+    }
+    let mut values = std::collections::HashMap::new();
+    while let Some(token) = callers.join_next().await {
+        let token = token.unwrap().unwrap();
+        assert!(server.accepts(token.expose_secret()));
+        values
+            .entry(token.expose_secret().to_owned())
+            .and_modify(|n| *n += 1)
+            .or_insert(1);
+    }
+    assert_eq!(
+        values.len(),
+        ACCOUNTS as usize,
+        "one token per account: {values:?}"
+    );
+    assert!(values.values().all(|n| *n == 3), "shared by the 3 replicas");
+    for account in 0..ACCOUNTS {
+        assert_eq!(server.logins_of(&format!("agency-{account}")), 1);
+    }
+}

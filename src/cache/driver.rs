@@ -290,12 +290,14 @@ async fn fetch(shared: &Shared) -> Option<Result<Token, Error>> {
     crate::metrics::link_cause(&span, cause);
     let request = {
         let mut control = shared.lock();
-        ObtainRequest {
+        let request = ObtainRequest {
             source: Arc::clone(&shared.source),
             fetch_timeout: shared.config.fetch_timeout,
             current: control.current.as_ref().map(|(token, _)| token.clone()),
             rejected: control.rejected.take(),
-        }
+        };
+        control.replacing_rejected = request.rejected.is_some();
+        request
     };
     let store = shared.config.store.clone();
     let limit = shared.config.attempt_limit();
@@ -393,13 +395,14 @@ fn adopt(
         Some(_) => token.received_at(),
         None => token.received_at().min(started),
     };
+    // A login that replaces a token the server rejected is no renewal: a fresh token from a
+    // server that issues full-length tokens expires only a moment later than the rejected one
+    // (within the noise when `expires` is in whole seconds), and proves nothing about how the
+    // server renews.
+    let after_rejection = std::mem::take(&mut control.replacing_rejected);
     if let Some((last_expiry, last_lifetime)) = control.last
-        && schedule::replaced_only_at_expiry(
-            last_expiry,
-            last_lifetime,
-            cautious,
-            cautious + token.lifetime(),
-        )
+        && !after_rejection
+        && !schedule::extends(last_expiry, last_lifetime, cautious + token.lifetime())
         && control.renewal == Renewal::Early
     {
         control.renewal = Renewal::AtExpiry;

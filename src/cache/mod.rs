@@ -270,6 +270,8 @@ struct Control {
     stale_answer: bool,
     /// A token the upstream rejected, for the next fetch to tell a shared store about.
     rejected: Option<Token>,
+    /// The login in flight replaces a token the server rejected.
+    replacing_rejected: bool,
     failures_in_row: u32,
     backoff: Option<Backoff>,
     gate: InvalidationGate,

@@ -147,33 +147,8 @@ pub(crate) fn plan(
 /// token bound to the same session expiry, renews nothing; a sliding session, which pushes the
 /// expiry forward on each login, does.
 pub(crate) fn extends(previous: Instant, previous_lifetime: Duration, next: Instant) -> bool {
-    next > previous + noise(previous_lifetime)
-}
-
-/// The noise of measuring one expiry twice: a tenth of the lifetime, at most 5 s.
-fn noise(lifetime: Duration) -> Duration {
-    (lifetime / 10).min(Duration::from_secs(5))
-}
-
-/// Whether a token that arrived at `at`, expiring at `next`, shows that the server replaces the
-/// previous token (expiring at `previous`) only at its expiry: it renews nothing
-/// ([`extends`]), and the previous token had lived long enough that a fresh token would have.
-///
-/// A login soon after the previous one (after a `401`, a late answer, a quick retry) proves
-/// nothing: a fresh token from a server that issues full-length tokens also expires only a
-/// moment later than the one before, and within the noise when the server reports whole
-/// seconds.
-pub(crate) fn replaced_only_at_expiry(
-    previous: Instant,
-    previous_lifetime: Duration,
-    at: Instant,
-    next: Instant,
-) -> bool {
-    let Some(issued) = previous.checked_sub(previous_lifetime) else {
-        return false;
-    };
-    let aged = at.saturating_duration_since(issued);
-    aged > noise(previous_lifetime).saturating_mul(2) && !extends(previous, previous_lifetime, next)
+    let noise = (previous_lifetime / 10).min(Duration::from_secs(5));
+    next > previous + noise
 }
 
 /// How long to wait before the next attempt after `failures` failures in a row (1 for the
@@ -505,31 +480,6 @@ mod tests {
         assert!(extends(old, 600 * S, old + 540 * S), "a sliding session");
         assert!(extends(old, S, old + S / 2), "a short sliding session");
         assert!(!extends(old, S, old + 50 * MS));
-    }
-
-    #[test]
-    fn only_an_aged_token_whose_successor_renews_nothing_shows_replacement_at_expiry() {
-        let t0 = Instant::now();
-        let old = t0 + 600 * S;
-        // Renewed 540 s in: a token expiring with the old one is the same session's.
-        assert!(replaced_only_at_expiry(old, 600 * S, t0 + 540 * S, old));
-        // A fresh 600 s token 540 s in: an ordinary renewal.
-        assert!(!replaced_only_at_expiry(
-            old,
-            600 * S,
-            t0 + 540 * S,
-            t0 + 1140 * S
-        ));
-        // Logged in again 2 ms after the old one (a 401), with an expiry in the same second:
-        // proves nothing.
-        assert!(!replaced_only_at_expiry(
-            old,
-            600 * S,
-            t0 + 2 * MS,
-            old + 2 * MS
-        ));
-        assert!(!replaced_only_at_expiry(old, 600 * S, t0 + 9 * S, old));
-        assert!(replaced_only_at_expiry(old, 600 * S, t0 + 11 * S, old));
     }
 
     #[test]

@@ -121,7 +121,7 @@ impl<K> Clone for KeyedTokenCache<K> {
 }
 
 type Factory<K> = dyn Fn(&K) -> Result<SharedSource, BoxError> + Send + Sync;
-type Configure = dyn Fn(TokenCacheBuilder) -> TokenCacheBuilder + Send + Sync;
+type Configure = dyn FnOnce(TokenCacheBuilder) -> TokenCacheBuilder + Send + Sync;
 
 struct Keyed<K> {
     accounts: papaya::HashMap<K, Account, RandomState>,
@@ -442,8 +442,10 @@ where
 {
     /// Settings for every account's [`TokenCache`], as on a [`TokenCacheBuilder`]:
     /// `refresh_before`, `expiry_margin`, backoffs, `allow_insecure_http`, a shared store, and
-    /// the account's own `login_budget`. Default: the [`TokenCacheBuilder`] defaults. `build()`
-    /// checks them once.
+    /// the account's own `login_budget` (each account gets a budget of its own with that burst
+    /// and interval). Default: the [`TokenCacheBuilder`] defaults. `build()` applies them once
+    /// and checks them; every account shares the result, a shared store included:
+    /// `.configure(move |cache| cache.shared(redis_store))`, whose keys are per user.
     ///
     /// ```
     /// # use std::time::Duration;
@@ -459,7 +461,7 @@ where
     /// ```
     pub fn configure<F>(mut self, configure: F) -> Self
     where
-        F: Fn(TokenCacheBuilder) -> TokenCacheBuilder + Send + Sync + 'static,
+        F: FnOnce(TokenCacheBuilder) -> TokenCacheBuilder + Send + Sync + 'static,
     {
         self.configure = Box::new(configure);
         self
