@@ -30,7 +30,10 @@
 //! - **Idle timeout** (default 30 minutes): an account with no request for that long is dropped:
 //!   its token is taken out of service and zeroed, and its task, if any, stops. A single
 //!   background task per keyed cache checks every quarter of the timeout, so an account goes
-//!   between 1 and 1.25 idle timeouts after its last request.
+//!   between 1 and 1.25 idle timeouts after its last request. That task runs on the runtime
+//!   that made the first account; if that runtime shuts down, the next account made starts it
+//!   again on its own (until then, idle accounts stay, their tokens still refused past their
+//!   deadlines).
 //! - **At most** [`max_accounts`](KeyedTokenCacheBuilder::max_accounts) accounts (default
 //!   10,000): making one more first drops the least recently used sixteenth of them.
 //!
