@@ -106,6 +106,9 @@ pub struct AccountsReport {
     pub logins: u64,
     /// The logins the accounts' caches started (their `CacheStats::fetches`), over the run.
     pub fetches: u64,
+    /// Since the start, warm-up included: the logins the server saw, and the logins the caches
+    /// started. A login reaches the server only after its cache started (and budgeted) it.
+    pub all_logins: (u64, u64),
     /// Over the accounts: the fewest and the most logins per token lifetime during the run.
     pub logins_per_lifetime: (f64, f64),
     /// The most logins started in any one second (what the budget bounds), the most the server
@@ -245,6 +248,7 @@ pub async fn run_accounts(args: Args) -> Result<AccountsReport, BoxError> {
         errors: counters.errors.load(Ordering::Relaxed),
         logins: server.login_attempts() - logins_before,
         fetches: fetches(&keyed)? - fetches_before,
+        all_logins: (server.login_attempts(), fetches(&keyed)?),
         logins_per_lifetime: (
             per_account.iter().copied().fold(f64::INFINITY, f64::min),
             per_account.iter().copied().fold(0.0, f64::max),
