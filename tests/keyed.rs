@@ -721,3 +721,59 @@ fn using_a_keyed_cache_outside_a_runtime_is_a_typed_error() {
     assert_eq!(error.kind(), ErrorKind::Runtime);
     assert_eq!(bank.live_sources.load(Ordering::SeqCst), 0);
 }
+
+/// Sends `request` through `client` itself (no clone), so that its memo of the last account
+/// is in play.
+async fn send_on<S>(client: &mut S, request: Request<String>) -> Response<String>
+where
+    S: Service<Request<String>, Response = Response<String>, Error = tower::BoxError>,
+{
+    client.ready().await.unwrap().call(request).await.unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_of_requests_for_one_account_keeps_every_promise_of_the_map_path() {
+    tower_authtoken::testing::follow_tokio_clock();
+    let bank = Bank::new(HOUR);
+    let accounts = accounts(&bank).idle_timeout(60 * S).build().unwrap();
+    let mut client = ServiceBuilder::new()
+        .layer(layer(accounts.clone()))
+        .service(api(&bank));
+    // A run for account 1: from the second request on, the service reads it without the map.
+    for _ in 0..5 {
+        let response = send_on(&mut client, request(Some(1), "https://api.example/")).await;
+        assert_eq!(response.body(), "Bearer acct-1-1");
+    }
+    // Used only through the memo for two idle timeouts: still held, no new login.
+    for _ in 0..12 {
+        tokio::time::sleep(10 * S).await;
+        let response = send_on(&mut client, request(Some(1), "https://api.example/")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(accounts.stats().dropped_idle, 0, "the memo's requests count as use");
+    assert_eq!(bank.logins_of(1), 1);
+    // A 401 on the memo's token invalidates it: the next request has a new one.
+    bank.revoke(1);
+    let response = send_on(&mut client, request(Some(1), "https://api.example/")).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let response = send_on(&mut client, request(Some(1), "https://api.example/")).await;
+    assert_eq!(response.body(), "Bearer acct-1-2");
+    // An account dropped while in the memo: the next request logs in afresh, through the map.
+    assert!(accounts.remove(&1));
+    let response = send_on(&mut client, request(Some(1), "https://api.example/")).await;
+    assert_eq!(response.body(), "Bearer acct-1-3");
+    let response = send_on(&mut client, request(Some(1), "https://api.example/")).await;
+    assert_eq!(response.body(), "Bearer acct-1-3");
+    // Another account, and no account at all, go through the map as before.
+    let response = send_on(&mut client, request(Some(2), "https://api.example/")).await;
+    assert_eq!(response.body(), "Bearer acct-2-1");
+    let error = client
+        .ready()
+        .await
+        .unwrap()
+        .call(request(None, "https://api.example/"))
+        .await
+        .unwrap_err();
+    assert_eq!(kind(error), ErrorKind::NoAccount);
+    assert_eq!(bank.logins_of(1), 3);
+}

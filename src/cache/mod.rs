@@ -89,7 +89,7 @@ pub(crate) mod schedule;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -173,6 +173,8 @@ pub(crate) struct Shared {
     published: Notify,
     /// The live [`TokenCache`] handles.
     handles: AtomicUsize,
+    /// For an account of a keyed cache: the sweep epoch of its last request.
+    last_used: AtomicU32,
     /// Set when the last handle drops.
     closed: AtomicBool,
     source: SharedSource,
@@ -424,6 +426,7 @@ impl TokenCache {
             wake: Notify::new(),
             published: Notify::new(),
             handles: AtomicUsize::new(1),
+            last_used: AtomicU32::new(0),
             closed: AtomicBool::new(false),
             source,
             config,
@@ -837,6 +840,12 @@ impl SlotReader {
     pub(crate) fn cache_key(&self) -> u64 {
         self.shared.key
     }
+
+    /// As [`DirectReader::mark_used`].
+    #[inline]
+    pub(crate) fn mark_used(&self, epoch: u32) {
+        mark_used(&self.shared, epoch);
+    }
 }
 
 /// Reads the slot with a plain `ArcSwap` load: for readers that cannot keep a cache per clone.
@@ -860,6 +869,24 @@ impl DirectReader {
     /// See [`Shared::retire`].
     pub(crate) fn retire(&self) {
         self.0.retire();
+    }
+
+    /// The sweep epoch of the account's last request (keyed caches).
+    pub(crate) fn last_used(&self) -> u32 {
+        self.0.last_used.load(Ordering::Relaxed)
+    }
+
+    /// Records a request in sweep epoch `epoch`; writes only when the epoch changed.
+    #[inline]
+    pub(crate) fn mark_used(&self, epoch: u32) {
+        mark_used(&self.0, epoch);
+    }
+}
+
+#[inline]
+fn mark_used(shared: &Shared, epoch: u32) {
+    if shared.last_used.load(Ordering::Relaxed) != epoch {
+        shared.last_used.store(epoch, Ordering::Relaxed);
     }
 }
 

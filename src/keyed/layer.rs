@@ -11,6 +11,7 @@ use http::HeaderValue;
 use tower::{Layer, Service};
 
 use super::KeyedTokenCache;
+use crate::cache::SlotReader;
 use crate::error::BoxError;
 use crate::layer::future::{Replay, ResponseFuture, RetryFuture};
 use crate::layer::{
@@ -205,6 +206,8 @@ impl<S: CloneService, K, A: Clone, P: Clone> Layer<S> for KeyedBearerAuthLayer<K
         KeyedBearerAuth {
             inner,
             layer: self.clone(),
+            memo: None,
+            previous: 0,
             _key: PhantomData,
         }
     }
@@ -215,14 +218,31 @@ impl<S: CloneService, K, A: Clone, P: Clone> Layer<S> for KeyedBearerAuthLayer<K
 pub struct KeyedBearerAuth<S, K, A = FromExtension, P = NoReplay> {
     inner: S,
     layer: KeyedBearerAuthLayer<K, A, P>,
+    /// The account this service sent a run of requests for, read without the map while the
+    /// run lasts.
+    memo: Option<Memo<K>>,
+    /// The address of the account of the previous request: two in a row start a memo.
+    previous: usize,
     _key: PhantomData<fn() -> K>,
 }
 
+/// A service's memo of one account: its key, a reader with a per-clone `arc_swap::Cache` (as a
+/// single [`BearerAuth`](crate::BearerAuth) has), and its cache, for replays.
+struct Memo<K> {
+    key: K,
+    reader: SlotReader,
+    cache: TokenCache,
+}
+
 impl<S: Clone, K, A: Clone, P: Clone> Clone for KeyedBearerAuth<S, K, A, P> {
+    /// A clone starts without a memo: cloning one would cost every clone (one per request, with
+    /// `oneshot`) a reference count, for runs a fresh clone has not seen yet.
     fn clone(&self) -> Self {
         KeyedBearerAuth {
             inner: self.inner.clone(),
             layer: self.layer.clone(),
+            memo: None,
+            previous: 0,
             _key: PhantomData,
         }
     }
@@ -275,14 +295,38 @@ where
 {
     /// Finds the request's account and its token; `want_cache` asks for the account's cache
     /// even when warm (for a replay).
+    ///
+    /// A request for the account of this service's memo, with a token to send, reads it through
+    /// the memo's per-clone cache and skips the map; anything else goes through the map, and a
+    /// second request in a row for the same account makes that account the memo.
     #[inline]
-    fn find<Req>(&self, req: &Req, want_cache: bool) -> Result<Found, Error>
+    fn find<Req>(&mut self, req: &Req, want_cache: bool) -> Result<Found, Error>
     where
         Req: AuthorizeRequest,
         A: AccountFromRequest<Req, K>,
     {
-        let layer = &self.layer;
+        let Self {
+            layer,
+            memo,
+            previous,
+            ..
+        } = self;
         let insecure = insecure_target(req, layer.relative_insecure_host.as_deref());
+        if insecure.is_none()
+            && let Some(memo) = memo
+            && layer
+                .extract
+                .with_account(req, |key| key == Some(&memo.key))
+            && let Some((value, id)) = memo.reader.current()
+        {
+            memo.reader.mark_used(layer.accounts.epoch());
+            return Ok(Found::Warm {
+                value,
+                id,
+                key: memo.reader.cache_key(),
+                cache: want_cache.then(|| memo.cache.clone()),
+            });
+        }
         layer.extract.with_account(req, |key| {
             let key = key.ok_or_else(no_account)?;
             layer.accounts.with_account(key, |account| {
@@ -291,6 +335,14 @@ where
                 {
                     crate::metrics::insecure_refused(account.cache().metrics());
                     return Err(insecure_transport(host));
+                }
+                let address = std::ptr::from_ref(account) as usize;
+                if std::mem::replace(previous, address) == address
+                    && memo
+                        .as_ref()
+                        .is_none_or(|memo| memo.reader.cache_key() != account.cache_key())
+                {
+                    remember(memo, key, account.cache());
                 }
                 Ok(match account.current() {
                     Some((value, id)) => Found::Warm {
@@ -323,6 +375,17 @@ where
             }
         }
     }
+}
+
+/// Makes `key`'s account the memo: the start of a run of requests for it.
+#[cold]
+#[inline(never)]
+fn remember<K: Clone>(memo: &mut Option<Memo<K>>, key: &K, cache: &TokenCache) {
+    *memo = Some(Memo {
+        key: key.clone(),
+        reader: cache.reader(),
+        cache: cache.clone(),
+    });
 }
 
 #[cold]

@@ -152,11 +152,11 @@ struct KeyedCounters {
     dropped_full: AtomicU64,
 }
 
-/// One account: its cache, the hot path's view of it, and when it was last used.
+/// One account: its cache, and the hot path's view of it (which also records when it was last
+/// used).
 pub(crate) struct Account {
     cache: TokenCache,
     reader: DirectReader,
-    last_used: AtomicU32,
 }
 
 impl Account {
@@ -274,6 +274,12 @@ where
         &self.inner.shared_budget
     }
 
+    /// The current sweep epoch, for requests that reach an account without the map.
+    #[inline]
+    pub(crate) fn epoch(&self) -> u32 {
+        self.inner.epoch.load(Ordering::Relaxed)
+    }
+
     /// Runs `f` on the account `key`, made first if there is none.
     #[inline]
     pub(crate) fn with_account<T>(
@@ -300,9 +306,7 @@ where
         {
             let accounts = self.accounts.pin();
             if let Some(account) = accounts.get(key) {
-                if account.last_used.load(Ordering::Relaxed) != epoch {
-                    account.last_used.store(epoch, Ordering::Relaxed);
-                }
+                account.reader.mark_used(epoch);
                 return Ok(f(account));
             }
         }
@@ -336,11 +340,9 @@ where
             self.evict_least_recent(&accounts);
         }
         let cache = TokenCacheBuilder::build_account(source, &self.config);
-        let account = Account {
-            reader: cache.direct_reader(),
-            cache,
-            last_used: AtomicU32::new(self.epoch.load(Ordering::Relaxed)),
-        };
+        let reader = cache.direct_reader();
+        reader.mark_used(self.epoch.load(Ordering::Relaxed));
+        let account = Account { reader, cache };
         self.counters.created.fetch_add(1, Ordering::Relaxed);
         let inserted = accounts.get_or_insert(key.clone(), account);
         let result = f(inserted);
@@ -356,7 +358,7 @@ where
     ) {
         let mut ages: Vec<(u32, &K)> = accounts
             .iter()
-            .map(|(key, account)| (account.last_used.load(Ordering::Relaxed), key))
+            .map(|(key, account)| (account.reader.last_used(), key))
             .collect();
         let count = (ages.len() / EVICT_DIVISOR).max(1).min(ages.len());
         if count == 0 {
@@ -386,7 +388,7 @@ where
         let accounts = self.accounts.pin();
         let mut dropped = 0u64;
         accounts.retain(|_, account| {
-            let idle_for = epoch.wrapping_sub(account.last_used.load(Ordering::Relaxed));
+            let idle_for = epoch.wrapping_sub(account.reader.last_used());
             let keep = idle_for <= SWEEPS_PER_TIMEOUT;
             if !keep {
                 account.reader.retire();
