@@ -750,7 +750,11 @@ async fn a_run_of_requests_for_one_account_keeps_every_promise_of_the_map_path()
         let response = send_on(&mut client, request(Some(1), "https://api.example/")).await;
         assert_eq!(response.status(), StatusCode::OK);
     }
-    assert_eq!(accounts.stats().dropped_idle, 0, "the memo's requests count as use");
+    assert_eq!(
+        accounts.stats().dropped_idle,
+        0,
+        "the memo's requests count as use"
+    );
     assert_eq!(bank.logins_of(1), 1);
     // A 401 on the memo's token invalidates it: the next request has a new one.
     bank.revoke(1);
