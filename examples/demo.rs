@@ -284,14 +284,7 @@ impl<S: TokenSource> TokenSource for Started<S> {
 fn peak(instants: &[Instant], window: Duration) -> usize {
     let mut sorted = instants.to_vec();
     sorted.sort();
-    let (mut first, mut most) = (0, 0);
-    for (last, at) in sorted.iter().enumerate() {
-        while *at - sorted[first] >= window {
-            first += 1;
-        }
-        most = most.max(last + 1 - first);
-    }
-    most
+    tower_authtoken::testing::most_within(&sorted, window)
 }
 
 fn print_accounts_summary(args: &Args, report: &AccountsReport) {
@@ -700,31 +693,21 @@ async fn main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
-    if args.accounts.is_some() {
-        return match run_accounts(args.clone()).await {
-            Ok(report) => {
-                print_accounts_summary(&args, &report);
-                if report.rejected == 0 && report.errors == 0 {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
-                }
-            }
-            Err(error) => {
-                eprintln!("demo failed: {error}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    match run(args.clone()).await {
-        Ok(report) => {
+    // Whether every request got through: nothing rejected upstream, no error.
+    let clean = if args.accounts.is_some() {
+        run_accounts(args.clone()).await.map(|report| {
+            print_accounts_summary(&args, &report);
+            report.rejected == 0 && report.errors == 0
+        })
+    } else {
+        run(args.clone()).await.map(|report| {
             print_summary(&args, &report);
-            if report.rejected == 0 && report.errors == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
+            report.rejected == 0 && report.errors == 0
+        })
+    };
+    match clean {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(error) => {
             eprintln!("demo failed: {error}");
             ExitCode::FAILURE

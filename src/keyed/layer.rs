@@ -16,7 +16,7 @@ use crate::error::BoxError;
 use crate::layer::future::{Replay, ResponseFuture, RetryFuture};
 use crate::layer::{
     AuthorizeRequest, CloneService, NoReplay, ReplayOnUnauthorized, ReplayableRequest,
-    StatusResponse, insecure_target, insecure_transport, origin_insecure_host,
+    StatusResponse, insecure_target, origin_insecure_host, refuse_insecure,
 };
 use crate::{Error, ErrorKind, TokenCache};
 
@@ -333,8 +333,7 @@ where
                 if let Some(host) = insecure
                     && !account.cache().allows_insecure_http()
                 {
-                    crate::metrics::insecure_refused(account.cache().metrics());
-                    return Err(insecure_transport(host));
+                    return Err(refuse_insecure(host, account.cache()));
                 }
                 let address = std::ptr::from_ref(account) as usize;
                 if std::mem::replace(previous, address) == address

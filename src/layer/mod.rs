@@ -382,8 +382,7 @@ impl<S, P> BearerAuth<S, P> {
         if let Some(host) = insecure_target(&req, self.relative_insecure_host.as_deref())
             && !self.cache.allows_insecure_http()
         {
-            crate::metrics::insecure_refused(self.cache.metrics());
-            return ResponseFuture::failed(insecure_transport(host));
+            return ResponseFuture::failed(refuse_insecure(host, &self.cache));
         }
         match self.reader.current() {
             Some((value, id)) => {
@@ -486,9 +485,11 @@ pub(crate) fn insecure_target<'r, Req: AuthorizeRequest>(
     }
 }
 
-/// The error for a request to plain `http://` on `host`, naming both switches that allow it.
+/// Refuses a request to plain `http://` on `host` for `cache`, which does not allow it: counts
+/// the refusal in the metrics, and returns the error naming both switches that would allow it.
 #[cold]
-pub(crate) fn insecure_transport(host: &str) -> Error {
+pub(crate) fn refuse_insecure(host: &str, cache: &TokenCache) -> Error {
+    crate::metrics::insecure_refused(cache.metrics());
     Error::new(ErrorKind::InsecureTransport).with_detail(format!(
         "the request URL is plain http to '{host}', which is not loopback: \
          TokenCacheBuilder::allow_insecure_http(true), or \

@@ -159,6 +159,22 @@ use std::time::Duration;
 #[doc(inline)]
 pub use server::{ReferenceServer, ReferenceServerBuilder};
 
+/// The most of `instants` (sorted, earliest first) that fall within any window of `window`:
+/// the peak login rate of a run, for example. `0` for no instants or a zero window.
+pub fn most_within(instants: &[tokio::time::Instant], window: Duration) -> usize {
+    if window.is_zero() {
+        return 0;
+    }
+    let (mut first, mut most) = (0, 0);
+    for (last, &at) in instants.iter().enumerate() {
+        while at.saturating_duration_since(instants[first]) >= window {
+            first += 1;
+        }
+        most = most.max(last + 1 - first);
+    }
+    most
+}
+
 /// Makes every token cache of this process check deadlines and renewal instants on Tokio's
 /// clock instead of the coarse monotonic clock, for tests on a paused clock
 /// (`#[tokio::test(start_paused = true)]`): a token then expires, and a reader asks for its

@@ -531,20 +531,7 @@ impl ReferenceServer {
     /// `[t, t + window)`): with one second, the peak login rate per second. `0` for an empty
     /// window.
     pub fn max_login_attempts_within(&self, window: Duration) -> usize {
-        if window.is_zero() {
-            return 0;
-        }
-        let state = self.shared.lock();
-        let instants = &state.login_attempt_instants;
-        let mut first = 0;
-        let mut most = 0;
-        for (last, &at) in instants.iter().enumerate() {
-            while at.saturating_duration_since(instants[first]) >= window {
-                first += 1;
-            }
-            most = most.max(last + 1 - first);
-        }
-        most
+        super::most_within(&self.shared.lock().login_attempt_instants, window)
     }
 
     /// Every `POST` to the login endpoint, whatever its outcome.

@@ -563,15 +563,7 @@ impl Report {
             .map(|a| a.started)
             .filter(|at| (from..until).contains(at))
             .collect();
-        let mut best = 0;
-        let mut first = 0;
-        for (last, at) in starts.iter().enumerate() {
-            while *at - starts[first] >= width {
-                first += 1;
-            }
-            best = best.max(last + 1 - first);
-        }
-        best
+        tower_authtoken::testing::most_within(&starts, width)
     }
 
     /// The most login attempts in any window of `width` over the whole run.
