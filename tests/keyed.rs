@@ -212,15 +212,7 @@ fn kind(error: tower::BoxError) -> ErrorKind {
 
 /// The most of `instants` (sorted) that fall in any window of `window`.
 fn peak(instants: &[Instant], window: Duration) -> usize {
-    let mut best = 0;
-    let mut start = 0;
-    for (end, at) in instants.iter().enumerate() {
-        while *at - instants[start] >= window {
-            start += 1;
-        }
-        best = best.max(end + 1 - start);
-    }
-    best
+    tower_authtoken::testing::most_within(instants, window)
 }
 
 #[tokio::test(start_paused = true)]
@@ -780,4 +772,45 @@ async fn a_run_of_requests_for_one_account_keeps_every_promise_of_the_map_path()
         .unwrap_err();
     assert_eq!(kind(error), ErrorKind::NoAccount);
     assert_eq!(bank.logins_of(1), 3);
+}
+
+/// A keyed cache shared by runtimes: the runtime that made the first accounts (and runs the
+/// sweeper) goes away, and another one carries on with the same accounts.
+#[test]
+fn a_keyed_cache_outlives_the_runtime_that_made_its_accounts() {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let bank = Bank::new(HOUR);
+    let accounts = accounts(&bank).build().unwrap();
+    let first = runtime();
+    let token = first.block_on(accounts.token(&1)).unwrap();
+    drop(first);
+
+    let second = runtime();
+    second.block_on(async {
+        // The account's token is still served; its driver had parked and needs no runtime.
+        let again = accounts.token(&1).await.unwrap();
+        assert_eq!(again.header_value(), token.header_value());
+        // A new account is made here, and the sweeper starts again on this runtime.
+        accounts.token(&2).await.unwrap();
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let mut alive = metrics.num_alive_tasks();
+        for _ in 0..100 {
+            if alive == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            alive = metrics.num_alive_tasks();
+        }
+        assert_eq!(alive, 1, "the sweeper, and no driver left behind");
+        // A 401 for the first account logs in on this runtime.
+        accounts.cache(&1).unwrap().invalidate(&token);
+        let renewed = accounts.token(&1).await.unwrap();
+        assert_eq!(renewed.header_value(), "Bearer acct-1-2");
+    });
+    assert_eq!((bank.logins_of(1), bank.logins_of(2)), (2, 1));
 }

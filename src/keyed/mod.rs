@@ -39,6 +39,16 @@
 //!
 //! A dropped account is made again, and logs in again, on its next request.
 //!
+//! # Runtimes and freezes
+//!
+//! An account is a [`TokenCache`], so what the cache promises about runtimes holds per account:
+//! every reader checks the token's deadline itself (a frozen process or an idle runtime never
+//! sends an expired token), and a login runs on a live runtime of a caller that needs it. A
+//! keyed cache can outlive the runtime that made its accounts: their parked drivers need none,
+//! and the sweeper starts again on the runtime that makes the next account
+//! (`tests/keyed.rs`, `a_keyed_cache_outlives_the_runtime_that_made_its_accounts`). Freezes
+//! (`SIGSTOP`) are tested on single caches (`tests/freeze.rs`), not on keyed ones.
+//!
 //! # The hot path
 //!
 //! A warm request does one lookup in a concurrent hash map ([`papaya`], lock-free reads), one
