@@ -38,6 +38,9 @@ struct Bank {
     /// When set, every account's first token expires at this instant, as if all were issued
     /// in the same second.
     first_expiry: Option<Instant>,
+    /// Logins fail with a 503 until this instant; every attempt is recorded.
+    down_until: Mutex<Option<Instant>>,
+    attempts: Mutex<Vec<Instant>>,
 }
 
 impl Bank {
@@ -50,6 +53,8 @@ impl Bank {
             live_sources: AtomicUsize::new(0),
             insecure_ok: Vec::new(),
             first_expiry: None,
+            down_until: Mutex::new(None),
+            attempts: Mutex::default(),
         })
     }
 
@@ -112,6 +117,16 @@ impl TokenSource for Login {
     async fn fetch(&self) -> Result<Token, Error> {
         tokio::time::sleep(self.bank.delay).await;
         let now = Instant::now();
+        self.bank.attempts.lock().unwrap().push(now);
+        if self
+            .bank
+            .down_until
+            .lock()
+            .unwrap()
+            .is_some_and(|until| now < until)
+        {
+            return Err(Error::new(ErrorKind::Server).with_status(StatusCode::SERVICE_UNAVAILABLE));
+        }
         let n = {
             let mut logins = self.bank.logins.lock().unwrap();
             let mine = logins.entry(self.account).or_default();
@@ -813,4 +828,74 @@ fn a_keyed_cache_outlives_the_runtime_that_made_its_accounts() {
         assert_eq!(renewed.header_value(), "Bearer acct-1-2");
     });
     assert_eq!((bank.logins_of(1), bank.logins_of(2)), (2, 1));
+}
+
+/// A 60 s outage of the login endpoint while 100 accounts with 2 s tokens are in use: the
+/// accounts' retries together stay within the shared budget, callers get transient errors and
+/// never a rejected token, and after the recovery every account is served again as fast as the
+/// budget allows (100 logins at 20 a second: 5 s).
+#[tokio::test(start_paused = true)]
+async fn an_outage_costs_no_more_logins_than_the_shared_budget_and_all_accounts_recover() {
+    tower_authtoken::testing::follow_tokio_clock();
+    const ACCOUNTS: u32 = 100;
+    let bank = Bank::new(2 * S);
+    let accounts = accounts(&bank)
+        .shared_login_budget(LoginBudget::new(20, S / 20))
+        .build()
+        .unwrap();
+    for account in 0..ACCOUNTS {
+        accounts.token(&account).await.unwrap();
+    }
+    let start = Instant::now();
+    let (outage_from, outage_until) = (start + 5 * S, start + 65 * S);
+    *bank.down_until.lock().unwrap() = Some(outage_until);
+    tokio::time::sleep_until(outage_from).await;
+    bank.attempts.lock().unwrap().clear();
+    // Every account is asked for every 100 ms; during the outage callers get errors (the
+    // token expired), never a token the API rejects.
+    let (mut rejected, mut last_failure) = (0, None);
+    let mut recovered_at = std::collections::HashMap::new();
+    let mut failing: std::collections::HashSet<u32> = std::collections::HashSet::new();
+    while Instant::now() < outage_until + 10 * S {
+        tokio::time::sleep(S / 10).await;
+        for account in 0..ACCOUNTS {
+            match accounts.token(&account).await {
+                Ok(token) => {
+                    failing.remove(&account);
+                    if Instant::now() >= outage_until {
+                        recovered_at.entry(account).or_insert_with(Instant::now);
+                    }
+                    if !bank.accepts(account, token.header_value().to_str().unwrap()) {
+                        rejected += 1;
+                    }
+                }
+                Err(error) => {
+                    assert!(error.is_transient(), "{error}");
+                    failing.insert(account);
+                    last_failure = Some(Instant::now());
+                }
+            }
+        }
+    }
+    assert_eq!(rejected, 0, "no token the API would reject");
+    assert!(failing.is_empty(), "every account recovered: {failing:?}");
+    let attempts = bank.attempts.lock().unwrap().clone();
+    let busiest = peak(&attempts, S);
+    let last_served = recovered_at.values().max().copied().unwrap();
+    let all_served_after = last_served.saturating_duration_since(outage_until);
+    let failed_after = last_failure.map(|at| at.saturating_duration_since(outage_until));
+    println!(
+        "outage: {} attempts in 70 s for {ACCOUNTS} accounts, busiest second {busiest}; \
+         last caller error {failed_after:?} after the recovery, every account served again \
+         {all_served_after:?} after it",
+        attempts.len()
+    );
+    assert!(
+        busiest <= 40,
+        "the shared budget allows 40 in a second: {busiest}"
+    );
+    assert!(
+        all_served_after <= 7 * S,
+        "100 logins at 20 a second, plus a retry interval: {all_served_after:?}"
+    );
 }
