@@ -312,23 +312,22 @@ where
             ..
         } = self;
         let insecure = insecure_target(req, layer.relative_insecure_host.as_deref());
-        if insecure.is_none()
-            && let Some(memo) = memo
-            && layer
-                .extract
-                .with_account(req, |key| key == Some(&memo.key))
-            && let Some((value, id)) = memo.reader.current()
-        {
-            memo.reader.mark_used(layer.accounts.epoch());
-            return Ok(Found::Warm {
-                value,
-                id,
-                key: memo.reader.cache_key(),
-                cache: want_cache.then(|| memo.cache.clone()),
-            });
-        }
+        // One look at the request's account, for the memo and the map alike.
         layer.extract.with_account(req, |key| {
             let key = key.ok_or_else(no_account)?;
+            if insecure.is_none()
+                && let Some(memo) = memo.as_mut()
+                && memo.key == *key
+                && let Some((value, id)) = memo.reader.current()
+            {
+                memo.reader.mark_used(layer.accounts.epoch());
+                return Ok(Found::Warm {
+                    value,
+                    id,
+                    key: memo.reader.cache_key(),
+                    cache: want_cache.then(|| memo.cache.clone()),
+                });
+            }
             layer.accounts.with_account(key, |account| {
                 if let Some(host) = insecure
                     && !account.cache().allows_insecure_http()
