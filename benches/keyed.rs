@@ -1,11 +1,14 @@
 //! Many accounts (`KeyedTokenCache`, `KeyedBearerAuthLayer`) at scale.
 //!
-//! - `keyed/hot_path`: the time of one request with a warm account against the static-header
-//!   floor (tower-http's `AddAuthorization`), with 1, 1,000 and 100,000 live accounts, each
-//!   request naming the next account of a shuffled list (so the map lookups miss the CPU
-//!   caches as a platform's would), on one thread and on two. Both variants build the same
-//!   request, account extension included. Interleaved rounds, as in `hot_path/rounds`; the
-//!   allocations per request of both variants are counted too.
+//! - `keyed/hot_path`: the time of one request for a warm account against the static-header
+//!   floor (tower-http's `AddAuthorization`), with 1, 1,000 and 100,000 live accounts, on one
+//!   thread and on two, for three shapes of traffic: every request for one account (a run, as
+//!   a service sending for one agency), eight accounts in turn (several warm ones, in the CPU
+//!   caches), and every live account in a shuffled order (each lookup misses the CPU caches).
+//!   The shuffled shape is also compared with a per-account floor: a static header per account
+//!   in a read-only `HashMap`. Every variant builds the same request, account extension
+//!   included. Interleaved rounds, as in `hot_path/rounds`; the allocations per request of
+//!   both variants are counted too. `KEYED_SHAPE=shuffled` (or `one`, `8`) runs one shape.
 //! - `keyed/scale`: 100,000 accounts made and warmed (their logins answered at once by an
 //!   in-process source), the memory each holds while idle, the process's CPU time over 10 s of
 //!   idleness, the tasks alive, and what is left after the keyed cache is dropped.
@@ -162,10 +165,38 @@ fn keyed_floor(live: u32) -> KeyedFloor {
     }
 }
 
-/// The accounts of `n` requests: the `live` accounts in a shuffled order, repeated.
-fn schedule(live: u32, n: usize) -> Vec<Account> {
+/// Which accounts a run of requests names, among the live ones.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// Every request names the same account: a service's run for one account.
+    One,
+    /// Eight accounts in turn: several warm accounts, all in the CPU caches.
+    Eight,
+    /// Every live account in a shuffled order, repeated: each lookup misses the CPU caches, as
+    /// a platform's traffic over many accounts would.
+    Shuffled,
+}
+
+impl Shape {
+    fn name(self) -> &'static str {
+        match self {
+            Shape::One => "one account",
+            Shape::Eight => "8 in turn",
+            Shape::Shuffled => "all shuffled",
+        }
+    }
+}
+
+/// The accounts of `n` requests of `shape` over `live` accounts.
+fn schedule(live: u32, shape: Shape, n: usize) -> Vec<Account> {
     let mut order: Vec<u32> = (0..live).collect();
     fastrand::Rng::with_seed(7).shuffle(&mut order);
+    let used = match shape {
+        Shape::One => 1,
+        Shape::Eight => 8,
+        Shape::Shuffled => order.len(),
+    };
+    order.truncate(used);
     order.iter().cycle().take(n).map(|a| Account(*a)).collect()
 }
 
@@ -315,21 +346,35 @@ fn hot_path(mode: RoundsMode) {
     for &live in sizes {
         let accounts = keyed(live as usize);
         main.block_on(warm(&accounts, live));
-        let order = schedule(live, plan.requests);
         let mut floor = floor();
         let mut keyed: Keyed = KeyedBearerAuthLayer::new(accounts.clone()).layer(common::NoOp);
         // Every account is used once before measuring, so that none is made during a round.
-        main.block_on(send(&mut keyed, &schedule(live, live as usize)));
-        let label = format!("{live} live accounts");
-        let mut per_account = keyed_floor(live);
-        let fixed = (&main, &runtimes, plan, label.as_str(), order.as_slice());
-        results.extend(compare(fixed, &mut floor, &mut keyed));
-        keyed_results.extend(compare(fixed, &mut per_account, &mut keyed));
-        allocations.push((
-            label,
-            allocations_per_request(&main, &mut floor, &order),
-            allocations_per_request(&main, &mut keyed, &order),
+        main.block_on(send(
+            &mut keyed,
+            &schedule(live, Shape::Shuffled, live as usize),
         ));
+        let mut per_account = keyed_floor(live);
+        let shapes: &[Shape] = match live {
+            1 => &[Shape::One],
+            _ => &[Shape::One, Shape::Eight, Shape::Shuffled],
+        };
+        for &shape in shapes {
+            if std::env::var("KEYED_SHAPE").is_ok_and(|only| !shape.name().contains(&only)) {
+                continue;
+            }
+            let order = schedule(live, shape, plan.requests);
+            let label = format!("{live} live, {}", shape.name());
+            let fixed = (&main, &runtimes, plan, label.as_str(), order.as_slice());
+            results.extend(compare(fixed, &mut floor, &mut keyed));
+            if matches!(shape, Shape::Shuffled) {
+                keyed_results.extend(compare(fixed, &mut per_account, &mut keyed));
+            }
+            allocations.push((
+                label,
+                allocations_per_request(&main, &mut floor, &order),
+                allocations_per_request(&main, &mut keyed, &order),
+            ));
+        }
         assert_eq!(
             accounts.stats().created,
             u64::from(live),
@@ -339,16 +384,17 @@ fn hot_path(mode: RoundsMode) {
     results.sort_by_key(|r| r.threads);
     keyed_results.sort_by_key(|r| r.threads);
     print_table(
-        "keyed/hot_path: KeyedBearerAuth/floor time per request, a warm account per request \
-         from a shuffled list; interleaved rounds; ratio = median of the per-round ratios",
+        "keyed/hot_path: KeyedBearerAuth/floor time per request, each request for a warm \
+         account (one, 8 in turn, or all live ones shuffled); interleaved rounds; ratio = \
+         median of the per-round ratios",
         Ratio::Time,
         &[Clock::Cpu, Clock::Wall],
         &results,
     );
     print_table(
         "keyed/hot_path: KeyedBearerAuth against the per-account floor (a static header per \
-         account, looked up in a read-only HashMap by the same extension); 'floor ns' is that \
-         floor",
+         account, looked up in a read-only HashMap by the same extension), all accounts \
+         shuffled; 'floor ns' is that floor",
         Ratio::Time,
         &[Clock::Cpu],
         &keyed_results,

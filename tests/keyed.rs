@@ -165,6 +165,15 @@ fn accounts(bank: &Arc<Bank>) -> tower_authtoken::KeyedTokenCacheBuilder<u32> {
     })
 }
 
+/// Accounts of `bank` that renew exactly a lead (60 s) before expiry: no spread, no jitter.
+fn renewing_on_time(bank: &Arc<Bank>) -> KeyedTokenCache<u32> {
+    accounts(bank)
+        .renewal_spread(0.0)
+        .configure(|c| c.jitter(Duration::ZERO))
+        .build()
+        .unwrap()
+}
+
 /// The account of a request, as the application tags it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 struct Agency(u32);
@@ -668,11 +677,7 @@ async fn plain_http_is_refused_per_account_unless_that_accounts_source_allows_it
 async fn a_busy_account_renews_before_expiry_while_its_requests_go_on_with_the_old_token() {
     tower_authtoken::testing::follow_tokio_clock();
     let bank = Bank::new(600 * S);
-    let accounts = accounts(&bank)
-        .renewal_spread(0.0)
-        .configure(|c| c.jitter(Duration::ZERO))
-        .build()
-        .unwrap();
+    let accounts = renewing_on_time(&bank);
     accounts.token(&1).await.unwrap();
     // Lead 60 s: due at 540 s. The driver is parked; the first request after it asks.
     tokio::time::sleep(545 * S).await;
@@ -787,6 +792,65 @@ async fn a_run_of_requests_for_one_account_keeps_every_promise_of_the_map_path()
         .unwrap_err();
     assert_eq!(kind(error), ErrorKind::NoAccount);
     assert_eq!(bank.logins_of(1), 3);
+}
+
+/// Requests through a fresh clone each (no memo) read each account's token from the account's
+/// value in the map, a copy its cache keeps up to date: the copy must follow every renewal and
+/// withdrawal, and a dropped account's cache must not write over the account made after it.
+#[tokio::test(start_paused = true)]
+async fn the_map_follows_every_change_of_an_accounts_token_and_a_dropped_accounts_cache_cannot_overwrite_its_successor()
+ {
+    tower_authtoken::testing::follow_tokio_clock();
+    let bank = Bank::new(600 * S);
+    let accounts = renewing_on_time(&bank);
+    let client = ServiceBuilder::new()
+        .layer(layer(accounts.clone()))
+        .service(api(&bank));
+    let send = |account| {
+        client
+            .clone()
+            .oneshot(request(Some(account), "https://api.example/"))
+    };
+    let ok = |response: Response<String>| {
+        assert_eq!(response.status(), StatusCode::OK, "{}", response.body());
+        response.into_body()
+    };
+    assert_eq!(ok(send(1).await.unwrap()), "Bearer acct-1-1");
+
+    // A renewal (lead 60 s: due at 540 s), asked for by a request that still sends the old token.
+    tokio::time::sleep(545 * S).await;
+    assert_eq!(ok(send(1).await.unwrap()), "Bearer acct-1-1");
+    tokio::time::sleep(S).await;
+    assert_eq!(bank.logins_of(1), 2);
+    assert_eq!(ok(send(1).await.unwrap()), "Bearer acct-1-2");
+
+    // A withdrawal after a 401: no later request carries the rejected token.
+    bank.revoke(1);
+    assert_eq!(send(1).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(ok(send(1).await.unwrap()), "Bearer acct-1-3");
+
+    // A withdrawal at the deadline of an account nobody used: the next request waits for a
+    // login rather than sending the expired token.
+    tokio::time::sleep(700 * S).await;
+    assert_eq!(ok(send(1).await.unwrap()), "Bearer acct-1-4");
+
+    // The account is dropped and made again; its old cache, still held, logs in afresh. That
+    // token is the old cache's own: the new account's requests go on with theirs (which this
+    // bank, one live token per account, now rejects; the 401 renews the new account's).
+    let old = accounts.cache(&1).unwrap();
+    assert!(accounts.remove(&1));
+    assert_eq!(ok(send(1).await.unwrap()), "Bearer acct-1-5");
+    let stray = old.token().await.unwrap();
+    assert_eq!(stray.header_value(), "Bearer acct-1-6");
+    let response = send(1).await.unwrap();
+    assert_eq!(
+        response.body(),
+        "Bearer acct-1-5",
+        "the old cache's token reached the map"
+    );
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(ok(send(1).await.unwrap()), "Bearer acct-1-7");
+    assert_eq!(bank.logins_of(1), 7);
 }
 
 /// A keyed cache shared by runtimes: the runtime that made the first accounts (and runs the

@@ -68,6 +68,7 @@ impl Shared {
         if let Some(driver) = control.driver.take() {
             driver.join.abort();
         }
+        // Not mirrored: a retired account has left the account map (its caller took it out).
         self.slot.store(None);
         control.current = None;
         control.rejected = None;
@@ -85,7 +86,7 @@ impl Shared {
         if !due {
             return;
         }
-        self.slot.store(None);
+        self.set_slot(None);
         crate::metrics::token_withdrawn(&self.config.metrics);
         if let Some((_, plan)) = control.current.take() {
             match plan.renewal {
@@ -451,9 +452,7 @@ fn adopt(
     }
     control.stale_answer = false;
     let renewed = control.current.is_some();
-    shared
-        .slot
-        .store(Some(Arc::new(Entry::new(&token, &plan, now))));
+    shared.set_slot(Some(Arc::new(Entry::new(&token, &plan, now))));
     crate::metrics::token_served(&shared.config.metrics, plan.expires_at, renewed);
     control.last = Some((expires_at, token.lifetime()));
     control.current = Some((token.clone(), plan));

@@ -175,6 +175,9 @@ pub(crate) struct Shared {
     handles: AtomicUsize,
     /// For an account of a keyed cache: the sweep epoch of its last request.
     last_used: AtomicU32,
+    /// For an account of a keyed cache: told of every change of `slot`, so that the account
+    /// map holds the entry itself (see [`Mirror`]).
+    mirror: Option<Mirror>,
     /// Set when the last handle drops.
     closed: AtomicBool,
     source: SharedSource,
@@ -227,6 +230,12 @@ impl Entry {
         true
     }
 
+    /// The header and the token's identity, if the token may still be handed out.
+    #[inline]
+    pub(crate) fn serve(&self, shared: &Arc<Shared>) -> Option<(HeaderValue, u64)> {
+        self.admit(shared).then(|| (self.header.clone(), self.id))
+    }
+
     #[cold]
     #[inline(never)]
     fn poke(&self, shared: &Arc<Shared>) {
@@ -235,6 +244,14 @@ impl Entry {
         }
     }
 }
+
+/// Told, under the control lock, of every change of a keyed account's slot but its retirement
+/// (whose account leaves the map anyway), so that the account map can keep the entry in the
+/// account's own value: a request for that account then reads the map, under the map's guard,
+/// and no `ArcSwap`.
+///
+/// The calls come in the order of the changes, since each is made under the lock.
+pub(crate) type Mirror = Box<dyn Fn(&Shared, Option<&Arc<Entry>>) + Send + Sync>;
 
 /// The result of the latest fetch, and how many have completed.
 ///
@@ -406,6 +423,7 @@ impl TokenCache {
             Arc::new(source),
             Arc::new(TokenCacheBuilder::default_config()),
             LoginBudget::default(),
+            None,
         )
     }
 
@@ -417,7 +435,12 @@ impl TokenCache {
         }
     }
 
-    fn from_config(source: SharedSource, config: Arc<Config>, budget: LoginBudget) -> TokenCache {
+    fn from_config(
+        source: SharedSource,
+        config: Arc<Config>,
+        budget: LoginBudget,
+        mirror: Option<Mirror>,
+    ) -> TokenCache {
         let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::new(Shared {
             key,
@@ -427,6 +450,7 @@ impl TokenCache {
             published: Notify::new(),
             handles: AtomicUsize::new(1),
             last_used: AtomicU32::new(0),
+            mirror,
             closed: AtomicBool::new(false),
             source,
             config,
@@ -493,12 +517,6 @@ impl TokenCache {
     }
 
     /// The key that finds this cache in the registry.
-    /// The hot path's view of this cache without a per-clone `arc_swap::Cache`: what a
-    /// [keyed cache](crate::KeyedTokenCache) keeps per account.
-    pub(crate) fn direct_reader(&self) -> DirectReader {
-        DirectReader(Arc::clone(self.shared()))
-    }
-
     pub(crate) fn key(&self) -> u64 {
         self.shared().key
     }
@@ -554,6 +572,15 @@ enum Waited {
 }
 
 impl Shared {
+    /// Puts `entry` in the slot, and tells the mirror (keyed accounts). Called with the control
+    /// lock held, so that the changes reach the mirror in order.
+    fn set_slot(&self, entry: Option<Arc<Entry>>) {
+        if let Some(mirror) = &self.mirror {
+            mirror(self, entry.as_ref());
+        }
+        self.slot.store(entry);
+    }
+
     /// When the login budgets allow the next login.
     fn budget_ready_at(&self, now: Instant) -> Instant {
         let own = self.budget.ready_at(now);
@@ -746,7 +773,7 @@ impl Shared {
             );
             return;
         }
-        self.slot.store(None);
+        self.set_slot(None);
         control.rejected = control.current.take().map(|(token, _)| token);
         control.due_at = None;
         self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
@@ -841,45 +868,42 @@ impl SlotReader {
         self.shared.key
     }
 
-    /// As [`DirectReader::mark_used`].
+    /// As [`TokenCache::mark_used`].
     #[inline]
     pub(crate) fn mark_used(&self, epoch: u32) {
         mark_used(&self.shared, epoch);
     }
 }
 
-/// Reads the slot with a plain `ArcSwap` load: for readers that cannot keep a cache per clone.
-pub(crate) struct DirectReader(Arc<Shared>);
-
-impl DirectReader {
+/// What a [keyed cache](crate::KeyedTokenCache) needs of each account's cache.
+impl TokenCache {
+    /// The current token's header and identity, from `entry` (the account map's copy of the
+    /// slot), unless it is past its deadline.
     #[inline]
-    pub(crate) fn current(&self) -> Option<(HeaderValue, u64)> {
-        let guard = self.0.slot.load();
-        let entry = guard.as_deref()?;
-        entry
-            .admit(&self.0)
-            .then(|| (entry.header.clone(), entry.id))
+    pub(crate) fn serve(&self, entry: Option<&Arc<Entry>>) -> Option<(HeaderValue, u64)> {
+        entry?.serve(&self.shared)
     }
 
-    #[inline]
-    pub(crate) fn cache_key(&self) -> u64 {
-        self.0.key
+    /// Whether `shared` is this cache's state: a [`Mirror`] checks that the account it updates
+    /// is still the one whose slot changed.
+    pub(crate) fn is(&self, shared: &Shared) -> bool {
+        std::ptr::eq(Arc::as_ptr(&self.shared), shared)
     }
 
     /// See [`Shared::retire`].
     pub(crate) fn retire(&self) {
-        self.0.retire();
+        self.shared.retire();
     }
 
-    /// The sweep epoch of the account's last request (keyed caches).
+    /// The sweep epoch of the account's last request.
     pub(crate) fn last_used(&self) -> u32 {
-        self.0.last_used.load(Ordering::Relaxed)
+        self.shared.last_used.load(Ordering::Relaxed)
     }
 
     /// Records a request in sweep epoch `epoch`; writes only when the epoch changed.
     #[inline]
     pub(crate) fn mark_used(&self, epoch: u32) {
-        mark_used(&self.0, epoch);
+        mark_used(&self.shared, epoch);
     }
 }
 
@@ -1063,6 +1087,7 @@ impl TokenCacheBuilder {
             self.source,
             Arc::new(self.config),
             budget,
+            None,
         ))
     }
 
@@ -1094,9 +1119,13 @@ impl TokenCacheBuilder {
 
     /// One account's cache: `source` with the shared `config`, and a login budget of its own
     /// with the configured burst and interval.
-    pub(crate) fn build_account(source: SharedSource, config: &Arc<Config>) -> TokenCache {
+    pub(crate) fn build_account(
+        source: SharedSource,
+        config: &Arc<Config>,
+        mirror: Mirror,
+    ) -> TokenCache {
         let budget = LoginBudget::new(config.budget.burst(), config.budget.interval());
-        TokenCache::from_config(source, Arc::clone(config), budget)
+        TokenCache::from_config(source, Arc::clone(config), budget, Some(mirror))
     }
 
     fn check(&self) -> Result<(), &'static str> {

@@ -51,13 +51,14 @@
 //!
 //! # The hot path
 //!
-//! A warm request does one lookup in a concurrent hash map ([`papaya`], lock-free reads), one
-//! `ArcSwap` load and one deadline check on the coarse clock, and marks the account used when it
-//! was not already in the current quarter of the idle timeout. Nothing is allocated and nothing
-//! is locked. A service that sends a run of requests for one account (two in a row start it)
-//! reads that account without the map, through a per-clone `arc_swap::Cache` as a single
-//! [`BearerAuth`](crate::BearerAuth) does, until a request names another account; clones start
-//! without one.
+//! A warm request does one lookup in a concurrent hash map ([`papaya`], lock-free reads) and one
+//! deadline check on the coarse clock, and marks the account used when it was not already in
+//! the current quarter of the idle timeout. The account's value in the map holds its current
+//! token itself: each renewal or withdrawal replaces that value, and the map frees the old one
+//! once no reader can see it. Nothing is allocated and nothing is locked. A service that sends
+//! a run of requests for one account (two in a row start it) reads that account without the
+//! map, through a per-clone `arc_swap::Cache` as a single [`BearerAuth`](crate::BearerAuth)
+//! does, until a request names another account; clones start without one.
 
 mod layer;
 
@@ -70,7 +71,7 @@ use std::time::Duration;
 use foldhash::fast::RandomState;
 use http::HeaderValue;
 
-use crate::cache::{Config, DirectReader};
+use crate::cache::{Config, Entry, Mirror};
 use crate::error::BoxError;
 use crate::source::SharedSource;
 use crate::{Error, ErrorKind, LoginBudget, Token, TokenCache, TokenCacheBuilder, TokenSource};
@@ -165,23 +166,27 @@ struct KeyedCounters {
     dropped_full: AtomicU64,
 }
 
-/// One account: its cache, and the hot path's view of it (which also records when it was last
-/// used).
+/// One account: its cache, and a copy of its cache's slot for the hot path.
+///
+/// The copy is kept by the cache's [`Mirror`] ([`mirror`]): every change of the slot replaces
+/// this value in the map with one holding the new entry, and the map frees the old value once
+/// no reader can see it. A request for the account thus reads its token under the map's own
+/// guard: one lookup, then the entry, with no `ArcSwap` load and no hop through the cache.
 pub(crate) struct Account {
     cache: TokenCache,
-    reader: DirectReader,
+    entry: Option<Arc<Entry>>,
 }
 
 impl Account {
     /// The token's header and identity, if one may be sent now.
     #[inline]
     pub(crate) fn current(&self) -> Option<(HeaderValue, u64)> {
-        self.reader.current()
+        self.cache.serve(self.entry.as_ref())
     }
 
     #[inline]
     pub(crate) fn cache_key(&self) -> u64 {
-        self.reader.cache_key()
+        self.cache.key()
     }
 
     pub(crate) fn cache(&self) -> &TokenCache {
@@ -251,13 +256,12 @@ where
     /// service and zeroed. Whether there was one.
     pub fn remove(&self, key: &K) -> bool {
         let accounts = self.inner.accounts.pin();
-        match accounts.remove(key) {
-            Some(account) => {
-                account.reader.retire();
-                true
-            }
-            None => false,
-        }
+        let Some(account) = accounts.remove(key) else {
+            return false;
+        };
+        account.cache.retire();
+        flush(&self.inner.accounts);
+        true
     }
 
     /// The number of accounts held now.
@@ -319,7 +323,7 @@ where
         {
             let accounts = self.accounts.pin();
             if let Some(account) = accounts.get(key) {
-                account.reader.mark_used(epoch);
+                account.cache.mark_used(epoch);
                 return Ok(f(account));
             }
         }
@@ -352,10 +356,10 @@ where
         if accounts.len() >= self.max_accounts {
             self.evict_least_recent(&accounts);
         }
-        let cache = TokenCacheBuilder::build_account(source, &self.config);
-        let reader = cache.direct_reader();
-        reader.mark_used(self.epoch.load(Ordering::Relaxed));
-        let account = Account { reader, cache };
+        let mirror = mirror(Arc::downgrade(self), key.clone());
+        let cache = TokenCacheBuilder::build_account(source, &self.config, mirror);
+        cache.mark_used(self.epoch.load(Ordering::Relaxed));
+        let account = Account { cache, entry: None };
         self.counters.created.fetch_add(1, Ordering::Relaxed);
         let inserted = accounts.get_or_insert(key.clone(), account);
         let result = f(inserted);
@@ -371,7 +375,7 @@ where
     ) {
         let mut ages: Vec<(u32, &K)> = accounts
             .iter()
-            .map(|(key, account)| (account.reader.last_used(), key))
+            .map(|(key, account)| (account.cache.last_used(), key))
             .collect();
         let count = (ages.len() / EVICT_DIVISOR).max(1).min(ages.len());
         if count == 0 {
@@ -384,10 +388,11 @@ where
         });
         for (_, key) in &ages[..count] {
             if let Some(account) = accounts.remove(*key) {
-                account.reader.retire();
+                account.cache.retire();
                 self.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
             }
         }
+        flush(&self.accounts);
         tracing::info!(
             dropped = count,
             max_accounts = self.max_accounts,
@@ -398,24 +403,67 @@ where
     /// Drops the accounts not used for the idle timeout, and starts the next epoch.
     fn sweep(&self) {
         let epoch = self.epoch.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        let idle =
+            |account: &Account| epoch.wrapping_sub(account.cache.last_used()) > SWEEPS_PER_TIMEOUT;
         let accounts = self.accounts.pin();
+        let idle_keys: Vec<K> = accounts
+            .iter()
+            .filter(|(_, account)| idle(account))
+            .map(|(key, _)| key.clone())
+            .collect();
         let mut dropped = 0u64;
-        accounts.retain(|_, account| {
-            let idle_for = epoch.wrapping_sub(account.reader.last_used());
-            let keep = idle_for <= SWEEPS_PER_TIMEOUT;
-            if !keep {
-                account.reader.retire();
+        for key in &idle_keys {
+            // Still idle when taken out: a request may have come since.
+            if let Ok(Some((_, account))) = accounts.remove_if(key, |_, account| idle(account)) {
+                account.cache.retire();
                 dropped += 1;
             }
-            keep
-        });
+        }
         if dropped > 0 {
+            flush(&self.accounts);
             self.counters
                 .dropped_idle
                 .fetch_add(dropped, Ordering::Relaxed);
             tracing::debug!(dropped, "dropped idle accounts");
         }
     }
+}
+
+/// The [`Mirror`] of the account `key`: puts each new entry of its cache's slot in the
+/// account's value in the map, if the value there is still that cache's (the account may have
+/// been dropped, or dropped and made again, since).
+fn mirror<K>(keyed: Weak<Keyed<K>>, key: K) -> Mirror
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    Box::new(move |shared, entry| {
+        let Some(keyed) = keyed.upgrade() else {
+            return;
+        };
+        let accounts = keyed.accounts.pin();
+        let replaced = accounts.compute(key.clone(), |found| match found {
+            Some((_, account)) if account.cache.is(shared) => papaya::Operation::Insert(Account {
+                cache: account.cache.clone(),
+                entry: entry.cloned(),
+            }),
+            _ => papaya::Operation::Abort(()),
+        });
+        if let papaya::Compute::Updated { old: (_, old), .. } = replaced
+            && old.entry.is_some()
+        {
+            flush(&keyed.accounts);
+        }
+    })
+}
+
+/// How many values taken out of the map a thread collects before reclaiming them.
+const RECLAIM_BATCH: usize = 256;
+
+/// Starts reclaiming the values taken out of the map so far on this thread, rather than when
+/// their batch is full: for values that held a token, so that it is zeroed once no reader can
+/// see it.
+fn flush<K>(accounts: &papaya::HashMap<K, Account, RandomState>) {
+    papaya::Guard::flush(&accounts.guard());
 }
 
 impl<K> Drop for Keyed<K> {
@@ -546,11 +594,14 @@ where
         let config = template.account_config(&self.shared_budget, self.spread);
         Ok(KeyedTokenCache {
             inner: Arc::new(Keyed {
-                // Reclaim a dropped account at once rather than in batches: its memory and
-                // its source go with it, not some evictions later.
+                // Values are reclaimed in batches (seize's default size): each reclamation
+                // costs a process-wide memory barrier (`membarrier`), which 100,000 first
+                // logins at once must not pay one by one. A value that held a token, or a
+                // dropped account, starts its batch's reclamation at once ([`flush`]), so that
+                // its token is zeroed without waiting for others to fill the batch.
                 accounts: papaya::HashMap::builder()
                     .hasher(RandomState::default())
-                    .collector(seize::Collector::new().batch_size(1))
+                    .collector(seize::Collector::new().batch_size(RECLAIM_BATCH))
                     .build(),
                 factory: self.factory,
                 config,
