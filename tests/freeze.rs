@@ -1,10 +1,12 @@
 //! Freezes longer than a token's life, in real time: no request may carry an expired token
 //! afterwards, and none may fail.
 //!
-//! - A child process (`examples/freeze_child.rs`, which `cargo test` builds) sends a steady
+//! - A child process (`examples/freeze_child.rs`, which `cargo test` builds; `cargo test --test
+//!   freeze` alone does not rebuild it: `cargo build --example freeze_child`) sends a steady
 //!   stream of requests through `BearerAuthLayer`; the test stops it with `SIGSTOP`, resumes it
 //!   with `SIGCONT`, and lets it run on. One child runs a current-thread runtime, one a
-//!   multi-thread runtime.
+//!   multi-thread runtime; two more do the same through `KeyedBearerAuthLayer` for four
+//!   accounts (through the account map and the service's memo alike).
 //! - `std::thread::sleep` blocks a current-thread runtime in this process, from the task that
 //!   sends the requests or from another task.
 //! - A login whose answer arrives while the runtime stands still: the token is spent on arrival.
@@ -39,13 +41,22 @@ const FREEZE: Duration = Duration::from_millis(2500);
 const PACE: Duration = Duration::from_millis(10);
 /// The longest any one request may take before the test calls the client stuck.
 const STUCK: Duration = Duration::from_secs(5);
+/// The accounts of the keyed children: the users `frozen-0` ... `frozen-3`.
+const ACCOUNTS: u32 = 4;
 
 fn server() -> BackgroundServer {
-    BackgroundServer::start(
+    let server = BackgroundServer::start(
         ReferenceServer::builder()
             .user("frozen", "frozen-password")
             .token_lifetime(LIFETIME),
-    )
+    );
+    for account in 0..ACCOUNTS {
+        server.add_user(
+            &format!("frozen-{account}"),
+            &format!("frozen-password-{account}"),
+        );
+    }
+    server
 }
 
 fn current_thread() -> tokio::runtime::Runtime {
@@ -124,10 +135,18 @@ struct Child {
 }
 
 impl Child {
-    fn spawn(server: &ReferenceServer, flavor: &'static str) -> Child {
+    /// A child on a runtime of `flavor`; as `ACCOUNTS` accounts through a keyed cache when
+    /// `keyed`.
+    fn spawn(server: &ReferenceServer, name: &'static str, flavor: &str, keyed: bool) -> Child {
+        let accounts = ACCOUNTS.to_string();
+        let keyed_args: &[&str] = match keyed {
+            true => &["--accounts", &accounts],
+            false => &[],
+        };
         let mut process = Command::new(child_binary())
             .args(["--base-url", &server.base_url(), "--user", "frozen"])
             .args(["--flavor", flavor, "--pause-ms", "50"])
+            .args(keyed_args)
             .env("FREEZE_CHILD_PASSWORD", "frozen-password")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -145,7 +164,7 @@ impl Child {
             }
         });
         Child {
-            name: flavor,
+            name,
             process,
             lines,
             results: Vec::new(),
@@ -221,8 +240,10 @@ impl Drop for Child {
 fn a_process_frozen_with_sigstop_longer_than_a_token_life_sends_no_expired_token() {
     let server = server();
     let mut children = [
-        Child::spawn(&server, "current-thread"),
-        Child::spawn(&server, "multi-thread"),
+        Child::spawn(&server, "current-thread", "current-thread", false),
+        Child::spawn(&server, "multi-thread", "multi-thread", false),
+        Child::spawn(&server, "keyed, current-thread", "current-thread", true),
+        Child::spawn(&server, "keyed, multi-thread", "multi-thread", true),
     ];
     for child in &mut children {
         child.read_line(STUCK);

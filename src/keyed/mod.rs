@@ -46,8 +46,11 @@
 //! sends an expired token), and a login runs on a live runtime of a caller that needs it. A
 //! keyed cache can outlive the runtime that made its accounts: their parked drivers need none,
 //! and the sweeper starts again on the runtime that makes the next account
-//! (`tests/keyed.rs`, `a_keyed_cache_outlives_the_runtime_that_made_its_accounts`). Freezes
-//! (`SIGSTOP`) are tested on single caches (`tests/freeze.rs`), not on keyed ones.
+//! (`tests/keyed.rs`, `a_keyed_cache_outlives_the_runtime_that_made_its_accounts`). A process
+//! frozen with `SIGSTOP` for longer than a token's life sends no expired token for any account
+//! afterwards, through the map or a service's memo, on a current-thread or a multi-thread
+//! runtime (`tests/freeze.rs`): an account's driver is usually parked by then, so the
+//! request's own deadline check is what refuses it.
 //!
 //! # The hot path
 //!
