@@ -676,3 +676,67 @@ fn a_replaced_token_is_released_once_every_clone_that_used_it_has_moved_on() {
         drop((service, first_clone));
     });
 }
+
+/// The token of account `n` of the keyed test: holds [`TOKEN`], so the scan looks for it.
+struct AccountLogin(u32);
+
+impl TokenSource for AccountLogin {
+    async fn fetch(&self) -> Result<Token, tower_authtoken::Error> {
+        // Wiped on drop: the test's own copy is not what the scan is after.
+        let value = zeroize::Zeroizing::new(format!("{TOKEN}-{}", self.0));
+        Token::new(value.as_str(), Duration::from_secs(3600))
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "names who freed a block from backtraces, which need the debug profile's frames"
+)]
+fn a_keyed_caches_renewed_and_dropped_accounts_free_no_block_of_ours_with_their_tokens() {
+    use tower::{Layer, Service, ServiceExt};
+    use tower_authtoken::{KeyedBearerAuthLayer, KeyedTokenCache};
+
+    let _alone = alone();
+    let ((), hits) = scanned(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let accounts = KeyedTokenCache::builder(|n: &u32| {
+                Ok::<_, tower_authtoken::Error>(AccountLogin(*n))
+            })
+            .build()
+            .unwrap();
+            let api = tower::service_fn(|req: http::Request<()>| async move {
+                let sent = req.headers().contains_key(http::header::AUTHORIZATION);
+                Ok::<_, std::convert::Infallible>(http::Response::new(sent))
+            });
+            let mut client = KeyedBearerAuthLayer::new(accounts.clone()).layer(api);
+            let request = |n: u32| {
+                let mut request = http::Request::new(());
+                request.extensions_mut().insert(n);
+                request
+            };
+            // Through the map (fresh clones) and through a service's memo (a run of three).
+            for n in [1, 2, 1, 2] {
+                assert!(*client.clone().oneshot(request(n)).await.unwrap().body());
+            }
+            for _ in 0..3 {
+                let response = client.ready().await.unwrap().call(request(1)).await;
+                assert!(*response.unwrap().body());
+            }
+            // A renewal replaces account 1's value in the map; account 2 is dropped.
+            let cache = accounts.cache(&1).unwrap();
+            cache.invalidate(&cache.current().unwrap());
+            assert!(*client.clone().oneshot(request(1)).await.unwrap().body());
+            assert_eq!(cache.stats().fetches, 2);
+            assert!(accounts.remove(&2));
+            drop((cache, client, accounts));
+        });
+        drop(runtime);
+    });
+    // `format!` in the test's source frees partial copies as it grows its string: test code.
+    assert_none_of_ours(&hits);
+}
