@@ -11,7 +11,8 @@
 //!   both variants are counted too. `KEYED_SHAPE=shuffled` (or `one`, `8`) runs one shape.
 //! - `keyed/scale`: 100,000 accounts made and warmed (their logins answered at once by an
 //!   in-process source), the memory each holds while idle, the process's CPU time over 10 s of
-//!   idleness, the tasks alive, and what is left after the keyed cache is dropped.
+//!   idleness, the tasks alive, and what is left after the keyed cache is dropped; and the time
+//!   to make one `AuthTokenSource`, which a platform's factory pays per account.
 //!
 //! `cargo bench --bench keyed` runs both; `-- hot_path` or `-- scale` one of them;
 //! `cargo test --bench keyed` a quick smoke run of both.
@@ -28,7 +29,8 @@ use http::{HeaderValue, Request, Response};
 use tokio::runtime::Runtime;
 use tower::{Layer, Service, ServiceExt};
 use tower_authtoken::{
-    Error, KeyedBearerAuth, KeyedBearerAuthLayer, KeyedTokenCache, LoginBudget, Token, TokenSource,
+    AuthTokenSource, Credentials, Error, KeyedBearerAuth, KeyedBearerAuthLayer, KeyedTokenCache,
+    LoginBudget, Token, TokenSource,
 };
 use tower_http::auth::AddAuthorization;
 
@@ -439,6 +441,24 @@ fn process_cpu() -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
+/// The time to make the first `AuthTokenSource` (which builds the client every source without
+/// one of its own shares), and then one more, averaged over `n`: what a platform's factory pays
+/// for each new account.
+fn source_cost(n: u32) -> (Duration, Duration) {
+    let source = |i: u32| {
+        let credentials = Credentials::new(format!("agency-{i}"), "password");
+        AuthTokenSource::new("https://api.example.com/v1", credentials).expect("a source")
+    };
+    let start = Instant::now();
+    let first = source(0);
+    let first_took = start.elapsed();
+    let start = Instant::now();
+    let sources: Vec<AuthTokenSource> = (1..=n).map(source).collect();
+    let each = start.elapsed() / n;
+    drop((first, sources));
+    (first_took, each)
+}
+
 fn scale(mode: RoundsMode) {
     let (n, idle) = match mode {
         RoundsMode::Smoke => (1_000u32, Duration::from_millis(200)),
@@ -478,8 +498,14 @@ fn scale(mode: RoundsMode) {
     COUNTING.store(false, Ordering::Relaxed);
     let tasks_after = metrics.num_alive_tasks();
 
+    let (first_source, source) = source_cost(1_000);
     println!();
     println!("keyed/scale: {n} accounts, each warm with its own one-hour token");
+    println!(
+        "  an AuthTokenSource made in   {:>10.1} µs (over 1,000; the first, {:.1} ms)",
+        source.as_secs_f64() * 1e6,
+        first_source.as_secs_f64() * 1e3
+    );
     println!(
         "  made and warm in            {:>10.3} s",
         made_in.as_secs_f64()

@@ -541,6 +541,21 @@ pub(crate) fn reqwest_service(client: reqwest::Client) -> ErasedLogin {
 /// connection.
 #[cfg(feature = "reqwest")]
 fn default_service() -> Result<ErasedLogin, Error> {
+    Ok(reqwest_service(default_client()?.clone()))
+}
+
+/// The one reqwest client of the process, shared by every source without a client of its own.
+///
+/// Building a reqwest client loads its TLS roots, about 5 ms of CPU here: paid once per source,
+/// a platform with thousands of accounts (a source each) would spend seconds making them. It
+/// can be shared because it keeps no idle connection, so nothing in it belongs to a runtime: each
+/// login opens its connection on the runtime that runs it.
+#[cfg(feature = "reqwest")]
+fn default_client() -> Result<&'static reqwest::Client, Error> {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    if let Some(client) = CLIENT.get() {
+        return Ok(client);
+    }
     // HTTP/1.1 only: a login is one small request, and h2 would copy a body under 256 bytes
     // (ours, with the secret) into its connection's write buffer, unwiped.
     // No idle connections kept: a login happens once per token life, and a pooled connection is
@@ -552,7 +567,7 @@ fn default_service() -> Result<ErasedLogin, Error> {
         .pool_max_idle_per_host(0)
         .build()
         .map_err(|e| Error::config("could not build the HTTP client").with_source(e))?;
-    Ok(reqwest_service(client))
+    Ok(CLIENT.get_or_init(|| client))
 }
 
 /// Without the `reqwest` feature there is no client of our own: the builders' constructors take
@@ -1222,9 +1237,11 @@ impl AuthTokenSourceBuilder {
     /// Uses your own `reqwest::Client`, for example to share its connection pool or to configure
     /// a proxy or extra root certificates.
     ///
-    /// Default: a client of our own that follows no redirects (a redirect of a login could carry
-    /// the password elsewhere; it fails with [`ErrorKind::Config`] naming the `Location`
-    /// instead), speaks HTTP/1.1 only (over HTTP/2, the `h2` crate copies small request bodies,
+    /// Default: a client of our own, one per process shared by every source without a client of
+    /// its own (so that making a source costs microseconds, not the milliseconds of loading TLS
+    /// roots: a keyed cache makes one per account). It follows no redirects (a redirect of a
+    /// login could carry the password elsewhere; it fails with [`ErrorKind::Config`] naming the
+    /// `Location` instead), speaks HTTP/1.1 only (over HTTP/2, the `h2` crate copies small request bodies,
     /// the password among them, into its connection's write buffer, which is never wiped), and
     /// keeps no idle connection (a pooled connection is driven by the runtime that opened it, and
     /// a login from another runtime could wait on it while that one sits idle). With your
@@ -1365,6 +1382,17 @@ mod tests {
 
     fn url_of(base: &str) -> Result<String, Error> {
         login_url(base, DEFAULT_LOGIN_PATH, false).map(|u| u.to_string())
+    }
+
+    #[cfg(feature = "reqwest")]
+    #[test]
+    fn sources_without_a_client_of_their_own_share_one() {
+        let first = default_client().unwrap();
+        let second = default_client().unwrap();
+        assert!(
+            std::ptr::eq(first, second),
+            "a reqwest client built per source"
+        );
     }
 
     #[test]

