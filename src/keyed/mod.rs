@@ -466,7 +466,8 @@ const RECLAIM_BATCH: usize = 256;
 
 /// Starts reclaiming the values taken out of the map so far on this thread, rather than when
 /// their batch is full: for values that held a token, so that it is zeroed once no reader can
-/// see it.
+/// see it. (seize needs a value in the batch for each thread inside a guard at that moment; if
+/// another thread is mid-lookup then, the batch waits for this thread's next retirement.)
 fn flush<K>(accounts: &papaya::HashMap<K, Account, RandomState>) {
     papaya::Guard::flush(&accounts.guard());
 }
