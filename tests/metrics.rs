@@ -7,14 +7,14 @@
 //! The recorder's snapshot drains what it reports (counters and gauges read as zero afterwards),
 //! so each test reads its metrics once, at the end.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Empty;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use tower::{BoxError, Layer, ServiceExt, service_fn};
 use tower_authtoken::metrics as names;
@@ -99,27 +99,6 @@ impl Recorded {
 const OK: (&str, &str) = ("outcome", "ok");
 const ERROR: (&str, &str) = ("outcome", "error");
 const DEFAULT: (&str, &str) = ("cache", "default");
-
-/// hyper-util's client, reading each body to its end.
-fn transport() -> impl tower::Service<
-    Request<Empty<Bytes>>,
-    Response = Response<Bytes>,
-    Error = BoxError,
-    Future = impl Future<Output = Result<Response<Bytes>, BoxError>> + Send,
-> + Clone
-+ Send
-+ 'static {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    service_fn(move |request: Request<Empty<Bytes>>| {
-        let client = client.clone();
-        async move {
-            let response = client.request(request).await?;
-            let (parts, body) = response.into_parts();
-            let body = body.collect().await?.to_bytes();
-            Ok::<_, BoxError>(Response::from_parts(parts, body))
-        }
-    })
-}
 
 fn get(url: &str) -> Request<Empty<Bytes>> {
     Request::get(url).body(Empty::new()).unwrap()
@@ -213,7 +192,7 @@ async fn revoked_token_via_the_layer_counts_one_honoured_and_one_stale_invalidat
 
     let server = ReferenceServer::start().await;
     let cache = cache_for(&server);
-    let client = BearerAuthLayer::new(cache.clone()).layer(transport());
+    let client = BearerAuthLayer::new(cache.clone()).layer(support::reading_client());
     let url = server.protected_url();
     let warm = client.clone().oneshot(get(&url)).await.unwrap();
     assert_eq!(warm.status(), StatusCode::OK);
@@ -249,7 +228,7 @@ async fn api_rejecting_every_token_shows_the_ignored_invalidations() {
 
     let server = ReferenceServer::start().await;
     let cache = cache_for(&server);
-    let client = BearerAuthLayer::new(cache.clone()).layer(transport());
+    let client = BearerAuthLayer::new(cache.clone()).layer(support::reading_client());
     let url = server.protected_url();
     server.set_reject_all_tokens(true);
     let mut rejected = 0;
@@ -431,7 +410,7 @@ async fn labels_never_carry_the_password_the_token_or_the_user_name() {
     let cache = TokenCache::new(source.unwrap());
     // Every metric once: logins that work and fail, renewals, a withdrawal, invalidations,
     // a refusal and a backoff answer.
-    let client = BearerAuthLayer::new(cache.clone()).layer(transport());
+    let client = BearerAuthLayer::new(cache.clone()).layer(support::reading_client());
     let url = server.protected_url();
     client.clone().oneshot(get(&url)).await.unwrap();
     tokio::time::sleep(Duration::from_secs(20)).await;

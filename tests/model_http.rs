@@ -42,17 +42,16 @@
 #[allow(dead_code)]
 #[path = "model/harness.rs"]
 mod harness;
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::{Request, StatusCode};
+use http_body_util::Empty;
 use tokio::time::{Instant, sleep, sleep_until};
-use tower::{BoxError, Layer, Service, ServiceBuilder, service_fn};
+use tower::{Layer, ServiceBuilder};
 use tower_authtoken::testing::{
     Outage, ReferenceServer, ReferenceServerBuilder, Rejection, TokenPolicy,
 };
@@ -158,28 +157,6 @@ impl Oracle for ServerOracle {
     }
 }
 
-/// hyper-util's client, reading each body to its end so that the connection goes back to the
-/// pool.
-fn transport() -> impl Service<
-    Request<Empty<Bytes>>,
-    Response = Response<Bytes>,
-    Error = BoxError,
-    Future = impl Future<Output = Result<Response<Bytes>, BoxError>> + Send,
-> + Clone
-+ Send
-+ 'static {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    service_fn(move |request: Request<Empty<Bytes>>| {
-        let client = client.clone();
-        async move {
-            let response = client.request(request).await?;
-            let (parts, body) = response.into_parts();
-            let body = body.collect().await?.to_bytes();
-            Ok::<_, BoxError>(Response::from_parts(parts, body))
-        }
-    })
-}
-
 /// Runs `traffic` through `BearerAuthLayer` (the cache's defaults over the real login client)
 /// and hyper-util's client, to the server's protected endpoint; with `retry_on_unauthorized` if
 /// `replay`.
@@ -198,7 +175,7 @@ async fn run(
     let probe = Probe::new(Arc::new(ServerOracle(Arc::clone(server))));
     let api = ServiceBuilder::new()
         .layer(probe.clone())
-        .service(transport());
+        .service(support::reading_client());
     let layer = BearerAuthLayer::new(cache);
     let url = server.protected_url();
     let request = move || {
@@ -899,7 +876,7 @@ async fn http_harness_counts_sends_with_a_token_the_server_would_reject() {
     let api = ServiceBuilder::new()
         .layer(fixed)
         .layer(probe.clone())
-        .service(transport());
+        .service(support::reading_client());
     server.schedule_revocation(Instant::now() + 100 * SECOND);
     let url = server.protected_url();
     let start = Instant::now();

@@ -232,6 +232,31 @@ pub fn http_client(pooled: bool) -> HttpClient {
     builder.build_http()
 }
 
+/// hyper-util's client as a Tower service that reads each body to its end (so that the
+/// connection goes back to the pool) and answers with the whole body.
+pub fn reading_client() -> impl tower::Service<
+    http::Request<http_body_util::Empty<bytes::Bytes>>,
+    Response = http::Response<bytes::Bytes>,
+    Error = tower::BoxError,
+    Future = impl Future<Output = Result<http::Response<bytes::Bytes>, tower::BoxError>> + Send,
+> + Clone
++ Send
++ 'static {
+    use http_body_util::BodyExt;
+    let client = http_client(true);
+    tower::service_fn(
+        move |request: http::Request<http_body_util::Empty<bytes::Bytes>>| {
+            let client = client.clone();
+            async move {
+                let response = client.request(request).await?;
+                let (parts, body) = response.into_parts();
+                let body = body.collect().await?.to_bytes();
+                Ok::<_, tower::BoxError>(http::Response::from_parts(parts, body))
+            }
+        },
+    )
+}
+
 /// An `AuthTokenSource` for `server` whose reqwest client opens a connection per login, for
 /// caches shared by several runtimes (see [`http_client`] for why).
 pub fn unpooled_source(
