@@ -203,24 +203,13 @@ pub async fn run_accounts(args: Args) -> Result<AccountsReport, BoxError> {
                         .insert(Agency(fastrand::u32(..accounts_n)));
                     let begin = Instant::now();
                     counters.sent.fetch_add(1, Ordering::Relaxed);
-                    let result = async {
-                        let response = service.ready().await?.call(request).await?;
-                        let status = response.status();
-                        response.into_body().collect().await?;
-                        Ok::<_, BoxError>(status)
-                    }
-                    .await;
+                    let result = exchange(&mut service, request).await;
                     latencies
                         .lock()
                         .unwrap()
                         .record(micros(begin.elapsed()))
                         .ok();
-                    match result {
-                        Ok(StatusCode::UNAUTHORIZED) => &counters.rejected,
-                        Ok(status) if status.is_success() => &counters.ok,
-                        Ok(_) | Err(_) => &counters.errors,
-                    }
-                    .fetch_add(1, Ordering::Relaxed);
+                    counters.count(result);
                 }
             })
         })
@@ -425,6 +414,49 @@ struct Counters {
     errors: AtomicU64,
 }
 
+impl Counters {
+    /// Counts the outcome of one request: ok, rejected upstream (a `401`), or an error (any
+    /// other status, or a failure), which is logged.
+    fn count(&self, result: Result<StatusCode, BoxError>) {
+        match result {
+            Ok(StatusCode::UNAUTHORIZED) => &self.rejected,
+            Ok(status) if status.is_success() => &self.ok,
+            Ok(status) => {
+                tracing::warn!(%status, "unexpected status");
+                &self.errors
+            }
+            Err(error) => {
+                tracing::warn!(%error, "request failed");
+                &self.errors
+            }
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Sends `request` through `service` and reads the whole response: its status.
+async fn exchange<S, B>(
+    service: &mut S,
+    request: Request<Empty<Bytes>>,
+) -> Result<StatusCode, BoxError>
+where
+    S: Service<Request<Empty<Bytes>>, Response = http::Response<B>>,
+    S::Error: Into<BoxError>,
+    B: http_body::Body,
+    B::Error: Into<BoxError>,
+{
+    let response = service
+        .ready()
+        .await
+        .map_err(Into::into)?
+        .call(request)
+        .await
+        .map_err(Into::into)?;
+    let status = response.status();
+    response.into_body().collect().await.map_err(Into::into)?;
+    Ok(status)
+}
+
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
@@ -509,27 +541,9 @@ pub async fn run(args: Args) -> Result<Report, BoxError> {
                         .expect("a valid request");
                     let begin = Instant::now();
                     counters.sent.fetch_add(1, Ordering::Relaxed);
-                    let result = async {
-                        let response = service.ready().await?.call(request).await?;
-                        let status = response.status();
-                        response.into_body().collect().await?;
-                        Ok::<_, BoxError>(status)
-                    }
-                    .await;
+                    let result = exchange(&mut service, request).await;
                     let latency = begin.elapsed();
-                    match result {
-                        Ok(StatusCode::UNAUTHORIZED) => &counters.rejected,
-                        Ok(status) if status.is_success() => &counters.ok,
-                        Ok(status) => {
-                            tracing::warn!(%status, "unexpected status");
-                            &counters.errors
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, "request failed");
-                            &counters.errors
-                        }
-                    }
-                    .fetch_add(1, Ordering::Relaxed);
+                    counters.count(result);
                     interval.lock().unwrap().record(micros(latency)).ok();
                     samples.push(Sample {
                         start: begin - origin,
