@@ -221,8 +221,9 @@ pub struct KeyedBearerAuth<S, K, A = FromExtension, P = NoReplay> {
     /// The account this service sent a run of requests for, read without the map while the
     /// run lasts.
     memo: Option<Memo<K>>,
-    /// The address of the account of the previous request: two in a row start a memo.
-    previous: usize,
+    /// The cache key of the account of the previous request (0: none): two in a row start a
+    /// memo. Not the account's address in the map, which changes at each of its renewals.
+    previous: u64,
     _key: PhantomData<fn() -> K>,
 }
 
@@ -334,11 +335,11 @@ where
                 {
                     return Err(refuse_insecure(host, account.cache()));
                 }
-                let address = std::ptr::from_ref(account) as usize;
-                if std::mem::replace(previous, address) == address
+                let cache_key = account.cache_key();
+                if std::mem::replace(previous, cache_key) == cache_key
                     && memo
                         .as_ref()
-                        .is_none_or(|memo| memo.reader.cache_key() != account.cache_key())
+                        .is_none_or(|memo| memo.reader.cache_key() != cache_key)
                 {
                     remember(memo, key, account.cache());
                 }
@@ -346,7 +347,7 @@ where
                     Some((value, id)) => Found::Warm {
                         value,
                         id,
-                        key: account.cache_key(),
+                        key: cache_key,
                         cache: want_cache.then(|| account.cache().clone()),
                     },
                     None => Found::Cold(account.cache().clone()),
