@@ -8,8 +8,8 @@
 //! `401`. When the cache has no token, or its token is past its deadline (a timer that fired
 //! late, a frozen process), the request waits for the cache's single-flight fetch.
 //!
-//! When the upstream answers `401` (or a `200` with `grpc-status: 16`, gRPC's UNAUTHENTICATED),
-//! the token that request carried is
+//! When the upstream answers `401` (or, over HTTP/2 where gRPC runs, a `200` with
+//! `grpc-status: 16`, gRPC's UNAUTHENTICATED), the token that request carried is
 //! [invalidated](crate::TokenCache::invalidate), so the next request gets a fresh one. With
 //! [`retry_on_unauthorized`](BearerAuthLayer::retry_on_unauthorized), the request is also replayed
 //! once with the renewed token, if it can be replayed and its method is idempotent.
