@@ -8,7 +8,10 @@
 //!   The shuffled shape is also compared with a per-account floor: a static header per account
 //!   in a read-only `HashMap`. Every variant builds the same request, account extension
 //!   included. Interleaved rounds, as in `hot_path/rounds`; the allocations per request of
-//!   both variants are counted too. `KEYED_SHAPE=shuffled` (or `one`, `8`) runs one shape.
+//!   both variants are counted too. For one account, the cost is also split in two: a single
+//!   `BearerAuth` on that account's cache against the floor (what any one-token layer costs
+//!   on these requests), and the keyed layer against that `BearerAuth` (what the account
+//!   adds). `KEYED_SHAPE=shuffled` (or `one`, `8`) runs one shape.
 //! - `keyed/scale`: 100,000 accounts made and warmed (their logins answered at once by an
 //!   in-process source), the memory each holds while idle, the process's CPU time over 10 s of
 //!   idleness, the tasks alive, and what is left after the keyed cache is dropped; and the time
@@ -29,8 +32,8 @@ use http::{HeaderValue, Request, Response};
 use tokio::runtime::Runtime;
 use tower::{Layer, Service, ServiceExt};
 use tower_authtoken::{
-    AuthTokenSource, Credentials, Error, KeyedBearerAuth, KeyedBearerAuthLayer, KeyedTokenCache,
-    LoginBudget, Token, TokenSource,
+    AuthTokenSource, BearerAuthLayer, Credentials, Error, KeyedBearerAuth, KeyedBearerAuthLayer,
+    KeyedTokenCache, LoginBudget, Token, TokenSource,
 };
 use tower_http::auth::AddAuthorization;
 
@@ -340,6 +343,7 @@ fn hot_path(mode: RoundsMode) {
     let runtimes = [common::current_thread(), common::current_thread()];
     let mut results = Vec::new();
     let mut keyed_results = Vec::new();
+    let mut parts = Vec::new();
     let mut allocations = Vec::new();
     let sizes: &[u32] = match mode {
         RoundsMode::Smoke => &[1, 1_000],
@@ -371,6 +375,18 @@ fn hot_path(mode: RoundsMode) {
             if matches!(shape, Shape::Shuffled) {
                 keyed_results.extend(compare(fixed, &mut per_account, &mut keyed));
             }
+            if matches!(shape, Shape::One) {
+                // Where the cost goes: what any single-token layer costs on these requests,
+                // and what the account adds on top of it.
+                let cache = accounts.cache(&order[0]).expect("a warm account");
+                let mut single = BearerAuthLayer::new(cache).layer(common::NoOp);
+                let label = format!("{live} live, BearerAuth/floor");
+                let fixed = (&main, &runtimes, plan, label.as_str(), order.as_slice());
+                parts.extend(compare(fixed, &mut floor, &mut single));
+                let label = format!("{live} live, keyed/BearerAuth");
+                let fixed = (&main, &runtimes, plan, label.as_str(), order.as_slice());
+                parts.extend(compare(fixed, &mut single, &mut keyed));
+            }
             allocations.push((
                 label,
                 allocations_per_request(&main, &mut floor, &order),
@@ -385,6 +401,7 @@ fn hot_path(mode: RoundsMode) {
     }
     results.sort_by_key(|r| r.threads);
     keyed_results.sort_by_key(|r| r.threads);
+    parts.sort_by_key(|r| r.threads);
     print_table(
         "keyed/hot_path: KeyedBearerAuth/floor time per request, each request for a warm \
          account (one, 8 in turn, or all live ones shuffled); interleaved rounds; ratio = \
@@ -400,6 +417,15 @@ fn hot_path(mode: RoundsMode) {
         Ratio::Time,
         &[Clock::Cpu],
         &keyed_results,
+    );
+    print_table(
+        "keyed/hot_path: where the cost of one account's run goes. BearerAuth/floor: a single \
+         BearerAuth on that account's cache against the floor, on the same requests; \
+         keyed/BearerAuth: the keyed layer against that BearerAuth ('floor ns' is the first, \
+         'bearer ns' the second of each pair)",
+        Ratio::Time,
+        &[Clock::Cpu],
+        &parts,
     );
     println!();
     println!(
