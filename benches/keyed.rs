@@ -2,16 +2,19 @@
 //!
 //! - `keyed/hot_path`: the time of one request for a warm account against the static-header
 //!   floor (tower-http's `AddAuthorization`), with 1, 1,000 and 100,000 live accounts, on one
-//!   thread and on two, for three shapes of traffic: every request for one account (a run, as
-//!   a service sending for one agency), eight accounts in turn (several warm ones, in the CPU
-//!   caches), and every live account in a shuffled order (each lookup misses the CPU caches).
+//!   thread and on two, for four shapes of traffic: every request for one account (a run, as
+//!   a service sending for one agency), the same through a fresh clone of the service per
+//!   request (`clone().oneshot()`, the floor's too), eight accounts in turn (several warm ones,
+//!   in the CPU caches), and every live account in a shuffled order (each lookup misses the
+//!   CPU caches).
 //!   The shuffled shape is also compared with a per-account floor: a static header per account
 //!   in a read-only `HashMap`. Every variant builds the same request, account extension
 //!   included. Interleaved rounds, as in `hot_path/rounds`; the allocations per request of
 //!   both variants are counted too. For one account, the cost is also split in two: a single
 //!   `BearerAuth` on that account's cache against the floor (what any one-token layer costs
 //!   on these requests), and the keyed layer against that `BearerAuth` (what the account
-//!   adds). `KEYED_SHAPE=shuffled` (or `one`, `8`) runs one shape.
+//!   adds). `KEYED_SHAPE=shuffled` (or `one`, `cloned`, `8`) runs the shapes whose name
+//!   contains it.
 //! - `keyed/scale`: 100,000 accounts made and warmed (their logins answered at once by an
 //!   in-process source), the memory each holds while idle, the process's CPU time over 10 s of
 //!   idleness, the tasks alive, and what is left after the keyed cache is dropped; and the time
@@ -180,6 +183,10 @@ enum Shape {
     /// Every live account in a shuffled order, repeated: each lookup misses the CPU caches, as
     /// a platform's traffic over many accounts would.
     Shuffled,
+    /// One account, each request through a fresh clone of the service (`clone().oneshot()`, as
+    /// most Tower clients are used), the floor's too: clones start without a memo, so every
+    /// request goes through the account map.
+    Cloned,
 }
 
 impl Shape {
@@ -188,6 +195,7 @@ impl Shape {
             Shape::One => "one account",
             Shape::Eight => "8 in turn",
             Shape::Shuffled => "all shuffled",
+            Shape::Cloned => "one, cloned",
         }
     }
 }
@@ -197,12 +205,36 @@ fn schedule(live: u32, shape: Shape, n: usize) -> Vec<Account> {
     let mut order: Vec<u32> = (0..live).collect();
     fastrand::Rng::with_seed(7).shuffle(&mut order);
     let used = match shape {
-        Shape::One => 1,
+        Shape::One | Shape::Cloned => 1,
         Shape::Eight => 8,
         Shape::Shuffled => order.len(),
     };
     order.truncate(used);
     order.iter().cycle().take(n).map(|a| Account(*a)).collect()
+}
+
+/// Sends each request through a fresh clone of `S`, as `service.clone().oneshot(request)` does.
+#[derive(Clone)]
+struct Cloned<S>(S);
+
+impl<S> Service<Request<()>> for Cloned<S>
+where
+    S: Service<Request<()>> + Clone,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = tower::util::Oneshot<S, Request<()>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<()>) -> Self::Future {
+        self.0.clone().oneshot(req)
+    }
 }
 
 fn request(account: Account) -> Request<()> {
@@ -361,8 +393,8 @@ fn hot_path(mode: RoundsMode) {
         ));
         let mut per_account = keyed_floor(live);
         let shapes: &[Shape] = match live {
-            1 => &[Shape::One],
-            _ => &[Shape::One, Shape::Eight, Shape::Shuffled],
+            1 => &[Shape::One, Shape::Cloned],
+            _ => &[Shape::One, Shape::Cloned, Shape::Eight, Shape::Shuffled],
         };
         for &shape in shapes {
             if std::env::var("KEYED_SHAPE").is_ok_and(|only| !shape.name().contains(&only)) {
@@ -371,6 +403,16 @@ fn hot_path(mode: RoundsMode) {
             let order = schedule(live, shape, plan.requests);
             let label = format!("{live} live, {}", shape.name());
             let fixed = (&main, &runtimes, plan, label.as_str(), order.as_slice());
+            if matches!(shape, Shape::Cloned) {
+                let (mut floor, mut keyed) = (Cloned(floor.clone()), Cloned(keyed.clone()));
+                results.extend(compare(fixed, &mut floor, &mut keyed));
+                allocations.push((
+                    label,
+                    allocations_per_request(&main, &mut floor, &order),
+                    allocations_per_request(&main, &mut keyed, &order),
+                ));
+                continue;
+            }
             results.extend(compare(fixed, &mut floor, &mut keyed));
             if matches!(shape, Shape::Shuffled) {
                 keyed_results.extend(compare(fixed, &mut per_account, &mut keyed));
