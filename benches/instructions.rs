@@ -27,22 +27,10 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use tower::{Layer, Service, ServiceExt};
-use tower_authtoken::{
-    BearerAuthLayer, Error, KeyedBearerAuthLayer, KeyedTokenCache, LoginBudget, Token, TokenSource,
-};
+use tower_authtoken::{BearerAuthLayer, Error, KeyedBearerAuthLayer, KeyedTokenCache, LoginBudget};
 use tower_http::auth::AddAuthorization;
 
-/// An account's login, answered at once with a one-hour token of its own.
-struct Instant1h(u32);
-
-impl TokenSource for Instant1h {
-    async fn fetch(&self) -> Result<Token, Error> {
-        Token::new(format!("{}-{:08}", common::TOKEN, self.0), common::HOUR)
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-struct Account(u32);
+use common::{Account, AccountLogin};
 
 /// Sends one request per entry of `accounts` through `service`.
 #[inline(never)]
@@ -73,7 +61,7 @@ fn main() {
     };
     let n: usize = n.parse().expect("a number of requests");
     let runtime = common::current_thread();
-    let accounts = KeyedTokenCache::builder(|a: &Account| Ok::<_, Error>(Instant1h(a.0)))
+    let accounts = KeyedTokenCache::builder(|a: &Account| Ok::<_, Error>(AccountLogin(a.0)))
         .shared_login_budget(LoginBudget::new(1_000, Duration::from_micros(1)))
         .build()
         .expect("valid settings");

@@ -36,11 +36,14 @@ use tokio::runtime::Runtime;
 use tower::{Layer, Service, ServiceExt};
 use tower_authtoken::{
     AuthTokenSource, BearerAuthLayer, Credentials, Error, KeyedBearerAuth, KeyedBearerAuthLayer,
-    KeyedTokenCache, LoginBudget, Token, TokenSource,
+    KeyedTokenCache, LoginBudget,
 };
 use tower_http::auth::AddAuthorization;
 
-use common::{Clock, Ratio, Rounds, RoundsMode, Sample, Stopwatch, interleave, print_table};
+use common::{
+    Account, AccountLogin, Clock, Ratio, Rounds, RoundsMode, Sample, Stopwatch, interleave,
+    print_table,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Counting allocations, only while `COUNTING` is set: one relaxed load otherwise.
@@ -88,21 +91,8 @@ static ALLOCATOR: Counting = Counting;
 // The accounts.
 // ---------------------------------------------------------------------------------------------
 
-/// An account's login, answered at once with a one-hour token of its own.
-struct Instant1h(u32);
-
-impl TokenSource for Instant1h {
-    async fn fetch(&self) -> Result<Token, Error> {
-        Token::new(format!("{}-{:08}", common::TOKEN, self.0), common::HOUR)
-    }
-}
-
-/// The account key the requests carry.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-struct Account(u32);
-
 fn keyed(max: usize) -> KeyedTokenCache<Account> {
-    KeyedTokenCache::builder(|account: &Account| Ok::<_, Error>(Instant1h(account.0)))
+    KeyedTokenCache::builder(|account: &Account| Ok::<_, Error>(AccountLogin(account.0)))
         .max_accounts(max)
         // Room for every first login at once: this measures the cache, not the budget.
         .shared_login_budget(LoginBudget::new(1_000_000, Duration::from_micros(1)))

@@ -29,6 +29,19 @@ impl TokenSource for Fixed {
     }
 }
 
+/// An account of the keyed benchmarks: the key its requests carry as an extension.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Account(pub u32);
+
+/// An account's login, answered at once with a one-hour token of its own.
+pub struct AccountLogin(pub u32);
+
+impl TokenSource for AccountLogin {
+    async fn fetch(&self) -> Result<Token, Error> {
+        Token::new(format!("{TOKEN}-{:08}", self.0), HOUR)
+    }
+}
+
 /// A token source that counts its fetches, each of which takes `delay`.
 #[derive(Clone)]
 pub struct Slow {
