@@ -181,8 +181,8 @@ const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 ///
 /// A `401`, or an HTTP/2 (or later) `200` carrying `grpc-status: 16` (`UNAUTHENTICATED`).
 /// gRPC runs over HTTP/2 only, so an HTTP/1 `200`, the common answer of a REST API, costs two
-/// comparisons and no header lookup (the lookup was about a third of the layer's cost over a
-/// static header, `benches/hot_path.rs`); nothing is allocated.
+/// comparisons and no header lookup (the lookup was 36 of the 206 instructions the layer added
+/// to a static header, `benches/instructions.rs`); nothing is allocated.
 #[inline]
 pub(crate) fn rejects_token(status: StatusCode, version: Version, headers: &HeaderMap) -> bool {
     match status {
