@@ -856,10 +856,7 @@ impl SlotReader {
     /// deadline.
     #[inline]
     pub(crate) fn current(&mut self) -> Option<(HeaderValue, u64)> {
-        let entry = self.cache.load().as_deref()?;
-        entry
-            .admit(&self.shared)
-            .then(|| (entry.header.clone(), entry.id))
+        self.cache.load().as_deref()?.serve(&self.shared)
     }
 
     /// The key of the cache this reader reads.
