@@ -28,8 +28,12 @@ use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Status};
 use tower::{Layer, Service, service_fn};
 use tower_authtoken::testing::{Failure, ReferenceServer};
-use tower_authtoken::tonic::{BytesCodec, GrpcBearerAuth, GrpcBearerAuthLayer};
-use tower_authtoken::{AuthTokenSource, BearerAuthLayer, Credentials, ErrorKind, TokenCache};
+use tower_authtoken::tonic::{
+    BytesCodec, GrpcBearerAuth, GrpcBearerAuthLayer, KeyedGrpcBearerAuth, KeyedGrpcBearerAuthLayer,
+};
+use tower_authtoken::{
+    AuthTokenSource, BearerAuthLayer, Credentials, ErrorKind, KeyedTokenCache, TokenCache,
+};
 
 const UNARY: &str = "/test.Echo/Unary";
 const STREAM: &str = "/test.Echo/Stream";
@@ -171,13 +175,8 @@ where
     T::ResponseBody: hyper::body::Body<Data = Bytes> + Send + 'static,
     <T::ResponseBody as hyper::body::Body>::Error: Into<tower::BoxError>,
 {
-    client
-        .ready()
-        .await
-        .map_err(|error| Status::from_error(error.into()))?;
-    let request = tonic::Request::new(Bytes::from_static(b"hello"));
-    let path = PathAndQuery::from_static(UNARY);
-    Ok(client.unary(request, path, BytesCodec).await?.into_inner())
+    let mut messages = keyed_call(client, None, false).await?;
+    Ok(messages.remove(0))
 }
 
 /// A server-streaming call read to its end: the messages, or the status in the trailers.
@@ -449,6 +448,230 @@ async fn with_the_opt_in_a_token_goes_over_h2c_to_a_non_loopback_host() {
     let layer = GrpcBearerAuthLayer::new(cache, endpoint.uri());
     let mut client = Grpc::new(layer.layer(channel));
     assert_eq!(unary(&mut client).await.unwrap(), "hello");
+    assert_eq!(connects.load(Ordering::SeqCst), 1);
+    let seen = world.api.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(world.auth.accepts(seen[0].as_deref().unwrap()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Many accounts: `KeyedGrpcBearerAuthLayer`.
+
+/// The account a call is made for, as the application tags its `tonic::Request`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+struct Agency(u32);
+
+/// Accounts `1..=3` are users `agency-N` of the reference server (`agency-3`'s password is
+/// wrong), and those in `allow_insecure` may log in and be sent over plain HTTP; the factory
+/// refuses any other account.
+fn accounts(world: &World, allow_insecure: &'static [u32]) -> KeyedTokenCache<Agency> {
+    for account in 1..=3 {
+        let password = format!("pw-{account}");
+        world.auth.add_user(&format!("agency-{account}"), &password);
+    }
+    let base_url = world.auth.base_url();
+    KeyedTokenCache::builder(move |&Agency(account): &Agency| {
+        if !(1..=3).contains(&account) {
+            return Err(format!("no agency {account}"));
+        }
+        let password = if account == 3 { "wrong" } else { "pw" };
+        let credentials =
+            Credentials::new(format!("agency-{account}"), format!("{password}-{account}"));
+        AuthTokenSource::builder(&base_url, credentials)
+            .allow_insecure_http(allow_insecure.contains(&account))
+            .build()
+            .map_err(|error| error.to_string())
+    })
+    .build()
+    .unwrap()
+}
+
+/// A client for many accounts on `channel` to `endpoint`; the account is a request extension.
+fn keyed_client(
+    endpoint: &Endpoint,
+    channel: Channel,
+    accounts: KeyedTokenCache<Agency>,
+) -> Grpc<KeyedGrpcBearerAuth<Channel, Agency>> {
+    let layer = KeyedGrpcBearerAuthLayer::new(accounts, endpoint.uri());
+    Grpc::new(layer.layer(channel))
+}
+
+/// A unary call, or a server stream read to its end, for `account` (`None`: untagged). The
+/// account goes in a request extension and in the `x-agency` metadata entry.
+async fn keyed_call<T>(
+    client: &mut Grpc<T>,
+    account: Option<u32>,
+    streaming: bool,
+) -> Result<Vec<Bytes>, Status>
+where
+    T: GrpcService<GrpcBody>,
+    T::ResponseBody: hyper::body::Body<Data = Bytes> + Send + 'static,
+    <T::ResponseBody as hyper::body::Body>::Error: Into<tower::BoxError>,
+{
+    client
+        .ready()
+        .await
+        .map_err(|error| Status::from_error(error.into()))?;
+    let mut request = tonic::Request::new(Bytes::from_static(b"hello"));
+    if let Some(account) = account {
+        request.extensions_mut().insert(Agency(account));
+        let value = account.to_string().parse().unwrap();
+        request.metadata_mut().insert("x-agency", value);
+    }
+    if !streaming {
+        let path = PathAndQuery::from_static(UNARY);
+        let response = client.unary(request, path, BytesCodec).await?;
+        return Ok(vec![response.into_inner()]);
+    }
+    let path = PathAndQuery::from_static(STREAM);
+    let response = client.server_streaming(request, path, BytesCodec).await?;
+    let mut stream = response.into_inner();
+    let mut messages = Vec::new();
+    while let Some(message) = stream.message().await? {
+        messages.push(message);
+    }
+    Ok(messages)
+}
+
+/// Each call carries its own account's token, whether the account is a request extension (the
+/// default, which tonic carries from the `tonic::Request` to the channel) or read from the
+/// call's metadata by a closure; one login per account, and revoking one account's token
+/// leaves the other's in use.
+#[tokio::test(start_paused = true)]
+async fn keyed_calls_carry_their_own_accounts_token_from_an_extension_or_from_metadata() {
+    let world = World::start().await;
+    let accounts = accounts(&world, &[]);
+    let channel = world.endpoint.connect_lazy();
+    let mut by_extension = keyed_client(&world.endpoint, channel.clone(), accounts.clone());
+    let layer = KeyedGrpcBearerAuthLayer::new(accounts.clone(), world.endpoint.uri()).account_from(
+        |req: &http::Request<GrpcBody>| {
+            let value = req.headers().get("x-agency")?.to_str().ok()?;
+            value.parse().ok().map(Agency)
+        },
+    );
+    let mut by_metadata = Grpc::new(layer.layer(channel));
+
+    for account in [1, 2, 1, 2] {
+        keyed_call(&mut by_extension, Some(account), false)
+            .await
+            .unwrap();
+        keyed_call(&mut by_metadata, Some(account), true)
+            .await
+            .unwrap();
+    }
+    let seen = world.api.seen();
+    assert_eq!(seen.len(), 8);
+    let (one, two) = (&seen[0], &seen[2]);
+    assert_ne!(one, two, "each account has its own token");
+    for (call, token) in seen.iter().enumerate() {
+        let expected = if call % 4 < 2 { one } else { two };
+        assert_eq!(
+            token, expected,
+            "call {call}: both clients use the account's token"
+        );
+    }
+    assert_eq!(world.auth.logins_of("agency-1"), 1);
+    assert_eq!(world.auth.logins_of("agency-2"), 1);
+
+    assert_eq!(world.auth.revoke_user("agency-1"), 1);
+    keyed_call(&mut by_extension, Some(2), false).await.unwrap();
+    keyed_call(&mut by_metadata, Some(2), true).await.unwrap();
+    assert_eq!(world.api.seen()[8..], [two.clone(), two.clone()]);
+}
+
+/// A rejection of one account's token, in the headers (a unary call's trailers-only
+/// `UNAUTHENTICATED`) or in a stream's trailers after a message, takes that account's token out
+/// of service and no other: its next call logs in again, the other account keeps its token.
+#[tokio::test(start_paused = true)]
+async fn keyed_grpc_status_16_in_the_headers_or_the_trailers_renews_only_that_accounts_token() {
+    let world = World::start().await;
+    let accounts = accounts(&world, &[]);
+    let mut client = keyed_client(
+        &world.endpoint,
+        world.endpoint.connect_lazy(),
+        accounts.clone(),
+    );
+    keyed_call(&mut client, Some(1), false).await.unwrap();
+    keyed_call(&mut client, Some(2), false).await.unwrap();
+    let two = world.api.seen()[1].clone();
+
+    for (round, streaming) in [(1, false), (2, true)] {
+        // Past the cache's spacing of invalidations in a row (1 s after the first).
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        world.auth.revoke_user("agency-1");
+        let status = keyed_call(&mut client, Some(1), streaming)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        let cache = accounts.cache(&Agency(1)).unwrap();
+        assert_eq!(cache.stats().invalidations, round, "streaming: {streaming}");
+
+        let messages = keyed_call(&mut client, Some(1), streaming).await.unwrap();
+        assert_eq!(messages.len(), if streaming { 2 } else { 1 });
+        assert_eq!(world.auth.logins_of("agency-1"), 1 + round);
+        keyed_call(&mut client, Some(2), streaming).await.unwrap();
+        assert_eq!(
+            world.api.seen().last(),
+            Some(&two),
+            "account 2 keeps its token"
+        );
+    }
+    assert_eq!(world.auth.logins_of("agency-2"), 1);
+    assert_eq!(accounts.cache(&Agency(2)).unwrap().stats().invalidations, 0);
+}
+
+/// A call that names no account, names one the factory refuses, or whose account cannot log
+/// in fails with a `Status` whose code says which, and whose source is the crate's error; no
+/// call reaches the API and no password is in the status.
+#[tokio::test(start_paused = true)]
+async fn keyed_calls_without_an_account_or_with_a_refused_or_failing_one_fail_as_a_status() {
+    let world = World::start().await;
+    let accounts = accounts(&world, &[]);
+    let mut client = keyed_client(&world.endpoint, world.endpoint.connect_lazy(), accounts);
+
+    let cases = [
+        (None, Code::InvalidArgument, ErrorKind::NoAccount),
+        (Some(9), Code::PermissionDenied, ErrorKind::UnknownAccount),
+        (
+            Some(3),
+            Code::Unauthenticated,
+            ErrorKind::AuthenticationFailed,
+        ),
+    ];
+    for (account, code, kind) in cases {
+        for streaming in [false, true] {
+            let status = keyed_call(&mut client, account, streaming)
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), code, "{account:?}: {status:?}");
+            assert_eq!(kind_of(&status), Some(kind), "{account:?}: {status:?}");
+            assert!(!format!("{status:?}").contains("wrong-3"), "{status:?}");
+        }
+    }
+    assert!(world.api.seen().is_empty(), "no call reached the API");
+    assert_eq!(world.auth.logins_of("agency-1"), 0);
+}
+
+/// Over `h2c` to a host that is not loopback, only the account whose login client allows plain
+/// HTTP is sent; the other is refused before the channel connects.
+#[tokio::test(start_paused = true)]
+async fn keyed_calls_over_h2c_to_a_non_loopback_host_go_only_for_the_account_that_allows_it() {
+    let world = World::start().await;
+    let (endpoint, channel, connects) = channel_to_a_remote_h2c_host(&world);
+    let mut client = keyed_client(&endpoint, channel, accounts(&world, &[2]));
+
+    let status = keyed_call(&mut client, Some(1), false).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_eq!(kind_of(&status), Some(ErrorKind::InsecureTransport));
+    assert!(status.message().contains("10.255.255.1"), "{status:?}");
+    assert_eq!(
+        connects.load(Ordering::SeqCst),
+        0,
+        "the channel never connected"
+    );
+    assert!(world.api.seen().is_empty());
+
+    keyed_call(&mut client, Some(2), false).await.unwrap();
     assert_eq!(connects.load(Ordering::SeqCst), 1);
     let seen = world.api.seen();
     assert_eq!(seen.len(), 1);

@@ -1,4 +1,5 @@
-//! gRPC with [tonic]: [`GrpcBearerAuthLayer`] for a tonic `Channel`, and
+//! gRPC with [tonic]: [`GrpcBearerAuthLayer`] for a tonic `Channel`,
+//! [`KeyedGrpcBearerAuthLayer`] for a channel that calls on behalf of many accounts, and
 //! [`tonic::Status`] for the crate's [`Error`].
 //!
 //! [`BearerAuthLayer`] works over a `Channel` as it is, but three things differ for gRPC, and
@@ -26,6 +27,11 @@
 //! A gRPC request streams its messages, so it is never replayed:
 //! [`retry_on_unauthorized`](BearerAuthLayer::retry_on_unauthorized) has nothing to do for gRPC;
 //! retry the call on `Code::Unauthenticated` instead.
+//!
+//! For a client that calls on behalf of many accounts, [`KeyedGrpcBearerAuthLayer`] does all of
+//! this per account over a [`KeyedTokenCache`](crate::KeyedTokenCache). Each call names its
+//! account in a request extension, which tonic carries from the `tonic::Request` to the channel,
+//! or through a closure over the request (a metadata entry, say).
 //!
 //! # Example
 //!
@@ -85,6 +91,10 @@ use crate::layer::AuthorizeRequest;
 use crate::layer::future::{ResponseFuture, rejected};
 use crate::layer::grpc_unauthenticated;
 use crate::{BearerAuth, BearerAuthLayer, Error, ErrorKind, TokenCache};
+
+mod keyed;
+
+pub use keyed::{KeyedGrpcBearerAuth, KeyedGrpcBearerAuthLayer};
 
 /// Layer that wraps a tonic `Channel` (or any gRPC transport) in [`GrpcBearerAuth`].
 ///
@@ -200,7 +210,8 @@ where
 }
 
 pin_project! {
-    /// The response future of [`GrpcBearerAuth`]: [`BearerAuth`]'s, with the response body
+    /// The response future of [`GrpcBearerAuth`] and [`KeyedGrpcBearerAuth`]: that of
+    /// [`BearerAuth`] (or [`KeyedBearerAuth`](crate::KeyedBearerAuth)), with the response body
     /// wrapped to watch the trailers and the layer's errors turned into a [`Status`].
     pub struct GrpcResponseFuture<F, S, Req> {
         #[pin]
@@ -239,8 +250,9 @@ impl<F, S, Req> fmt::Debug for GrpcResponseFuture<F, S, Req> {
 }
 
 pin_project! {
-    /// The response body of [`GrpcBearerAuth`]: the inner body, unchanged, except that trailers
-    /// carrying `grpc-status: 16` take the token the call carried out of service.
+    /// The response body of [`GrpcBearerAuth`] and [`KeyedGrpcBearerAuth`]: the inner body,
+    /// unchanged, except that trailers carrying `grpc-status: 16` take the token the call
+    /// carried out of service (its account's, for the keyed layer).
     pub struct GrpcResponseBody<B> {
         #[pin]
         body: B,
