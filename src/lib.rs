@@ -89,7 +89,8 @@
 //!   [`AuthTokenSource`].
 //! - `reqwest-middleware`: `reqwest_middleware::BearerAuthMiddleware`, the same token handling
 //!   as [`BearerAuthLayer`] for clients built with `reqwest-middleware` (beside its retry and
-//!   tracing middlewares). Implies `reqwest`.
+//!   tracing middlewares), and `KeyedBearerAuthMiddleware`, as [`KeyedBearerAuthLayer`] with
+//!   the account set by `.with_extension(...)` on the request builder. Implies `reqwest`.
 //! - Without `reqwest`, [`AuthTokenSource`] and `OAuth2ClientCredentials` log in over any Tower
 //!   HTTP client you give them (`builder_with_service`: hyper-util's `Client`, a stack with
 //!   tracing, retry or proxy layers); with it, over such a client too (`http_service`).
@@ -104,7 +105,8 @@
 //!   [`metrics`](mod@metrics).
 //! - `tonic`: the `tower_authtoken::tonic` module: `GrpcBearerAuthLayer` for tonic channels
 //!   (`grpc-status: 16` in headers or trailers invalidates the token; login failures arrive as
-//!   `tonic::Status` codes) and `From<Error> for tonic::Status`; with `test-util`, a bytes codec
+//!   `tonic::Status` codes), `KeyedGrpcBearerAuthLayer` for the same per account, and
+//!   `From<Error> for tonic::Status`; with `test-util`, a bytes codec
 //!   for a gRPC service without protoc.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code, unreachable_pub)]

@@ -12,10 +12,11 @@ use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
 use reqwest_retry::{Jitter, RetryError, RetryTransientMiddleware, policies::ExponentialBackoff};
 use reqwest_tracing::{SpanBackendWithUrl, TracingMiddleware};
 use tower::ServiceExt;
-use tower_authtoken::reqwest_middleware::BearerAuthMiddleware;
+use tower_authtoken::reqwest_middleware::{BearerAuthMiddleware, KeyedBearerAuthMiddleware};
 use tower_authtoken::testing::ReferenceServer;
 use tower_authtoken::{
-    AuthTokenSource, BearerAuthLayer, Credentials, Error, ErrorKind, TokenCache, TokenSource,
+    AuthTokenSource, BearerAuthLayer, Credentials, Error, ErrorKind, KeyedTokenCache, TokenCache,
+    TokenSource,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -505,4 +506,136 @@ async fn composed_with_tracing_and_retry_no_token_or_password_reaches_the_log() 
     }
     let password = "wonderland";
     assert!(!log.contains(password), "the password is in the log");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Many accounts: `KeyedBearerAuthMiddleware`.
+
+/// The account a request is sent for, as the application tags it on the request builder.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+struct Agency(u32);
+
+/// Accounts `1` and `2` are users `agency-N` of `server`; the factory refuses any other.
+fn accounts(server: &ReferenceServer) -> KeyedTokenCache<Agency> {
+    for account in 1..=2 {
+        server.add_user(&format!("agency-{account}"), &format!("pw-{account}"));
+    }
+    let base_url = server.base_url();
+    KeyedTokenCache::builder(move |&Agency(account): &Agency| {
+        if !(1..=2).contains(&account) {
+            return Err(format!("no agency {account}"));
+        }
+        let credentials = Credentials::new(format!("agency-{account}"), format!("pw-{account}"));
+        AuthTokenSource::new(&base_url, credentials).map_err(|error| error.to_string())
+    })
+    .build()
+    .unwrap()
+}
+
+async fn send_for(
+    client: &ClientWithMiddleware,
+    url: &str,
+    account: Option<u32>,
+) -> reqwest_middleware::Result<Response> {
+    let request = client.get(url);
+    match account {
+        Some(account) => request.with_extension(Agency(account)).send().await,
+        None => request.send().await,
+    }
+}
+
+/// Each request carries the token of the account set with `with_extension`, marked sensitive;
+/// one login per account; `Debug` shows no token.
+#[tokio::test(start_paused = true)]
+async fn keyed_requests_carry_the_token_of_the_account_set_with_with_extension() {
+    let server = ReferenceServer::start().await;
+    let sent = Sent::default();
+    let auth = KeyedBearerAuthMiddleware::new(accounts(&server));
+    let debug = auth.clone();
+    let client = client(auth, &sent);
+    for account in [1, 2, 1, 2] {
+        let response = send_for(&client, &server.protected_url(), Some(account)).await;
+        assert_eq!(response.unwrap().status(), StatusCode::OK);
+    }
+    let headers = sent.headers();
+    assert_ne!(headers[0], headers[1], "each account has its own token");
+    assert_eq!(headers[2..], headers[..2]);
+    assert!(
+        sent.attempts()
+            .iter()
+            .all(|a| a.authorization.as_ref().unwrap().is_sensitive() && a.saw_marker)
+    );
+    assert_eq!(server.logins_of("agency-1"), 1);
+    assert_eq!(server.logins_of("agency-2"), 1);
+    assert_eq!(server.accepted(), 4);
+    let debug = format!("{debug:?}");
+    assert!(debug.starts_with("KeyedBearerAuthMiddleware"), "{debug}");
+    for header in &headers {
+        assert!(!debug.contains(header.trim_start_matches("Bearer ")));
+    }
+}
+
+/// A `401` takes only that account's token out of service, and with `retry_on_unauthorized`
+/// the request is replayed with the account's new token; the other account keeps its token.
+#[tokio::test(start_paused = true)]
+async fn keyed_a_401_renews_only_that_accounts_token_and_the_replay_succeeds() {
+    let server = ReferenceServer::start().await;
+    let sent = Sent::default();
+    let auth = KeyedBearerAuthMiddleware::new(accounts(&server)).retry_on_unauthorized();
+    let client = client(auth, &sent);
+    let url = server.protected_url();
+    for account in [1, 2] {
+        send_for(&client, &url, Some(account)).await.unwrap();
+    }
+    assert_eq!(server.revoke_user("agency-1"), 1);
+
+    let response = send_for(&client, &url, Some(1)).await.unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "replayed with a new token"
+    );
+    let response = send_for(&client, &url, Some(2)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let headers = sent.headers();
+    assert_eq!(
+        headers.len(),
+        5,
+        "two warm-ups, the rejected GET, its replay, account 2"
+    );
+    assert_eq!(
+        headers[2], headers[0],
+        "the rejected GET carried account 1's old token"
+    );
+    assert_ne!(headers[3], headers[0], "the replay carries a new one");
+    assert_eq!(headers[4], headers[1], "account 2 keeps its token");
+    assert_eq!(server.logins_of("agency-1"), 2);
+    assert_eq!(server.logins_of("agency-2"), 1);
+    assert!(sent.attempts().iter().all(|a| a.saw_marker));
+}
+
+/// No account, an account the factory refuses, or plain HTTP to a remote host: the request
+/// fails with the crate's error inside `Error::Middleware`, nothing is sent, nobody logs in.
+#[tokio::test(start_paused = true)]
+async fn keyed_requests_without_an_account_or_refused_fail_before_anything_is_sent() {
+    let server = ReferenceServer::start().await;
+    let sent = Sent::default();
+    let client = client(KeyedBearerAuthMiddleware::new(accounts(&server)), &sent);
+    let (local, remote) = (
+        server.protected_url(),
+        "http://api.example.com/cars".to_owned(),
+    );
+
+    let cases = [
+        (&local, None, ErrorKind::NoAccount),
+        (&local, Some(9), ErrorKind::UnknownAccount),
+        (&remote, Some(1), ErrorKind::InsecureTransport),
+    ];
+    for (url, account, kind) in cases {
+        let error = send_for(&client, url, account).await.unwrap_err();
+        assert_eq!(crate_error(&error).kind(), kind, "{account:?}: {error}");
+    }
+    assert!(sent.attempts().is_empty(), "nothing was sent");
+    assert_eq!(server.login_attempts(), 0, "no login either");
 }

@@ -1,5 +1,6 @@
 //! [`BearerAuthMiddleware`]: the bearer token for clients built with
-//! [`reqwest-middleware`](::reqwest_middleware), beside their retry and tracing middlewares.
+//! [`reqwest-middleware`](::reqwest_middleware), beside their retry and tracing middlewares;
+//! [`KeyedBearerAuthMiddleware`] for a client that sends on behalf of many accounts.
 //!
 //! It is [`BearerAuth`] run as a [`Middleware`]: for each request it
 //! wraps the rest of the chain ([`Next`]) in a [`BearerAuthLayer`] and sends the request through
@@ -94,8 +95,14 @@ use reqwest::{Request, Response};
 use tower::{Layer, Service, ServiceExt};
 
 use crate::error::BoxError;
-use crate::layer::{BearerAuth, BearerAuthLayer, NoReplay, ReplayOnUnauthorized};
+#[cfg(doc)]
+use crate::layer::BearerAuth;
+use crate::layer::{BearerAuthLayer, NoReplay, ReplayOnUnauthorized};
 use crate::{Error, TokenCache};
+
+mod keyed;
+
+pub use keyed::KeyedBearerAuthMiddleware;
 
 /// A [`Middleware`] that sets `Authorization: Bearer <token>` on every request, with the
 /// token handling of [`BearerAuthLayer`].
@@ -189,16 +196,17 @@ impl Middleware for BearerAuthMiddleware<ReplayOnUnauthorized> {
     }
 }
 
-/// Sends `req` through a [`BearerAuth`] over the rest of the chain.
-async fn authorize<'n, P>(
-    layer: &BearerAuthLayer<P>,
+/// Sends `req` through `layer` (a [`BearerAuth`] or a [`KeyedBearerAuth`](crate::KeyedBearerAuth))
+/// over the rest of the chain: the one path of every middleware of this module.
+async fn authorize<'n, L>(
+    layer: &L,
     req: Request,
     extensions: &mut Extensions,
     next: Next<'n>,
 ) -> ::reqwest_middleware::Result<Response>
 where
-    P: Clone,
-    BearerAuth<Downstream<'n>, P>: Service<Request, Response = Response, Error = BoxError>,
+    L: Layer<Downstream<'n>>,
+    L::Service: Service<Request, Response = Response, Error = BoxError>,
 {
     let shared = Arc::new(Mutex::new(mem::take(extensions)));
     let service = layer.layer(Downstream {
