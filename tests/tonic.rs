@@ -32,7 +32,8 @@ use tower_authtoken::tonic::{
     BytesCodec, GrpcBearerAuth, GrpcBearerAuthLayer, KeyedGrpcBearerAuth, KeyedGrpcBearerAuthLayer,
 };
 use tower_authtoken::{
-    AuthTokenSource, BearerAuthLayer, Credentials, ErrorKind, KeyedTokenCache, TokenCache,
+    AuthTokenSource, BearerAuthLayer, Credentials, ErrorKind, KeyedBearerAuthLayer,
+    KeyedTokenCache, TokenCache,
 };
 
 const UNARY: &str = "/test.Echo/Unary";
@@ -676,4 +677,29 @@ async fn keyed_calls_over_h2c_to_a_non_loopback_host_go_only_for_the_account_tha
     let seen = world.api.seen();
     assert_eq!(seen.len(), 1);
     assert!(world.auth.accepts(seen[0].as_deref().unwrap()));
+}
+
+/// What the README says of a plain `KeyedBearerAuthLayer` over a channel, which this module's
+/// layer exists to fix: it sees `grpc-status: 16` in the headers only (a stream's trailers
+/// leave the token in service), and its own errors reach the tonic client as `Code::Unknown`.
+#[tokio::test(start_paused = true)]
+async fn a_plain_keyed_layer_over_a_channel_misses_the_trailers_and_its_errors_are_unknown() {
+    let world = World::start().await;
+    let accounts = accounts(&world, &[]);
+    let layer = KeyedBearerAuthLayer::new(accounts.clone()).with_origin(world.endpoint.uri());
+    let mut client = Grpc::new(layer.layer(world.endpoint.connect_lazy()));
+    keyed_call(&mut client, Some(1), true).await.unwrap();
+    let cache = accounts.cache(&Agency(1)).unwrap();
+
+    world.auth.revoke_user("agency-1");
+    let status = keyed_call(&mut client, Some(1), true).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(cache.stats().invalidations, 0, "the trailers went unseen");
+    let status = keyed_call(&mut client, Some(1), false).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(cache.stats().invalidations, 1, "the headers were seen");
+
+    let status = keyed_call(&mut client, None, false).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unknown, "{status:?}");
+    assert_eq!(kind_of(&status), Some(ErrorKind::NoAccount));
 }
