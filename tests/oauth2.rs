@@ -11,7 +11,8 @@ use http::header;
 use tokio::time::Instant;
 use tower_authtoken::testing::{Failure, Outage, ReferenceServer, TokenPolicy};
 use tower_authtoken::{
-    AuthTokenSource, ClientAuth, Error, ErrorKind, OAuth2ClientCredentials, TokenCache, TokenSource,
+    AuthTokenSource, ClientAuth, Error, ErrorKind, KeyedTokenCache, OAuth2ClientCredentials,
+    TokenCache, TokenSource,
 };
 
 const ID: &str = "alice";
@@ -787,4 +788,63 @@ async fn auth_token_source_logs_in_at_the_login_path_it_was_given() {
     let default = AuthTokenSource::new(&server.base_url(), server.credentials()).unwrap();
     default.fetch().await.unwrap();
     assert_eq!(server.last_login_path().as_deref(), Some("/authtoken"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Behind a keyed cache
+
+/// One OAuth2 client per tenant behind one `KeyedTokenCache`: each tenant logs in once with its
+/// own client id and gets its own token; a tenant whose secret is wrong gets `invalid_client`
+/// as its own typed error, and revoking one tenant's token renews that tenant only.
+#[tokio::test]
+async fn a_keyed_cache_of_oauth2_clients_logs_each_tenant_in_once_with_its_own_client_id() {
+    let server = ReferenceServer::start().await;
+    for tenant in 1..=2 {
+        server.add_user(&format!("client-{tenant}"), &format!("secret-{tenant}"));
+    }
+    let token_url = server.oauth2_token_url();
+    let tenants = KeyedTokenCache::builder(move |tenant: &u32| {
+        let secret = if *tenant == 3 {
+            "wrong".to_owned()
+        } else {
+            format!("secret-{tenant}")
+        };
+        OAuth2ClientCredentials::new(&token_url, format!("client-{tenant}"), secret)
+    })
+    .build()
+    .unwrap();
+
+    let (one, two) = (
+        tenants.token(&1).await.unwrap(),
+        tenants.token(&2).await.unwrap(),
+    );
+    assert_ne!(one.expose_secret(), two.expose_secret());
+    assert!(server.accepts(one.expose_secret()) && server.accepts(two.expose_secret()));
+    assert_eq!(
+        tenants.token(&1).await.unwrap().expose_secret(),
+        one.expose_secret()
+    );
+    assert_eq!(
+        (server.logins_of("client-1"), server.logins_of("client-2")),
+        (1, 1)
+    );
+
+    let error = tenants.token(&3).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::AuthenticationFailed, "{error}");
+    assert_eq!(error.user(), Some("client-3"));
+    assert!(!all_text(&error).contains("tenant-3-leaky"));
+
+    assert_eq!(server.revoke_user("client-1"), 1);
+    tenants.cache(&1).unwrap().invalidate(&one);
+    let renewed = tenants.token(&1).await.unwrap();
+    assert_ne!(renewed.expose_secret(), one.expose_secret());
+    assert!(server.accepts(renewed.expose_secret()));
+    assert_eq!(
+        tenants.token(&2).await.unwrap().expose_secret(),
+        two.expose_secret()
+    );
+    assert_eq!(
+        (server.logins_of("client-1"), server.logins_of("client-2")),
+        (2, 1)
+    );
 }
