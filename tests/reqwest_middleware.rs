@@ -15,8 +15,8 @@ use tower::ServiceExt;
 use tower_authtoken::reqwest_middleware::{BearerAuthMiddleware, KeyedBearerAuthMiddleware};
 use tower_authtoken::testing::ReferenceServer;
 use tower_authtoken::{
-    AuthTokenSource, BearerAuthLayer, Credentials, Error, ErrorKind, KeyedTokenCache, TokenCache,
-    TokenSource,
+    AuthTokenSource, BearerAuthLayer, Credentials, Error, ErrorKind, KeyedBearerAuthLayer,
+    KeyedTokenCache, TokenCache, TokenSource,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -581,8 +581,9 @@ async fn keyed_requests_carry_the_token_of_the_account_set_with_with_extension()
 async fn keyed_a_401_renews_only_that_accounts_token_and_the_replay_succeeds() {
     let server = ReferenceServer::start().await;
     let sent = Sent::default();
-    let auth = KeyedBearerAuthMiddleware::new(accounts(&server)).retry_on_unauthorized();
-    let client = client(auth, &sent);
+    // Built from a layer's settings, as `BearerAuthMiddleware` can be.
+    let layer = KeyedBearerAuthLayer::new(accounts(&server)).retry_on_unauthorized();
+    let client = client(KeyedBearerAuthMiddleware::from(layer), &sent);
     let url = server.protected_url();
     for account in [1, 2] {
         send_for(&client, &url, Some(account)).await.unwrap();

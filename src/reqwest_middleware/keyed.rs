@@ -29,6 +29,10 @@ use crate::{Error, ErrorKind};
 /// allows it, and every login draws on the account's budget and on the shared one. Place it in
 /// the chain as `BearerAuthMiddleware` (inside the retry).
 ///
+/// Per request it costs what `BearerAuthMiddleware` costs, plus a clone of the key and the
+/// account's lookup in the keyed cache's map (each request gets a fresh service, so there is no
+/// run of requests to remember).
+///
 /// ```
 /// use reqwest_middleware::ClientBuilder;
 /// use tower_authtoken::reqwest_middleware::KeyedBearerAuthMiddleware;
@@ -116,11 +120,18 @@ impl<K: Clone, P: Clone> Clone for KeyedBearerAuthMiddleware<K, P> {
     }
 }
 
-impl<K: Hash + Eq, P: fmt::Debug> fmt::Debug for KeyedBearerAuthMiddleware<K, P> {
+/// The middleware with the accounts and the replay policy of `layer`.
+impl<K, P> From<KeyedBearerAuthLayer<K, FromExtension, P>> for KeyedBearerAuthMiddleware<K, P> {
+    fn from(layer: KeyedBearerAuthLayer<K, FromExtension, P>) -> Self {
+        KeyedBearerAuthMiddleware { layer }
+    }
+}
+
+impl<K: Hash + Eq, P> fmt::Debug for KeyedBearerAuthMiddleware<K, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedBearerAuthMiddleware")
-            .field("layer", &self.layer)
-            .finish()
+            .field("accounts", self.layer.accounts())
+            .finish_non_exhaustive()
     }
 }
 
