@@ -648,6 +648,98 @@ async fn an_api_that_rejects_an_accounts_every_token_costs_a_handful_of_logins()
     assert_eq!(bank.logins_of(10), 1);
 }
 
+/// An API that rejects every token of every account (its auth is down, say), with 200 accounts
+/// each sending a request a second for two minutes. Each account's invalidations are spaced as
+/// for one cache, and all of them draw on the shared budget: the login rate stays within it,
+/// every `401` reaches its caller unchanged, and no request waits longer than the budget needs
+/// to serve every account once (200 logins at 10 a second).
+#[tokio::test(start_paused = true)]
+async fn an_api_that_rejects_every_accounts_every_token_stays_within_the_shared_budget() {
+    tower_authtoken::testing::follow_tokio_clock();
+    const ACCOUNTS: u32 = 200;
+    const ROUNDS: u32 = 120;
+    let bank = Bank::new(HOUR);
+    let accounts = accounts(&bank)
+        .shared_login_budget(LoginBudget::new(10, S / 10))
+        .build()
+        .unwrap();
+    let rejecting = service_fn(|_: Request<String>| async move {
+        let mut response = Response::new(String::new());
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+        Ok::<_, Infallible>(response)
+    });
+    let client = ServiceBuilder::new()
+        .layer(layer(accounts.clone()))
+        .service(rejecting);
+
+    let start = Instant::now();
+    let mut callers = tokio::task::JoinSet::new();
+    for account in 0..ACCOUNTS {
+        let client = client.clone();
+        callers.spawn(async move {
+            let (mut unauthorized, mut errors, mut longest) = (0, Vec::new(), Duration::ZERO);
+            for round in 0..ROUNDS {
+                tokio::time::sleep_until(start + round * S).await;
+                let sent = Instant::now();
+                match client
+                    .clone()
+                    .oneshot(request(Some(account), "https://api.example/"))
+                    .await
+                {
+                    Ok(response) => {
+                        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+                        unauthorized += 1;
+                    }
+                    Err(error) => errors.push(kind(error)),
+                }
+                longest = longest.max(sent.elapsed());
+            }
+            (unauthorized, errors, longest)
+        });
+    }
+    let (mut unauthorized, mut errors, mut longest) = (0, Vec::new(), Duration::ZERO);
+    while let Some(caller) = callers.join_next().await {
+        let (u, e, l) = caller.unwrap();
+        unauthorized += u;
+        errors.extend(e);
+        longest = longest.max(l);
+    }
+    let elapsed = start.elapsed();
+    let logins = bank.all_logins();
+    let busiest = peak(&logins, S);
+    let most_for_one = (0..ACCOUNTS).map(|a| bank.logins_of(a)).max().unwrap();
+    println!(
+        "{} requests over {elapsed:?}: {unauthorized} 401s, {} errors ({:?}), \
+         {} logins (busiest second {busiest}, most for one account {most_for_one}), \
+         longest request {longest:?}",
+        ACCOUNTS * ROUNDS,
+        errors.len(),
+        errors.first(),
+        logins.len()
+    );
+    assert_eq!(unauthorized + errors.len() as u32, ACCOUNTS * ROUNDS);
+    assert!(
+        errors.is_empty(),
+        "the API's 401s, not errors, reach callers: {errors:?}"
+    );
+    assert!(
+        busiest <= 20,
+        "the budget allows 10 at once and 10 a second: {busiest}"
+    );
+    let budget = 10 + (elapsed.as_millis() / 100) as usize;
+    assert!(
+        logins.len() <= budget,
+        "{} logins, the budget allows {budget}",
+        logins.len()
+    );
+    // Two minutes of 401s, spaced 1, 2, 4, ... 64 s: at most 8 logins an account.
+    assert!(most_for_one <= 8, "{most_for_one} logins for one account");
+    assert!(
+        longest <= 21 * S,
+        "200 logins at 10 a second, and no more: {longest:?}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn plain_http_is_refused_per_account_unless_that_accounts_source_allows_it() {
     tower_authtoken::testing::follow_tokio_clock();

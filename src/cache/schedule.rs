@@ -218,8 +218,13 @@ pub(crate) fn first_retry(configured: Duration, current_lifetime: Option<Duratio
 /// sooner than the current gap, and sooner than [`SETTLED`] (or half its lifetime, for a short
 /// token). Quick invalidations in a row are spaced out: each is honoured only once the gap after
 /// the previous one has passed (1 s, 2 s, 4 s, ... up to 60 s); the others are ignored and the
-/// token stays in service. An invalidation that is not quick, or that comes after twice the
-/// current gap of quiet, ends the streak and is honoured at once.
+/// token stays in service. An invalidation that is not quick (the token served a while before
+/// its first `401`) ends the streak and is honoured at once.
+///
+/// Only the token's own service counts as quiet, not the time since the last honoured
+/// invalidation: a login that takes long (a slow login endpoint, or a login budget shared by
+/// many accounts that all lost their tokens at once) brings a token that an API rejecting every
+/// token rejects at once, and the streak goes on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct InvalidationGate {
     /// Invalidations honoured in a row.
@@ -246,11 +251,9 @@ impl InvalidationGate {
     pub(crate) fn admit(&mut self, now: Instant, served: Duration, lifetime: Duration) -> bool {
         if let Some(last) = self.last {
             let gap = Self::gap(self.streak);
-            let since = now.saturating_duration_since(last);
-            let settled = served >= gap.max(SETTLED.min(lifetime / 2));
-            if settled || since >= gap.saturating_mul(2) {
+            if served >= gap.max(SETTLED.min(lifetime / 2)) {
                 self.streak = 0;
-            } else if since < gap {
+            } else if now.saturating_duration_since(last) < gap {
                 return false;
             }
         }
@@ -558,18 +561,43 @@ mod tests {
     }
 
     #[test]
-    fn a_quiet_spell_ends_an_invalidation_streak() {
+    fn only_a_token_that_served_until_settled_ends_an_invalidation_streak() {
         let t0 = Instant::now();
         let mut gate = InvalidationGate::default();
         assert!(gate.admit(t0, Duration::ZERO, LONG));
         assert!(gate.admit(t0 + S, Duration::ZERO, LONG));
         assert!(gate.admit(t0 + 3 * S, Duration::ZERO, LONG));
-        // the gap is now 4 s; 8 s of quiet end the streak
-        assert!(gate.admit(t0 + 11 * S, Duration::ZERO, LONG));
+        // the gap is now 4 s: a token that served 8 s is honoured, still in the streak (8 s gap)
+        assert!(gate.admit(t0 + 11 * S, 8 * S, LONG));
+        assert!(!gate.admit(t0 + 18 * S, Duration::ZERO, LONG));
+        // one that served 10 s (`SETTLED`) ends it
+        assert!(gate.admit(t0 + 30 * S, 10 * S, LONG));
         assert!(
-            gate.admit(t0 + 12 * S, Duration::ZERO, LONG),
+            gate.admit(t0 + 31 * S, Duration::ZERO, LONG),
             "back to a 1 s gap"
         );
+    }
+
+    /// A login slower than twice the gap (here 20 s, as when 200 accounts wait for a shared
+    /// budget of 10 logins a second) brings a token the API rejects at once: the streak goes on,
+    /// so an API that rejects every token still costs a handful of logins, not one per request.
+    #[test]
+    fn a_slow_login_is_not_a_quiet_spell() {
+        let t0 = Instant::now();
+        let mut gate = InvalidationGate::default();
+        let mut honoured = vec![];
+        let mut at = t0;
+        while at < t0 + 300 * S {
+            // Each honoured invalidation is followed by a 20 s login; a rejected token is
+            // reported every second meanwhile and after.
+            if gate.admit(at, Duration::ZERO, LONG) {
+                honoured.push((at - t0).as_secs());
+                at += 20 * S;
+            } else {
+                at += S;
+            }
+        }
+        assert_eq!(honoured, [0, 20, 40, 60, 80, 100, 132, 192, 252]);
     }
 
     #[test]
