@@ -734,6 +734,7 @@ impl LoginHttp {
             Ok(Err(error)) => Err(error.with_user(user)),
             Err(elapsed) => Err(Error::new(ErrorKind::Timeout)
                 .with_user(user)
+                .with_detail("the login endpoint did not answer in time: it is slow or unreachable")
                 .with_source(elapsed)),
         }
     }

@@ -286,9 +286,9 @@ impl fmt::Display for Error {
                 )?,
                 None => f.write_str("login endpoint failed: retry later")?,
             },
-            ErrorKind::Timeout => f.write_str(
-                "login timed out: the endpoint is slow or unreachable, retry later or raise the timeout",
-            )?,
+            // The detail says what was slow: the endpoint, or a login budget with more logins
+            // waiting than its rate serves in time.
+            ErrorKind::Timeout => f.write_str("login timed out: retry later or raise the timeout")?,
             ErrorKind::Transport => f.write_str(
                 "could not reach the login endpoint: check the URL and the network",
             )?,

@@ -740,6 +740,46 @@ async fn an_api_that_rejects_every_accounts_every_token_stays_within_the_shared_
     );
 }
 
+/// A cold start of more accounts than the shared budget serves within the fetch timeout (500
+/// accounts at once, 10 logins a second, a 30 s timeout): the callers served in time get their
+/// tokens, and the others a `Timeout` that names the budget (and its settings), not the
+/// endpoint.
+#[tokio::test(start_paused = true)]
+async fn callers_left_waiting_by_the_shared_budget_get_a_timeout_that_names_it() {
+    tower_authtoken::testing::follow_tokio_clock();
+    const ACCOUNTS: u32 = 500;
+    let bank = Bank::new(HOUR);
+    let accounts = accounts(&bank)
+        .shared_login_budget(LoginBudget::new(10, S / 10))
+        .build()
+        .unwrap();
+    let mut callers = tokio::task::JoinSet::new();
+    for account in 0..ACCOUNTS {
+        let accounts = accounts.clone();
+        callers.spawn(async move { accounts.token(&account).await });
+    }
+    let (mut served, mut timed_out) = (0, 0);
+    while let Some(caller) = callers.join_next().await {
+        match caller.unwrap() {
+            Ok(_) => served += 1,
+            Err(error) => {
+                assert_eq!(error.kind(), ErrorKind::Timeout, "{error}");
+                let text = error.to_string();
+                assert!(text.contains("login budget"), "{text}");
+                assert!(!text.contains("endpoint"), "{text}");
+                if timed_out == 0 {
+                    println!("{text}");
+                }
+                timed_out += 1;
+            }
+        }
+    }
+    println!("{served} served within the fetch timeout, {timed_out} timed out");
+    assert_eq!(served + timed_out, ACCOUNTS);
+    // 10 at once, then 10 a second for 31 s.
+    assert!((300..=330).contains(&served), "{served} served");
+}
+
 #[tokio::test(start_paused = true)]
 async fn plain_http_is_refused_per_account_unless_that_accounts_source_allows_it() {
     tower_authtoken::testing::follow_tokio_clock();

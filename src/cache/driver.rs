@@ -148,7 +148,7 @@ async fn run(shared: Arc<Shared>, generation: u64) {
             return;
         }
         let step = {
-            let control = shared.lock();
+            let mut control = shared.lock();
             if control.generation != generation {
                 return;
             }
@@ -160,7 +160,17 @@ async fn run(shared: Arc<Shared>, generation: u64) {
                 due_at: control.due_at,
                 budget_at: Some(shared.budget_ready_at(now)),
             };
-            schedule::next_step(view, now)
+            let step = schedule::next_step(view, now);
+            // Only the budget holds this login back: a caller that times out is told so.
+            control.waiting_for_budget = matches!(step, Step::Sleep(_))
+                && schedule::next_step(
+                    View {
+                        budget_at: None,
+                        ..view
+                    },
+                    now,
+                ) == Step::Fetch;
+            step
         };
         match step {
             Step::Expire => {
@@ -319,7 +329,9 @@ async fn fetch(shared: &Shared) -> Option<Result<Token, Error>> {
     let result = match (&mut task.0).await {
         Ok(Ok(result)) => result,
         Ok(Err(_elapsed)) => Err(Error::new(ErrorKind::Timeout)
-            .with_detail(format!("no token within the fetch timeout of {limit:?}"))),
+            .with_detail(format!(
+                "no token within the fetch timeout of {limit:?}: the login endpoint is slow or unreachable"
+            ))),
         Err(join) if join.is_panic() => Err(runtime_error("the token source panicked")),
         Err(_) => return None,
     };

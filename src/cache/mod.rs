@@ -287,6 +287,8 @@ struct Control {
     due_at: Option<Instant>,
     /// The last login's answer came too late to trust, and the login was made again once.
     stale_answer: bool,
+    /// The driver would log in now but for the login budget.
+    waiting_for_budget: bool,
     /// A token the upstream rejected, for the next fetch to tell a shared store about.
     rejected: Option<Token>,
     /// The login in flight replaces a token the server rejected.
@@ -674,11 +676,31 @@ impl Shared {
                     probe_at = Instant::now() + PROBE_EVERY;
                 }
                 () = tokio::time::sleep_until(limit) => {
-                    return Waited::Finished(Err(Error::new(ErrorKind::Timeout)
-                        .with_detail("no token arrived within the fetch timeout")));
+                    return Waited::Finished(Err(self.waited_too_long()));
                 }
             }
         }
+    }
+
+    /// The error of a caller that waited past the fetch timeout for a token: the login budget
+    /// is named when it is what holds the login back (more logins wait for it than its rate
+    /// serves in time: a cold start of many accounts on one shared budget, say), the endpoint
+    /// otherwise.
+    fn waited_too_long(&self) -> Error {
+        let error = Error::new(ErrorKind::Timeout);
+        if self.lock().waiting_for_budget {
+            let budget = self.config.shared_budget.as_ref().unwrap_or(&self.budget);
+            return error.with_detail(format!(
+                "no token within the fetch timeout: the login waits for the login budget of {} \
+                 at once then one every {:?}, and more logins wait for it than it serves in time; \
+                 raise the budget, or spread the logins out",
+                budget.burst(),
+                budget.interval()
+            ));
+        }
+        error.with_detail(
+            "no token arrived within the fetch timeout: the login endpoint is slow or unreachable",
+        )
     }
 
     /// Whether the driver of `generation` has stopped, or sits on a runtime that did not run a

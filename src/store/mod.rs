@@ -98,6 +98,8 @@ pub(crate) async fn login(source: &SharedSource, limit: Duration) -> Result<Toke
     match tokio::time::timeout(limit, source.fetch_boxed()).await {
         Ok(result) => result,
         Err(_elapsed) => Err(Error::new(ErrorKind::Timeout)
-            .with_detail(format!("no token within the fetch timeout of {limit:?}"))),
+            .with_detail(format!(
+                "no token within the fetch timeout of {limit:?}: the login endpoint is slow or unreachable"
+            ))),
     }
 }
