@@ -55,9 +55,14 @@ pub(crate) const MAX_INTERVAL: Duration = Duration::from_secs(60 * 60);
 pub struct LoginBudget {
     burst: u32,
     interval: Duration,
-    /// The GCRA's theoretical arrival time: when the budget would be back to one login spent.
-    /// Shared by every clone.
-    tat: Arc<Mutex<Option<Instant>>>,
+    /// The GCRA's theoretical arrival time (when the budget would be back to one login spent),
+    /// and the turns of [`next_turn`](Self::next_turn), made when first asked for (a cache's
+    /// own budget never is). Shared by every clone.
+    tat: Arc<Mutex<Gcra>>,
+    /// Calls of `ready_at` and `try_spend`, for tests that count how often waiting caches look
+    /// at the budget.
+    #[cfg(test)]
+    pub(crate) looks: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl LoginBudget {
@@ -69,7 +74,9 @@ impl LoginBudget {
         LoginBudget {
             burst,
             interval,
-            tat: Arc::new(Mutex::new(None)),
+            tat: Arc::default(),
+            #[cfg(test)]
+            looks: Arc::default(),
         }
     }
 
@@ -96,7 +103,10 @@ impl LoginBudget {
 
     /// From when on a login is allowed, without spending anything.
     pub(crate) fn ready_at(&self, now: Instant) -> Instant {
-        match gcra(*self.lock(), now, self.interval, self.burst) {
+        #[cfg(test)]
+        self.looks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match gcra(self.lock().tat, now, self.interval, self.burst) {
             Ok(_) => now,
             Err(at) => at,
         }
@@ -104,15 +114,55 @@ impl LoginBudget {
 
     /// Spends one login if the budget allows it at `now`; otherwise says from when on it will.
     pub(crate) fn try_spend(&self, now: Instant) -> Result<(), Instant> {
-        let mut tat = self.lock();
-        let next = gcra(*tat, now, self.interval, self.burst)?;
-        *tat = Some(next);
+        #[cfg(test)]
+        self.looks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut state = self.lock();
+        let next = gcra(state.tat, now, self.interval, self.burst)?;
+        state.tat = Some(next);
         Ok(())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+    /// When a cache waiting for this budget should next try it: a turn in line, so that the
+    /// caches waiting for a budget shared by many wake one at a time, at about the pace it
+    /// allows logins, instead of all at each of them (N² wake-ups for N caches waiting).
+    ///
+    /// A turn spends nothing: the login is still drawn with [`try_spend`](Self::try_spend)
+    /// when the turn comes, so the cap stays exact, and a cache that finds the budget spent
+    /// takes another turn. Turns are one interval apart, from when the budget next allows a
+    /// login, in the order asked; an `urgent` turn (callers waiting with no token) comes before
+    /// every turn of a renewal (a token still in service, which can wait).
+    pub(crate) fn next_turn(&self, now: Instant, urgent: bool) -> Instant {
+        let ready = self.ready_at(now);
+        let mut state = self.lock();
+        let turns = state.turns.get_or_insert_with(Box::default);
+        let lane = if urgent { turns.urgent } else { turns.all };
+        let turn = lane.map_or(ready, |lane| lane.max(ready));
+        let after = turn + self.interval;
+        if urgent {
+            turns.urgent = Some(after);
+        }
+        turns.all = Some(turns.all.map_or(after, |all| all.max(after)));
+        turn
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Gcra> {
         self.tat.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// What clones of a budget share.
+#[derive(Debug, Default)]
+struct Gcra {
+    tat: Option<Instant>,
+    turns: Option<Box<Turns>>,
+}
+
+/// The next free turn for any cache, and for a cache whose callers wait with no token.
+#[derive(Debug, Default)]
+struct Turns {
+    all: Option<Instant>,
+    urgent: Option<Instant>,
 }
 
 impl Default for LoginBudget {
@@ -206,6 +256,28 @@ mod tests {
             assert!(inside <= 3 + 5, "{inside} logins in 500 ms");
         }
         assert!(granted.len() >= 20, "{}", granted.len());
+    }
+
+    #[test]
+    fn turns_are_one_interval_apart_from_the_next_login_urgent_ones_first_and_spend_nothing() {
+        let t0 = Instant::now();
+        let budget = LoginBudget::new(2, 100 * MS);
+        assert!(budget.try_spend(t0).is_ok() && budget.try_spend(t0).is_ok());
+        let turn = |urgent| budget.next_turn(t0, urgent) - t0;
+        assert_eq!(
+            [turn(false), turn(false), turn(false)],
+            [100 * MS, 200 * MS, 300 * MS]
+        );
+        assert_eq!(
+            [turn(true), turn(true)],
+            [100 * MS, 200 * MS],
+            "ahead of the renewals"
+        );
+        assert_eq!(turn(false), 400 * MS, "renewals go behind every turn");
+        assert!(
+            budget.try_spend(t0 + 100 * MS).is_ok(),
+            "a turn spends nothing"
+        );
     }
 
     #[test]

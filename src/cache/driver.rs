@@ -153,23 +153,27 @@ async fn run(shared: Arc<Shared>, generation: u64) {
                 return;
             }
             let now = Instant::now();
-            let view = View {
+            let mut view = View {
                 plan: control.current.as_ref().map(|(_, plan)| *plan),
                 demand: control.demand,
                 backoff_until: control.backoff.as_ref().map(|b| b.until),
                 due_at: control.due_at,
-                budget_at: Some(shared.budget_ready_at(now)),
+                budget_at: None,
             };
+            // Whether the driver would log in now, were it not for the budgets.
+            let wanted_now = schedule::next_step(view, now) == Step::Fetch;
+            if wanted_now {
+                shared.take_turn(&mut control, now);
+            }
+            let budget_at = shared.budget_ready_at(&control, now);
+            view.budget_at = Some(budget_at);
             let step = schedule::next_step(view, now);
             // Only the budget holds this login back: a caller that times out is told so.
-            control.waiting_for_budget = matches!(step, Step::Sleep(_))
-                && schedule::next_step(
-                    View {
-                        budget_at: None,
-                        ..view
-                    },
-                    now,
-                ) == Step::Fetch;
+            if wanted_now && matches!(step, Step::Sleep(_)) {
+                control.hold_back();
+            } else {
+                control.not_held_back();
+            }
             step
         };
         match step {
@@ -367,6 +371,8 @@ fn complete(shared: &Shared, generation: u64, started: Instant, result: Result<T
     if control.generation != generation {
         return;
     }
+    // The login ended: whatever held it back no longer does.
+    control.budget_wait = None;
     let adopted = result.and_then(|token| adopt(shared, &mut control, token, started, now));
     crate::metrics::login_finished(&shared.config.metrics, &adopted, now - started);
     let outcome = match adopted {

@@ -287,8 +287,9 @@ struct Control {
     due_at: Option<Instant>,
     /// The last login's answer came too late to trust, and the login was made again once.
     stale_answer: bool,
-    /// The driver would log in now but for the login budget.
-    waiting_for_budget: bool,
+    /// How the login budgets hold the next login back, from the first time they do until that
+    /// login ends. Boxed: most logins are never held back, and an idle account's memory counts.
+    budget_wait: Option<Box<BudgetWait>>,
     /// A token the upstream rejected, for the next fetch to tell a shared store about.
     rejected: Option<Token>,
     /// The login in flight replaces a token the server rejected.
@@ -303,6 +304,46 @@ struct Control {
     /// The span of the request that made the next login necessary, for the login's span to
     /// follow from. A handle, not an id: an id may be reused once its span closes.
     cause: Option<Box<tracing::Span>>,
+}
+
+/// How the login budgets hold a login back.
+#[derive(Default)]
+struct BudgetWait {
+    /// The driver would log in now but for the budgets.
+    waiting: bool,
+    /// When the budgets let the login through.
+    let_through: Option<Instant>,
+    /// When this cache next tries the shared budget ([`LoginBudget::next_turn`]), and whether
+    /// that turn is urgent (its callers wait with no token).
+    turn: Option<(Instant, bool)>,
+}
+
+impl Control {
+    /// Records that the login budgets hold the next login back.
+    fn hold_back(&mut self) {
+        let wait = self.budget_wait.get_or_insert_with(Box::default);
+        wait.waiting = true;
+        wait.let_through = None;
+    }
+
+    /// Records that the budgets do not hold the login back now (nothing is wanted, or it goes).
+    fn not_held_back(&mut self) {
+        if let Some(wait) = &mut self.budget_wait {
+            wait.waiting = false;
+        }
+    }
+
+    fn shared_turn(&self) -> Option<(Instant, bool)> {
+        self.budget_wait.as_ref().and_then(|wait| wait.turn)
+    }
+
+    fn set_shared_turn(&mut self, turn: Option<(Instant, bool)>) {
+        match (turn, &mut self.budget_wait) {
+            (None, None) => {}
+            (None, Some(wait)) => wait.turn = None,
+            (Some(_), _) => self.budget_wait.get_or_insert_with(Box::default).turn = turn,
+        }
+    }
 }
 
 /// The driver task and the runtime it runs on.
@@ -583,26 +624,61 @@ impl Shared {
         self.slot.store(entry);
     }
 
-    /// When the login budgets allow the next login.
-    fn budget_ready_at(&self, now: Instant) -> Instant {
+    /// When the login budgets allow the next login: for the shared budget, this cache's turn if
+    /// it has one.
+    fn budget_ready_at(&self, control: &Control, now: Instant) -> Instant {
         let own = self.budget.ready_at(now);
-        match &self.config.shared_budget {
-            Some(shared) => own.max(shared.ready_at(now)),
-            None => own,
+        match (&self.config.shared_budget, control.shared_turn()) {
+            (Some(_), Some((turn, _))) => own.max(turn),
+            (Some(shared), None) => own.max(shared.ready_at(now)),
+            (None, _) => own,
         }
     }
 
-    /// Draws one login from the budgets, or says when they allow one. The cache's own budget
+    /// Takes this cache's turn at the shared login budget ([`LoginBudget::next_turn`]) when it
+    /// wants a login the budget does not allow now: an urgent one when its callers wait with no
+    /// token. A turn taken for a renewal is traded for an urgent one once the token is gone.
+    fn take_turn(&self, control: &mut Control, now: Instant) {
+        let Some(shared) = &self.config.shared_budget else {
+            return;
+        };
+        let urgent = control.current.is_none();
+        if control
+            .shared_turn()
+            .is_some_and(|(_, was_urgent)| was_urgent == urgent)
+        {
+            return;
+        }
+        let turn = (shared.ready_at(now) > now).then(|| (shared.next_turn(now, urgent), urgent));
+        control.set_shared_turn(turn);
+    }
+
+    /// Draws one login from the budgets, or says it may not log in yet. The cache's own budget
     /// is spent by its single driver only, so it cannot run out between the check and the draw.
-    fn spend_budget(&self, now: Instant) -> Result<(), Instant> {
-        let own = self.budget.ready_at(now);
-        if own > now {
-            return Err(own);
+    /// A cache that finds the shared budget spent (at its turn, or without one) takes a turn.
+    fn spend_budget(&self, now: Instant) -> Result<(), ()> {
+        let mut control = self.lock();
+        if self.budget.ready_at(now) > now {
+            control.hold_back();
+            return Err(());
         }
         if let Some(shared) = &self.config.shared_budget {
-            shared.try_spend(now)?;
+            control.set_shared_turn(None);
+            if shared.try_spend(now).is_err() {
+                control.hold_back();
+                self.take_turn(&mut control, now);
+                return Err(());
+            }
         }
-        self.budget.try_spend(now)
+        if self.budget.try_spend(now).is_err() {
+            control.hold_back();
+            return Err(());
+        }
+        if let Some(wait) = &mut control.budget_wait {
+            wait.waiting = false;
+            wait.let_through.get_or_insert(now);
+        }
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, Control> {
@@ -676,7 +752,7 @@ impl Shared {
                     probe_at = Instant::now() + PROBE_EVERY;
                 }
                 () = tokio::time::sleep_until(limit) => {
-                    return Waited::Finished(Err(self.waited_too_long()));
+                    return Waited::Finished(Err(self.waited_too_long(started, Instant::now())));
                 }
             }
         }
@@ -686,9 +762,18 @@ impl Shared {
     /// is named when it is what holds the login back (more logins wait for it than its rate
     /// serves in time: a cold start of many accounts on one shared budget, say), the endpoint
     /// otherwise.
-    fn waited_too_long(&self) -> Error {
+    fn waited_too_long(&self, started: Instant, now: Instant) -> Error {
         let error = Error::new(ErrorKind::Timeout);
-        if self.lock().waiting_for_budget {
+        let control = self.lock();
+        // Still waiting for the budget, or let through by it only in the second half of the
+        // caller's wait (a login that started as the caller gave up, say).
+        let midway = started + (now - started) / 2;
+        let held = control
+            .budget_wait
+            .as_ref()
+            .is_some_and(|wait| wait.waiting || wait.let_through.is_some_and(|at| at > midway));
+        drop(control);
+        if held {
             let budget = self.config.shared_budget.as_ref().unwrap_or(&self.budget);
             return error.with_detail(format!(
                 "no token within the fetch timeout: the login waits for the login budget of {} \

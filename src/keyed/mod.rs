@@ -668,3 +668,47 @@ where
         }
     }));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Login(u32);
+
+    impl TokenSource for Login {
+        async fn fetch(&self) -> Result<Token, Error> {
+            Token::new(format!("account-{}", self.0), Duration::from_secs(3600))
+        }
+    }
+
+    /// 250 accounts cold at once on a shared budget of 10 logins a second (25 s to serve them
+    /// all): each cache that loses the race for a login takes a turn in line and logs in at it.
+    /// Without turns every waiting cache woke and looked at the budget at each of its logins:
+    /// 29,910 looks (about 250² / 2), where turns take 1,000 (four per account).
+    #[tokio::test(start_paused = true)]
+    async fn caches_waiting_for_a_shared_budget_take_turns_instead_of_all_waking_at_each_login() {
+        const ACCOUNTS: u32 = 250;
+        let budget = LoginBudget::new(10, Duration::from_millis(100));
+        let accounts = KeyedTokenCache::builder(|account: &u32| Ok::<_, Error>(Login(*account)))
+            .shared_login_budget(budget.clone())
+            .build()
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let mut callers = tokio::task::JoinSet::new();
+        for account in 0..ACCOUNTS {
+            let accounts = accounts.clone();
+            callers.spawn(async move { accounts.token(&account).await.map(|_| started.elapsed()) });
+        }
+        let mut longest = Duration::ZERO;
+        while let Some(caller) = callers.join_next().await {
+            longest = longest.max(caller.unwrap().unwrap());
+        }
+        let looks = budget.looks.load(Ordering::Relaxed);
+        assert!(
+            looks <= 5 * u64::from(ACCOUNTS),
+            "{looks} looks at the budget"
+        );
+        // In turn, at the budget's pace: 10 at once, then one every 100 ms.
+        assert!(longest <= Duration::from_millis(24_100), "{longest:?}");
+    }
+}
