@@ -487,6 +487,48 @@ async fn a_full_cache_drops_its_least_recently_used_accounts() {
     );
 }
 
+/// More accounts in use than `max_accounts` holds: 1,100 used in turn, 1,000 held. Each account
+/// dropped to make room is about to be used again, and comes back with a new login. The stats
+/// count them as `dropped_in_use` (and a warning is logged), so a platform sees that
+/// `max_accounts` is too small; at 1,100 nothing is dropped and each account logs in once.
+#[tokio::test(start_paused = true)]
+async fn accounts_dropped_while_in_use_are_counted_when_max_accounts_is_too_small() {
+    tower_authtoken::testing::follow_tokio_clock();
+    const IN_USE: u32 = 1_100;
+    for max in [1_000, 1_100] {
+        let bank = Bank::new(HOUR);
+        let accounts = accounts(&bank)
+            .max_accounts(max)
+            .shared_login_budget(LoginBudget::new(100, S / 100))
+            .build()
+            .unwrap();
+        // Five passes over the accounts, a request every 10 ms.
+        for _ in 0..5 {
+            for account in 0..IN_USE {
+                accounts.token(&account).await.unwrap();
+                tokio::time::sleep(S / 100).await;
+            }
+        }
+        let stats = accounts.stats();
+        let logins = bank.all_logins().len();
+        println!("max_accounts {max}, {IN_USE} in use: {logins} logins, {stats:?}");
+        if max < IN_USE as usize {
+            assert!(stats.dropped_full > 0, "{stats:?}");
+            assert_eq!(
+                stats.dropped_in_use, stats.dropped_full,
+                "every one was in use"
+            );
+            // Every account made again cost a login: about 900 more than the 1,100 needed.
+            assert_eq!(logins as u64, stats.created);
+            let again = stats.created - u64::from(IN_USE);
+            assert!(again > 0 && again <= stats.dropped_in_use, "{stats:?}");
+        } else {
+            assert_eq!((stats.dropped_full, stats.dropped_in_use), (0, 0));
+            assert_eq!(logins, IN_USE as usize);
+        }
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_default_layer_takes_the_account_from_a_request_extension() {
     tower_authtoken::testing::follow_tokio_clock();

@@ -167,6 +167,9 @@ struct KeyedCounters {
     refused: AtomicU64,
     dropped_idle: AtomicU64,
     dropped_full: AtomicU64,
+    dropped_in_use: AtomicU64,
+    /// The sweep epoch (plus one) of the last warning that accounts in use were dropped.
+    warned_in_use: AtomicU32,
 }
 
 /// One account: its cache, and a copy of its cache's slot for the hot path.
@@ -211,6 +214,10 @@ pub struct KeyedStats {
     pub dropped_idle: u64,
     /// Accounts dropped to make room under `max_accounts`.
     pub dropped_full: u64,
+    /// Of [`dropped_full`](Self::dropped_full), accounts used within the last quarter of the
+    /// idle timeout (or so): more accounts are in use than `max_accounts` holds, and each comes
+    /// back with a new login. Raise `max_accounts` when this grows; a warning is logged too.
+    pub dropped_in_use: u64,
 }
 
 impl<K> KeyedTokenCache<K>
@@ -288,6 +295,7 @@ where
             refused: counters.refused.load(Ordering::Relaxed),
             dropped_idle: counters.dropped_idle.load(Ordering::Relaxed),
             dropped_full: counters.dropped_full.load(Ordering::Relaxed),
+            dropped_in_use: counters.dropped_in_use.load(Ordering::Relaxed),
         }
     }
 
@@ -391,18 +399,38 @@ where
         ages.select_nth_unstable_by_key(count - 1, |(used, _)| {
             std::cmp::Reverse(epoch.wrapping_sub(*used))
         });
-        for (_, key) in &ages[..count] {
+        let mut in_use = 0u64;
+        for (used, key) in &ages[..count] {
             if let Some(account) = accounts.remove(*key) {
                 account.cache.retire();
                 self.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
+                // Used in this sweep interval or the one before.
+                in_use += u64::from(epoch.wrapping_sub(*used) <= 1);
             }
         }
         flush(&self.accounts);
-        tracing::info!(
-            dropped = count,
-            max_accounts = self.max_accounts,
-            "the keyed token cache is full; dropped its least recently used accounts"
-        );
+        if in_use == 0 {
+            tracing::info!(
+                dropped = count,
+                max_accounts = self.max_accounts,
+                "the keyed token cache is full; dropped its least recently used accounts"
+            );
+            return;
+        }
+        self.counters
+            .dropped_in_use
+            .fetch_add(in_use, Ordering::Relaxed);
+        // Once per sweep interval: a cache too small drops accounts at every new one.
+        let warned = &self.counters.warned_in_use;
+        if warned.swap(epoch.wrapping_add(1), Ordering::Relaxed) != epoch.wrapping_add(1) {
+            tracing::warn!(
+                dropped = count,
+                in_use,
+                max_accounts = self.max_accounts,
+                "the keyed token cache is full of accounts in use; it dropped some that were used \
+                 recently, and each will log in again on its next request: raise max_accounts"
+            );
+        }
     }
 
     /// Drops the accounts not used for the idle timeout, and starts the next epoch.
