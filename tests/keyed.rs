@@ -35,6 +35,8 @@ struct Bank {
     live_sources: AtomicUsize,
     /// Accounts that may send plain HTTP.
     insecure_ok: Vec<u32>,
+    /// Accounts whose password is wrong: every login fails with `AuthenticationFailed`.
+    wrong_password: std::ops::Range<u32>,
     /// When set, every account's first token expires at this instant, as if all were issued
     /// in the same second.
     first_expiry: Option<Instant>,
@@ -52,6 +54,7 @@ impl Bank {
             newest: Mutex::default(),
             live_sources: AtomicUsize::new(0),
             insecure_ok: Vec::new(),
+            wrong_password: 0..0,
             first_expiry: None,
             down_until: Mutex::new(None),
             attempts: Mutex::default(),
@@ -126,6 +129,9 @@ impl TokenSource for Login {
             .is_some_and(|until| now < until)
         {
             return Err(Error::new(ErrorKind::Server).with_status(StatusCode::SERVICE_UNAVAILABLE));
+        }
+        if self.bank.wrong_password.contains(&self.account) {
+            return Err(Error::new(ErrorKind::AuthenticationFailed));
         }
         let n = {
             let mut logins = self.bank.logins.lock().unwrap();
@@ -820,6 +826,78 @@ async fn callers_left_waiting_by_the_shared_budget_get_a_timeout_that_names_it()
     assert_eq!(served + timed_out, ACCOUNTS);
     // 10 at once, then 10 a second for 31 s.
     assert!((300..=330).contains(&served), "{served} served");
+}
+
+/// 500 tenants whose passwords are wrong, beside 50 good ones with 2-minute tokens, every account
+/// asked for its token once a second for 5 minutes, one budget of 10 logins a second. The bad
+/// tenants' callers get `AuthenticationFailed`; their logins, spaced by the permanent-error
+/// backoff, take a share of the budget, but the good accounts renew in time: after the cold
+/// start (1,050 logins at 10 a second) no good caller waits or fails.
+#[tokio::test(start_paused = true)]
+async fn tenants_with_wrong_passwords_do_not_hold_up_the_others_logins() {
+    tower_authtoken::testing::follow_tokio_clock();
+    const GOOD: u32 = 50;
+    const BAD: u32 = 500;
+    let mut bank = Bank::new(120 * S);
+    Arc::get_mut(&mut bank).unwrap().wrong_password = GOOD..GOOD + BAD;
+    let accounts = accounts(&bank)
+        .shared_login_budget(LoginBudget::new(10, S / 10))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let mut callers = tokio::task::JoinSet::new();
+    for account in 0..GOOD + BAD {
+        let accounts = accounts.clone();
+        callers.spawn(async move {
+            let (mut errors, mut longest_after_start) = (Vec::new(), Duration::ZERO);
+            for round in 0..300u32 {
+                let at = start + round * S + Duration::from_millis(u64::from(account));
+                tokio::time::sleep_until(at).await;
+                let sent = Instant::now();
+                if let Err(error) = accounts.token(&account).await {
+                    errors.push((round, error.kind()));
+                }
+                if round >= 60 {
+                    longest_after_start = longest_after_start.max(sent.elapsed());
+                }
+            }
+            (account, errors, longest_after_start)
+        });
+    }
+    let (mut good_errors, mut good_wait, mut bad_errors) = (0, Duration::ZERO, 0);
+    while let Some(caller) = callers.join_next().await {
+        let (account, errors, longest) = caller.unwrap();
+        if account < GOOD {
+            good_errors += errors.len();
+            good_wait = good_wait.max(longest);
+        } else {
+            // After the cold start, whose queue outlasts the fetch timeout (a `Timeout`
+            // naming the budget), the tenant's own error.
+            let other = errors
+                .iter()
+                .find(|(round, kind)| *round >= 60 && *kind != ErrorKind::AuthenticationFailed);
+            assert!(other.is_none(), "{other:?} ({} errors)", errors.len());
+            bad_errors += errors.len();
+        }
+    }
+    let attempts = bank.attempts.lock().unwrap().len();
+    let good_logins: usize = (0..GOOD).map(|account| bank.logins_of(account)).sum();
+    println!(
+        "{attempts} login attempts in 5 min; good accounts: {good_logins} logins, {good_errors} \
+         errors, longest wait after the first minute {good_wait:?}; bad: {bad_errors} errors"
+    );
+    assert_eq!(good_errors, 0);
+    assert_eq!(good_wait, Duration::ZERO, "the good accounts renew in time");
+    assert_eq!(
+        bad_errors,
+        BAD as usize * 300,
+        "every bad caller is told, each time"
+    );
+    // The permanent-error backoff spaces each bad tenant's attempts a minute apart, or more.
+    assert!(
+        attempts <= (GOOD * 4 + BAD * 6) as usize,
+        "{attempts} attempts"
+    );
 }
 
 #[tokio::test(start_paused = true)]
