@@ -1,5 +1,8 @@
 //! Instructions per warm request, for `valgrind --tool=callgrind`: a count that does not move
-//! with the machine's load or the heap's layout, which the timed benches' ratios do by ±5 %.
+//! with the machine's load, which the timed benches' ratios do by ±5 %. The floor's count does
+//! move with glibc's mode for the request's `HeaderMap` allocation (its per-thread cache or its
+//! bins, by the heap's state before the loop: about 235 instructions, BENCHMARKS.md), the same
+//! for every variant of one binary; compare what a layer adds over the floor.
 //!
 //! Each run sends `N` requests of one variant through a no-op inner service, on a
 //! current-thread runtime, after one warm-up login. Run each variant twice, with `N` and `2N`;
