@@ -131,9 +131,13 @@ impl LoginBudget {
     /// when the turn comes, so the cap stays exact, and a cache that finds the budget spent
     /// takes another turn. Turns are one interval apart, from when the budget next allows a
     /// login, in the order asked; an `urgent` turn (callers waiting with no token) comes before
-    /// every turn of a renewal (a token still in service, which can wait).
-    pub(crate) fn next_turn(&self, now: Instant, urgent: bool) -> Instant {
+    /// every turn of a renewal (a token still in service, which can wait). `None` when the
+    /// budget allows a login now: no turn is needed.
+    pub(crate) fn next_turn(&self, now: Instant, urgent: bool) -> Option<Instant> {
         let ready = self.ready_at(now);
+        if ready <= now {
+            return None;
+        }
         let mut state = self.lock();
         let turns = state.turns.get_or_insert_with(Box::default);
         let lane = if urgent { turns.urgent } else { turns.all };
@@ -143,7 +147,7 @@ impl LoginBudget {
             turns.urgent = Some(after);
         }
         turns.all = Some(turns.all.map_or(after, |all| all.max(after)));
-        turn
+        Some(turn)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Gcra> {
@@ -263,7 +267,7 @@ mod tests {
         let t0 = Instant::now();
         let budget = LoginBudget::new(2, 100 * MS);
         assert!(budget.try_spend(t0).is_ok() && budget.try_spend(t0).is_ok());
-        let turn = |urgent| budget.next_turn(t0, urgent) - t0;
+        let turn = |urgent| budget.next_turn(t0, urgent).expect("the budget is spent") - t0;
         assert_eq!(
             [turn(false), turn(false), turn(false)],
             [100 * MS, 200 * MS, 300 * MS]

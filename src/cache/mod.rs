@@ -338,10 +338,8 @@ impl Control {
     }
 
     fn set_shared_turn(&mut self, turn: Option<(Instant, bool)>) {
-        match (turn, &mut self.budget_wait) {
-            (None, None) => {}
-            (None, Some(wait)) => wait.turn = None,
-            (Some(_), _) => self.budget_wait.get_or_insert_with(Box::default).turn = turn,
+        if turn.is_some() || self.budget_wait.is_some() {
+            self.budget_wait.get_or_insert_with(Box::default).turn = turn;
         }
     }
 }
@@ -649,7 +647,7 @@ impl Shared {
         {
             return;
         }
-        let turn = (shared.ready_at(now) > now).then(|| (shared.next_turn(now, urgent), urgent));
+        let turn = shared.next_turn(now, urgent).map(|at| (at, urgent));
         control.set_shared_turn(turn);
     }
 
@@ -658,19 +656,20 @@ impl Shared {
     /// A cache that finds the shared budget spent (at its turn, or without one) takes a turn.
     fn spend_budget(&self, now: Instant) -> Result<(), ()> {
         let mut control = self.lock();
-        if self.budget.ready_at(now) > now {
-            control.hold_back();
-            return Err(());
-        }
-        if let Some(shared) = &self.config.shared_budget {
-            control.set_shared_turn(None);
-            if shared.try_spend(now).is_err() {
-                control.hold_back();
-                self.take_turn(&mut control, now);
-                return Err(());
+        let drawn = 'draw: {
+            if self.budget.ready_at(now) > now {
+                break 'draw false;
             }
-        }
-        if self.budget.try_spend(now).is_err() {
+            if let Some(shared) = &self.config.shared_budget {
+                control.set_shared_turn(None);
+                if shared.try_spend(now).is_err() {
+                    self.take_turn(&mut control, now);
+                    break 'draw false;
+                }
+            }
+            self.budget.try_spend(now).is_ok()
+        };
+        if !drawn {
             control.hold_back();
             return Err(());
         }

@@ -712,7 +712,7 @@ mod tests {
     /// 250 accounts cold at once on a shared budget of 10 logins a second (25 s to serve them
     /// all): each cache that loses the race for a login takes a turn in line and logs in at it.
     /// Without turns every waiting cache woke and looked at the budget at each of its logins:
-    /// 29,910 looks (about 250² / 2), where turns take 1,000 (four per account).
+    /// 29,910 looks (about 250² / 2), where turns take 760 (about three per account).
     #[tokio::test(start_paused = true)]
     async fn caches_waiting_for_a_shared_budget_take_turns_instead_of_all_waking_at_each_login() {
         const ACCOUNTS: u32 = 250;
