@@ -214,9 +214,10 @@ pub struct KeyedStats {
     pub dropped_idle: u64,
     /// Accounts dropped to make room under `max_accounts`.
     pub dropped_full: u64,
-    /// Of [`dropped_full`](Self::dropped_full), accounts used within the last quarter of the
-    /// idle timeout (or so): more accounts are in use than `max_accounts` holds, and each comes
-    /// back with a new login. Raise `max_accounts` when this grows; a warning is logged too.
+    /// Of [`dropped_full`](Self::dropped_full), accounts used in the current or the previous
+    /// sweep interval (each a quarter of the idle timeout: so within the last quarter to half of
+    /// it): more accounts are in use than `max_accounts` holds, and each comes back with a new
+    /// login. Raise `max_accounts` when this grows; a warning is logged too.
     pub dropped_in_use: u64,
 }
 
