@@ -313,7 +313,7 @@ struct BudgetWait {
     waiting: bool,
     /// When the budgets let the login through.
     let_through: Option<Instant>,
-    /// When this cache next tries the shared budget ([`LoginBudget::next_turn`]), and whether
+    /// When this cache next tries its turn budget ([`LoginBudget::next_turn`]), and whether
     /// that turn is urgent (its callers wait with no token).
     turn: Option<(Instant, bool)>,
 }
@@ -333,11 +333,11 @@ impl Control {
         }
     }
 
-    fn shared_turn(&self) -> Option<(Instant, bool)> {
+    fn turn(&self) -> Option<(Instant, bool)> {
         self.budget_wait.as_ref().and_then(|wait| wait.turn)
     }
 
-    fn set_shared_turn(&mut self, turn: Option<(Instant, bool)>) {
+    fn set_turn(&mut self, turn: Option<(Instant, bool)>) {
         if turn.is_some() || self.budget_wait.is_some() {
             self.budget_wait.get_or_insert_with(Box::default).turn = turn;
         }
@@ -622,52 +622,60 @@ impl Shared {
         self.slot.store(entry);
     }
 
-    /// When the login budgets allow the next login: for the shared budget, this cache's turn if
-    /// it has one.
+    /// The budget this cache takes turns at ([`LoginBudget::next_turn`]): the one other caches
+    /// may share. A keyed account's is the keyed cache's shared budget (its own is its own); a
+    /// single cache's is its own, which clones given to other caches share.
+    fn turn_budget(&self) -> &LoginBudget {
+        self.config.shared_budget.as_ref().unwrap_or(&self.budget)
+    }
+
+    /// When the login budgets allow the next login: this cache's turn if it has one.
     fn budget_ready_at(&self, control: &Control, now: Instant) -> Instant {
-        let own = self.budget.ready_at(now);
-        match (&self.config.shared_budget, control.shared_turn()) {
-            (Some(_), Some((turn, _))) => own.max(turn),
-            (Some(shared), None) => own.max(shared.ready_at(now)),
-            (None, _) => own,
+        let turn = match control.turn() {
+            Some((turn, _)) => turn,
+            None => self.turn_budget().ready_at(now),
+        };
+        match &self.config.shared_budget {
+            Some(_) => self.budget.ready_at(now).max(turn),
+            None => turn,
         }
     }
 
-    /// Takes this cache's turn at the shared login budget ([`LoginBudget::next_turn`]) when it
-    /// wants a login the budget does not allow now: an urgent one when its callers wait with no
-    /// token. A turn taken for a renewal is traded for an urgent one once the token is gone.
+    /// Takes this cache's turn at its [turn budget](Self::turn_budget) when it wants a login
+    /// the budget does not allow now: an urgent one when its callers wait with no token. A turn
+    /// taken for a renewal is traded for an urgent one once the token is gone.
     fn take_turn(&self, control: &mut Control, now: Instant) {
-        let Some(shared) = &self.config.shared_budget else {
-            return;
-        };
         let urgent = control.current.is_none();
         if control
-            .shared_turn()
+            .turn()
             .is_some_and(|(_, was_urgent)| was_urgent == urgent)
         {
             return;
         }
-        let turn = shared.next_turn(now, urgent).map(|at| (at, urgent));
-        control.set_shared_turn(turn);
+        let turn = self
+            .turn_budget()
+            .next_turn(now, urgent)
+            .map(|at| (at, urgent));
+        control.set_turn(turn);
     }
 
-    /// Draws one login from the budgets, or says it may not log in yet. The cache's own budget
-    /// is spent by its single driver only, so it cannot run out between the check and the draw.
-    /// A cache that finds the shared budget spent (at its turn, or without one) takes a turn.
+    /// Draws one login from the budgets, or says it may not log in yet. A cache that finds its
+    /// turn budget spent (at its turn, or without one) takes a turn. A keyed account's own
+    /// budget is spent by its single driver only, so it cannot run out between the look and
+    /// the draw.
     fn spend_budget(&self, now: Instant) -> Result<(), ()> {
         let mut control = self.lock();
+        let keyed = self.config.shared_budget.is_some();
         let drawn = 'draw: {
-            if self.budget.ready_at(now) > now {
+            if keyed && self.budget.ready_at(now) > now {
                 break 'draw false;
             }
-            if let Some(shared) = &self.config.shared_budget {
-                control.set_shared_turn(None);
-                if shared.try_spend(now).is_err() {
-                    self.take_turn(&mut control, now);
-                    break 'draw false;
-                }
+            control.set_turn(None);
+            if self.turn_budget().try_spend(now).is_err() {
+                self.take_turn(&mut control, now);
+                break 'draw false;
             }
-            self.budget.try_spend(now).is_ok()
+            !keyed || self.budget.try_spend(now).is_ok()
         };
         if !drawn {
             control.hold_back();
@@ -773,7 +781,7 @@ impl Shared {
             .is_some_and(|wait| wait.waiting || wait.let_through.is_some_and(|at| at > midway));
         drop(control);
         if held {
-            let budget = self.config.shared_budget.as_ref().unwrap_or(&self.budget);
+            let budget = self.turn_budget();
             return error.with_detail(format!(
                 "no token within the fetch timeout: the login waits for the login budget of {} \
                  at once then one every {:?}, and more logins wait for it than it serves in time; \
