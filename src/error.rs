@@ -189,6 +189,24 @@ impl Error {
         Self::new(ErrorKind::InvalidResponse).with_detail(detail)
     }
 
+    /// A login the cache's login budget holds back, from
+    /// [`ObtainRequest::login`](crate::store::ObtainRequest::login): the cache logs in at its
+    /// turn, `wait` from now. Not a failure: no backoff, and waiting callers wait on.
+    pub(crate) fn held_back(wait: Duration) -> Self {
+        Self::new(ErrorKind::RateLimited)
+            .with_detail("the cache's login budget holds this login back until its turn")
+            .with_retry_after(Some(wait))
+            .with_source(HeldBack)
+    }
+
+    /// Whether this is a [`held_back`](Self::held_back) login, as a store returned it.
+    pub(crate) fn is_held_back(&self) -> bool {
+        self.inner
+            .source
+            .as_deref()
+            .is_some_and(|source| source.is::<HeldBack>())
+    }
+
     /// A refused configuration, saying what was wrong with it.
     pub(crate) fn config(detail: impl Into<String>) -> Self {
         Self::new(ErrorKind::Config).with_detail(detail)
@@ -272,7 +290,10 @@ impl fmt::Display for Error {
                 write!(f, "unknown user{user}: check the user name")?;
             }
             ErrorKind::RateLimited => {
-                write!(f, "login{user} rate limited (429)")?;
+                write!(f, "login{user} rate limited")?;
+                if !self.is_held_back() {
+                    f.write_str(" (429)")?;
+                }
                 match inner.retry_after {
                     Some(wait) => write!(f, ": retry after {} s", wait.as_secs_f64().ceil())?,
                     None => f.write_str(": retry later")?,
@@ -323,6 +344,18 @@ impl fmt::Display for UserSuffix<'_> {
     }
 }
 
+/// The source of a [held-back](Error::held_back) login: the cache's own budget, not the server.
+#[derive(Debug)]
+struct HeldBack;
+
+impl fmt::Display for HeldBack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("held back by the login budget")
+    }
+}
+
+impl StdError for HeldBack {}
+
 impl StdError for Error {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         self.inner
@@ -359,6 +392,25 @@ mod tests {
         ] {
             assert!(!kind.is_transient(), "{kind} should be permanent");
         }
+    }
+
+    /// What a store sees when the budget holds its login back: the cache's own limit, not a
+    /// `429` from the server, with the wait until the cache's turn.
+    #[test]
+    fn a_held_back_login_names_the_budget_and_no_429() {
+        let error = Error::held_back(Duration::from_millis(1500));
+        assert!(error.is_held_back());
+        assert_eq!(error.kind(), ErrorKind::RateLimited);
+        assert_eq!(error.retry_after(), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            error.to_string(),
+            "login rate limited: retry after 2 s (the cache's login budget holds this login \
+             back until its turn)"
+        );
+        // The same kind from the server is not held back, and says 429.
+        let server = Error::new(ErrorKind::RateLimited);
+        assert!(!server.is_held_back());
+        assert!(server.to_string().contains("(429)"));
     }
 
     #[test]

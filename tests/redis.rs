@@ -794,12 +794,42 @@ fn a_static_store_keeps_sharing_after_the_runtime_that_first_used_it_shuts_down_
     assert_eq!(server.rejections(), 0);
 }
 
+/// A replica's keyed cache over `server`'s users `agency-N` (password `pw-N`), sharing through
+/// its own connection to `redis` under `prefix`, with `budget` shared by its accounts.
+fn keyed_replica(
+    redis: &RedisServer,
+    server: &ReferenceServer,
+    prefix: &str,
+    key: &EncryptionKey,
+    budget: tower_authtoken::LoginBudget,
+) -> tower_authtoken::KeyedTokenCache<u32> {
+    use tower_authtoken::Credentials;
+
+    let store = RedisTokenStore::builder(&redis.url(), prefix, key.clone())
+        .build()
+        .unwrap();
+    let base_url = server.base_url();
+    tower_authtoken::KeyedTokenCache::builder(move |account: &u32| {
+        let credentials = Credentials::new(format!("agency-{account}"), format!("pw-{account}"));
+        AuthTokenSource::new(&base_url, credentials)
+    })
+    .shared_login_budget(budget)
+    .configure(move |cache| cache.shared(store))
+    .build()
+    .unwrap()
+}
+
+/// A keyed cache's default shared budget: 10 at once, then 10 a second.
+fn keyed_default_budget() -> tower_authtoken::LoginBudget {
+    tower_authtoken::LoginBudget::new(10, Duration::from_millis(100))
+}
+
 /// Many accounts in a fleet: each replica holds a keyed cache, every account shares its token
 /// through one Redis (the keys are per user), so each account logs in once for the fleet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(not(has_redis), ignore = "redis-server is not on the PATH")]
 async fn keyed_caches_of_three_replicas_log_each_account_in_once_through_redis() {
-    use tower_authtoken::{Credentials, KeyedTokenCache};
+    use tower_authtoken::KeyedTokenCache;
 
     let redis = RedisServer::start();
     let server = ReferenceServer::builder()
@@ -813,20 +843,7 @@ async fn keyed_caches_of_three_replicas_log_each_account_in_once_through_redis()
     }
     let (prefix, key) = (prefix("keyed"), EncryptionKey::generate());
     let replicas: Vec<KeyedTokenCache<u32>> = (0..3)
-        .map(|_| {
-            let store = RedisTokenStore::builder(&redis.url(), &prefix, key.clone())
-                .build()
-                .unwrap();
-            let base_url = server.base_url();
-            KeyedTokenCache::builder(move |account: &u32| {
-                let credentials =
-                    Credentials::new(format!("agency-{account}"), format!("pw-{account}"));
-                AuthTokenSource::new(&base_url, credentials)
-            })
-            .configure(move |cache| cache.shared(store))
-            .build()
-            .unwrap()
-        })
+        .map(|_| keyed_replica(&redis, &server, &prefix, &key, keyed_default_budget()))
         .collect();
     // Every replica asks for every account, the replicas concurrently.
     let mut callers = tokio::task::JoinSet::new();
@@ -854,4 +871,134 @@ async fn keyed_caches_of_three_replicas_log_each_account_in_once_through_redis()
     for account in 0..ACCOUNTS {
         assert_eq!(server.logins_of(&format!("agency-{account}")), 1);
     }
+}
+
+/// Many accounts in a fleet whose shared login budget queues them: three replicas start cold
+/// on 60 accounts at once, each replica's keyed cache allowed 5 logins at once and then 10 a
+/// second (about 5.5 s to get through its 60 accounts), the logins slowed to 300 ms. Whichever
+/// replica's turn comes first logs an account in; the others find its token in Redis when their
+/// turn comes. Each account logs in once for the fleet, every caller gets a token the server
+/// accepts, and all three replicas hold the same token for each account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(has_redis), ignore = "redis-server is not on the PATH")]
+async fn keyed_replicas_queued_by_their_budgets_still_log_each_account_in_once() {
+    use tower_authtoken::{KeyedTokenCache, LoginBudget};
+
+    const ACCOUNTS: u32 = 60;
+    const REPLICAS: usize = 3;
+    let redis = RedisServer::start();
+    let server = ReferenceServer::builder()
+        .token_lifetime(Duration::from_secs(600))
+        .login_delay(Duration::from_millis(300))
+        .start()
+        .await;
+    for account in 0..ACCOUNTS {
+        server.add_user(&format!("agency-{account}"), &format!("pw-{account}"));
+    }
+    let (prefix, key) = (prefix("keyed-queued"), EncryptionKey::generate());
+    // A budget per replica (clones of one budget would share it).
+    let replicas: Vec<KeyedTokenCache<u32>> = (0..REPLICAS)
+        .map(|_| {
+            let budget = LoginBudget::new(5, Duration::from_millis(100));
+            keyed_replica(&redis, &server, &prefix, &key, budget)
+        })
+        .collect();
+    let started = Instant::now();
+    let mut callers = tokio::task::JoinSet::new();
+    for (index, replica) in replicas.iter().enumerate() {
+        for account in 0..ACCOUNTS {
+            let replica = replica.clone();
+            callers.spawn(async move {
+                let token = replica.token(&account).await;
+                (index, account, token, started.elapsed())
+            });
+        }
+    }
+    let mut tokens = std::collections::HashMap::new();
+    let mut longest = Duration::ZERO;
+    while let Some(caller) = callers.join_next().await {
+        let (replica, account, token, took) = caller.unwrap();
+        let token = token.unwrap_or_else(|e| panic!("replica {replica}, account {account}: {e}"));
+        assert!(server.accepts(token.expose_secret()));
+        tokens
+            .entry(account)
+            .or_insert_with(std::collections::HashSet::new)
+            .insert(token.expose_secret().to_owned());
+        longest = longest.max(took);
+    }
+    for account in 0..ACCOUNTS {
+        assert_eq!(
+            tokens[&account].len(),
+            1,
+            "account {account}: one token for the fleet"
+        );
+    }
+    let logins: u64 = (0..ACCOUNTS)
+        .map(|account| server.logins_of(&format!("agency-{account}")))
+        .sum();
+    eprintln!("logins {logins}, longest wait {longest:?}");
+    assert_eq!(
+        logins,
+        u64::from(ACCOUNTS),
+        "one login per account for the fleet"
+    );
+    assert_eq!(server.rejections(), 0);
+}
+
+/// A replica that joins a warm fleet (a rolling restart): every account's token is in Redis,
+/// so the new replica adopts each at once instead of waiting in line at its login budget, which
+/// only logins draw on: 60 accounts on a budget of 5 at once then 10 a second are served within
+/// a second (26 ms here), with no login at all. When asking Redis drew on the budget too, the
+/// last account waited 5.5 s for its turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(has_redis), ignore = "redis-server is not on the PATH")]
+async fn a_keyed_replica_joining_a_warm_fleet_adopts_every_token_without_waiting_for_its_budget() {
+    use tower_authtoken::LoginBudget;
+
+    const ACCOUNTS: u32 = 60;
+    let redis = RedisServer::start();
+    let server = ReferenceServer::builder()
+        .token_lifetime(Duration::from_secs(600))
+        .start()
+        .await;
+    for account in 0..ACCOUNTS {
+        server.add_user(&format!("agency-{account}"), &format!("pw-{account}"));
+    }
+    let (prefix, key) = (prefix("keyed-join"), EncryptionKey::generate());
+    let replica = || {
+        let budget = LoginBudget::new(5, Duration::from_millis(100));
+        keyed_replica(&redis, &server, &prefix, &key, budget)
+    };
+    let warm = replica();
+    for account in 0..ACCOUNTS {
+        warm.token(&account).await.unwrap();
+    }
+    let logins = |server: &ReferenceServer| -> u64 {
+        (0..ACCOUNTS)
+            .map(|account| server.logins_of(&format!("agency-{account}")))
+            .sum()
+    };
+    assert_eq!(logins(&server), u64::from(ACCOUNTS));
+
+    let joining = replica();
+    let started = Instant::now();
+    let mut callers = tokio::task::JoinSet::new();
+    for account in 0..ACCOUNTS {
+        let joining = joining.clone();
+        callers.spawn(async move { joining.token(&account).await.map(|_| started.elapsed()) });
+    }
+    let mut longest = Duration::ZERO;
+    while let Some(caller) = callers.join_next().await {
+        longest = longest.max(caller.unwrap().unwrap());
+    }
+    eprintln!("longest wait {longest:?}");
+    assert_eq!(
+        logins(&server),
+        u64::from(ACCOUNTS),
+        "no login: all adopted"
+    );
+    assert!(
+        longest < Duration::from_secs(1),
+        "the last account served at {longest:?}"
+    );
 }

@@ -19,7 +19,7 @@ use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 
 use super::schedule::{self, Renewal, Step, View};
-use super::{Backoff, Control, Driver, Entry, Shared, runtime_error};
+use super::{Backoff, Control, Driver, Entry, LoginGate, Shared, runtime_error};
 use crate::store::ObtainRequest;
 use crate::{Error, ErrorKind, Token};
 
@@ -57,8 +57,6 @@ impl Shared {
         self.published.notify_waiters();
     }
 
-    /// Takes the current token out of service if `now` is past its deadline. A token the server
-    /// replaces only once it expires leaves a login due at its expiry.
     /// Takes an evicted account's token out of service now (it is zeroed when the last reader
     /// lets go of it) and stops its driver, whatever it was doing; callers waiting for it are
     /// handed back and start over. A reader that still holds the account logs in afresh.
@@ -78,6 +76,8 @@ impl Shared {
         }
     }
 
+    /// Takes the current token out of service if `now` is past its deadline. A token the server
+    /// replaces only once it expires leaves a login due at its expiry.
     pub(super) fn expire_due(&self, control: &mut Control, now: Instant) {
         let due = control
             .current
@@ -162,17 +162,20 @@ async fn run(shared: Arc<Shared>, generation: u64) {
             };
             // Whether the driver would log in now, were it not for the budgets.
             let wanted_now = schedule::next_step(view, now) == Step::Fetch;
-            if wanted_now {
+            // With a shared store, the store is asked first; a turn is taken once its login
+            // is refused.
+            if wanted_now && (shared.config.store.is_none() || control.held_back()) {
                 shared.take_turn(&mut control, now);
             }
             let budget_at = shared.budget_ready_at(&control, now);
             view.budget_at = Some(budget_at);
             let step = schedule::next_step(view, now);
-            // Only the budget holds this login back: a caller that times out is told so.
-            if wanted_now && matches!(step, Step::Sleep(_)) {
-                control.hold_back();
-            } else {
-                control.not_held_back();
+            // Only the budget holds this login back: a caller that times out is told so. A
+            // login about to draw on the budget is still held back until it does.
+            match step {
+                Step::Sleep(_) if wanted_now => control.hold_back(),
+                Step::Fetch => {}
+                _ => control.not_held_back(),
             }
             step
         };
@@ -183,7 +186,8 @@ async fn run(shared: Arc<Shared>, generation: u64) {
             }
             Step::Answer => answer(&shared),
             Step::Fetch => {
-                if shared.spend_budget(Instant::now()).is_err() {
+                // With a shared store, the store's login draws on the budgets (`LoginGate`).
+                if shared.config.store.is_none() && shared.spend_budget(Instant::now()).is_err() {
                     // A budget shared with another cache was spent meanwhile: decide again.
                     continue;
                 }
@@ -217,7 +221,11 @@ async fn run(shared: Arc<Shared>, generation: u64) {
                             // No result: the runtime is shutting down under us. Stop; the exit
                             // guard hands the waiters back to their own runtimes.
                             let Some(result) = result else { return };
-                            complete(&shared, generation, started, result);
+                            // The store found no token and the budgets refused its login:
+                            // no failure; ask the store again at this cache's turn.
+                            if !result.as_ref().is_err_and(Error::is_held_back) {
+                                complete(&shared, generation, started, result);
+                            }
                             break;
                         }
                         _ = timer => {
@@ -292,7 +300,7 @@ fn answer(shared: &Shared) {
 
 /// Runs one fetch on a task of its own, under the fetch timeout. `None` when that task was
 /// cancelled: its runtime (the driver's) is shutting down.
-async fn fetch(shared: &Shared) -> Option<Result<Token, Error>> {
+async fn fetch(shared: &Arc<Shared>) -> Option<Result<Token, Error>> {
     let attempt = shared.counters.fetches.fetch_add(1, Ordering::Relaxed) + 1;
     let span = tracing::info_span!(
         "authtoken.fetch",
@@ -310,10 +318,18 @@ async fn fetch(shared: &Shared) -> Option<Result<Token, Error>> {
             fetch_timeout: shared.config.fetch_timeout,
             current: control.current.as_ref().map(|(token, _)| token.clone()),
             rejected: control.rejected.take(),
+            budget: shared
+                .config
+                .store
+                .as_ref()
+                .map(|_| LoginGate(Arc::downgrade(shared))),
         };
-        control.replacing_rejected = request.rejected.is_some();
+        // Until a token is adopted: a failed fetch's retry still replaces the rejected token.
+        control.replacing_rejected |= request.rejected.is_some();
         request
     };
+    // For the next fetch to tell the store again, if the budgets hold this one's login back.
+    let rejected = request.rejected.clone();
     let store = shared.config.store.clone();
     let limit = shared.config.attempt_limit();
     let started = Instant::now();
@@ -339,6 +355,14 @@ async fn fetch(shared: &Shared) -> Option<Result<Token, Error>> {
         Err(join) if join.is_panic() => Err(runtime_error("the token source panicked")),
         Err(_) => return None,
     };
+    if result.as_ref().is_err_and(Error::is_held_back) {
+        span.record("outcome", "held_back");
+        let mut control = shared.lock();
+        if control.rejected.is_none() {
+            control.rejected = rejected;
+        }
+        return Some(result);
+    }
     let elapsed = started.elapsed();
     span.record("duration_ms", elapsed.as_millis() as u64);
     match &result {

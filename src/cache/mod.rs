@@ -318,6 +318,24 @@ struct BudgetWait {
     turn: Option<(Instant, bool)>,
 }
 
+/// The login budgets of a cache with a shared store, as
+/// [`ObtainRequest::login`](crate::store::ObtainRequest::login) draws on them: only a login
+/// spends them, never asking the store for a peer's token.
+pub(crate) struct LoginGate(Weak<Shared>);
+
+impl LoginGate {
+    /// Spends one login, or refuses it with [`Error::held_back`] until the cache's turn.
+    pub(crate) fn draw(&self) -> Result<(), Error> {
+        let Some(shared) = self.0.upgrade() else {
+            return Err(Error::new(ErrorKind::Runtime).with_detail("the token cache was dropped"));
+        };
+        let now = Instant::now();
+        shared
+            .spend_budget(now)
+            .map_err(|()| shared.refuse_login(now))
+    }
+}
+
 impl Control {
     /// Records that the login budgets hold the next login back.
     fn hold_back(&mut self) {
@@ -331,6 +349,11 @@ impl Control {
         if let Some(wait) = &mut self.budget_wait {
             wait.waiting = false;
         }
+    }
+
+    /// Whether the login budgets hold the next login back now.
+    fn held_back(&self) -> bool {
+        self.budget_wait.as_ref().is_some_and(|wait| wait.waiting)
     }
 
     fn turn(&self) -> Option<(Instant, bool)> {
@@ -439,7 +462,8 @@ struct Counters {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CacheStats {
-    /// Fetches started (calls to the token source).
+    /// Fetches started: calls to the token source, or to the shared store (which may adopt a
+    /// peer's token, or find its login held back by the budget, instead of logging in).
     pub fetches: u64,
     /// Fetches that failed, timed out, or returned an unusable token.
     pub failures: u64,
@@ -630,7 +654,14 @@ impl Shared {
     }
 
     /// When the login budgets allow the next login: this cache's turn if it has one.
+    ///
+    /// With a shared store, only a login draws on the budgets ([`LoginGate`]), not asking the
+    /// store for a peer's token: the driver asks the store at once, and waits for the budgets
+    /// only once a login they refused holds it back.
     fn budget_ready_at(&self, control: &Control, now: Instant) -> Instant {
+        if self.config.store.is_some() && !control.held_back() {
+            return now;
+        }
         let turn = match control.turn() {
             Some((turn, _)) => turn,
             None => self.turn_budget().ready_at(now),
@@ -686,6 +717,13 @@ impl Shared {
             wait.let_through.get_or_insert(now);
         }
         Ok(())
+    }
+
+    /// The budgets' refusal of a login now, as [`Error::held_back`] until this cache's turn.
+    fn refuse_login(&self, now: Instant) -> Error {
+        let control = self.lock();
+        let at = self.budget_ready_at(&control, now);
+        Error::held_back(at.saturating_duration_since(now))
     }
 
     fn lock(&self) -> MutexGuard<'_, Control> {

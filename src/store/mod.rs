@@ -22,6 +22,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use crate::cache::LoginGate;
 use crate::source::SharedSource;
 use crate::{Error, ErrorKind, Token};
 
@@ -39,6 +40,11 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// time per cache, from a background task. An implementation must never fail where a plain
 /// login would have succeeded: when the store itself is unavailable, it logs in with
 /// [`ObtainRequest::login`].
+///
+/// The cache's [login budget](crate::LoginBudget) applies to [`ObtainRequest::login`] only:
+/// the cache asks the store as soon as it needs a token, and a peer's token costs no budget.
+/// When the budget refuses a login, `login` says so at once; the store returns that error, and
+/// the cache asks again at its turn.
 pub trait TokenStore: Send + Sync + 'static {
     /// Returns a token for the cache that sent `request`: one a peer stored, or one from
     /// [`request.login()`](ObtainRequest::login), shared with the peers.
@@ -51,11 +57,23 @@ pub struct ObtainRequest {
     pub(crate) fetch_timeout: Duration,
     pub(crate) current: Option<Token>,
     pub(crate) rejected: Option<Token>,
+    /// The cache's login budgets, which [`login`](Self::login) draws on.
+    pub(crate) budget: Option<LoginGate>,
 }
 
 impl ObtainRequest {
     /// Logs in through the cache's token source, under the cache's fetch timeout.
+    ///
+    /// The login draws on the cache's [login budget](crate::LoginBudget) (and a keyed cache's
+    /// shared one); asking the store for a peer's token does not. When the budget holds the
+    /// login back, this returns at once an [`ErrorKind::RateLimited`] error whose
+    /// [`retry_after`](Error::retry_after) is the cache's turn: return it as it is (release
+    /// any lock first), and the cache asks the store again at its turn, without counting a
+    /// failure, while its callers wait on or keep using a still-valid token.
     pub async fn login(&self) -> Result<Token, Error> {
+        if let Some(budget) = &self.budget {
+            budget.draw()?;
+        }
         login(&self.source, self.fetch_timeout).await
     }
 
