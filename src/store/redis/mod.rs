@@ -7,20 +7,29 @@ use std::time::{Duration, SystemTime};
 
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
-use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
+
+mod notifications;
+
+use notifications::{Notifications, Subscription};
 
 use super::{BoxFuture, ObtainRequest, TokenStore};
 use crate::{Error, Token};
 
-/// Releases the lock `KEYS[1]` only while it still holds our owner `ARGV[1]`.
+/// Releases the lock `KEYS[1]` only while it still holds our owner `ARGV[1]`, and then, when
+/// `ARGV[2]` names a channel, tells the waiters on it to look again (the holder stored no token:
+/// its login failed, or its login budget held it back).
 const UNLOCK: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
+    local released = redis.call('DEL', KEYS[1])
+    if ARGV[2] ~= '' then
+        redis.call('PUBLISH', ARGV[2], 'released')
+    end
+    return released
 end
 return 0
 ";
@@ -188,7 +197,13 @@ impl fmt::Debug for EncryptionKey {
 ///    compare-and-delete script), logs in once, stores the token, and publishes a notification;
 /// 3. or, if another replica holds the lock, waits for its notification (polling as a fallback)
 ///    for at most the fetch timeout, then logs in itself: liveness beats perfect deduplication.
-///    A lock whose holder died expires and hands the renewal to the next replica.
+///    A lock whose holder died expires and hands the renewal to the next replica; a holder
+///    whose login failed (or whose login budget held it back) releases the lock and tells the
+///    waiters, one of which takes over at once.
+///
+/// A store holds two connections to a single Redis: one for commands, and one pubsub
+/// connection, opened at the first wait, on which every waiter listens, however many accounts
+/// wait at once.
 ///
 /// # Guarantees under faults
 ///
@@ -270,6 +285,8 @@ struct Inner {
     flushing: AtomicBool,
     /// Per token key, the id of the login that wrote the token we last adopted or stored.
     logins: Mutex<std::collections::HashMap<String, String>>,
+    /// The pubsub connection waiters listen on for a peer's renewal.
+    notifications: Notifications,
 }
 
 /// A token this replica saw rejected.
@@ -447,6 +464,7 @@ impl RedisTokenStoreBuilder {
                 rejections: Mutex::new(Vec::new()),
                 flushing: AtomicBool::new(false),
                 logins: Mutex::new(std::collections::HashMap::new()),
+                notifications: Notifications::default(),
             }),
         })
     }
@@ -967,13 +985,20 @@ impl Inner {
         })
     }
 
-    async fn unlock(&self, keys: &Keys, owner: &str) -> Result<(), Miss> {
+    /// Releases our lock; `tell_waiters` when we stored no token, so that a peer waiting for
+    /// it looks again now (and may take the lock over) instead of at its next poll.
+    async fn unlock(&self, keys: &Keys, owner: &str, tell_waiters: bool) -> Result<(), Miss> {
+        let channel = if tell_waiters {
+            keys.channel.as_str()
+        } else {
+            ""
+        };
         let _: i64 = self
             .script(
                 "unlock",
                 UNLOCK,
                 &[&keys.lock],
-                vec![owner.as_bytes().to_vec()],
+                vec![owner.as_bytes().to_vec(), channel.as_bytes().to_vec()],
             )
             .await?;
         Ok(())
@@ -1041,7 +1066,7 @@ impl Inner {
                 }
             }
         };
-        if let Err(Miss::Down(why)) = self.unlock(keys, owner).await {
+        if let Err(Miss::Down(why)) = self.unlock(keys, owner, result.is_err()).await {
             // The lock expires on its own.
             tracing::debug!(reason = why, "could not release the renewal lock");
         }
@@ -1077,38 +1102,16 @@ impl Inner {
         }
     }
 
-    /// Subscribes to the renewal notifications on the store's runtime; each one arrives as a
-    /// message on the receiver. `None` if the subscription failed.
-    async fn subscribe(&self, keys: &Keys) -> Option<(mpsc::Receiver<()>, AbortOnDrop<()>)> {
+    /// Subscribes to the renewal notifications of `keys`, through the store's one pubsub
+    /// connection. `None` if the subscription failed, and in a cluster: the waiter polls.
+    async fn subscribe(&self, keys: &Keys) -> Option<Subscription> {
         let io = self.io().ok()?;
-        let Target::Single(client) = self.client.clone() else {
-            // In a cluster, waiters poll.
+        let Target::Single(client) = &self.client else {
             return None;
         };
-        let channel = keys.channel.clone();
-        let limit = self.command_timeout;
-        let (ready_tx, ready) = oneshot::channel();
-        let (tx, rx) = mpsc::channel(4);
-        let task = AbortOnDrop(io.handle.spawn(async move {
-            let subscribed = timeout(limit, async {
-                let mut pubsub = client.get_async_pubsub().await?;
-                pubsub.subscribe(&channel).await?;
-                Ok::<_, redis::RedisError>(pubsub)
-            })
-            .await;
-            let Ok(Ok(pubsub)) = subscribed else { return };
-            if ready_tx.send(()).is_err() {
-                return;
-            }
-            let mut messages = pubsub.into_on_message();
-            while messages.next().await.is_some() {
-                if tx.send(()).await.is_err() {
-                    return;
-                }
-            }
-        }));
-        ready.await.ok()?;
-        Some((rx, task))
+        self.notifications
+            .listen(client, &io.handle, &keys.channel, self.command_timeout)
+            .await
     }
 
     /// Waits for the lock holder's token, taking the lock over if it expires; then logs in
@@ -1164,9 +1167,9 @@ impl Inner {
             }
             let next_poll = (now + self.poll_interval).min(deadline);
             match &mut notifications {
-                Some((messages, _task)) => {
+                Some(subscription) => {
                     tokio::select! {
-                        message = messages.recv() => {
+                        message = subscription.messages.recv() => {
                             if message.is_none() {
                                 notifications = None;
                             }
