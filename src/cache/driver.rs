@@ -256,8 +256,6 @@ async fn run(shared: Arc<Shared>, generation: u64) {
     }
 }
 
-/// Answers waiting callers without a fetch: with the current token, or the last error while
-/// backing off.
 /// Stops the driver of a cache that parks when idle, when nothing lies ahead but a renewal a
 /// reader will ask for (or nothing at all): an idle account costs no task and no timer. Whether
 /// it stopped.
@@ -287,6 +285,8 @@ fn park(shared: &Shared, generation: u64) -> bool {
     true
 }
 
+/// Answers waiting callers without a fetch: with the current token, or the last error while
+/// backing off.
 fn answer(shared: &Shared) {
     let mut control = shared.lock();
     let now = Instant::now();
