@@ -50,7 +50,9 @@
 //! frozen with `SIGSTOP` for longer than a token's life sends no expired token for any account
 //! afterwards, through the map or a service's memo, on a current-thread or a multi-thread
 //! runtime (`tests/freeze.rs`): an account's driver is usually parked by then, so the
-//! request's own deadline check is what refuses it.
+//! request's own deadline check is what refuses it. The sweeper, waking late by many
+//! intervals, sweeps once for all of them (dropping every account idle since), not once per
+//! interval missed.
 //!
 //! # The hot path
 //!
@@ -159,6 +161,9 @@ struct Keyed<K> {
     creating: Mutex<()>,
     sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
     counters: KeyedCounters,
+    /// Sweeps run, for tests.
+    #[cfg(test)]
+    sweeps: AtomicU64,
 }
 
 #[derive(Default)]
@@ -434,9 +439,15 @@ where
         }
     }
 
-    /// Drops the accounts not used for the idle timeout, and starts the next epoch.
-    fn sweep(&self) {
-        let epoch = self.epoch.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+    /// Starts the epoch `elapsed` sweep intervals on, and drops the accounts not used for the
+    /// idle timeout.
+    fn sweep(&self, elapsed: u32) {
+        #[cfg(test)]
+        self.sweeps.fetch_add(1, Ordering::Relaxed);
+        let epoch = self
+            .epoch
+            .fetch_add(elapsed, Ordering::Relaxed)
+            .wrapping_add(elapsed);
         let idle =
             |account: &Account| epoch.wrapping_sub(account.cache.last_used()) > SWEEPS_PER_TIMEOUT;
         let accounts = self.accounts.pin();
@@ -648,6 +659,8 @@ where
                 creating: Mutex::new(()),
                 sweeper: Mutex::new(None),
                 counters: KeyedCounters::default(),
+                #[cfg(test)]
+                sweeps: AtomicU64::new(0),
             }),
         })
     }
@@ -689,9 +702,22 @@ where
         let mut next = tokio::time::Instant::now() + every;
         loop {
             tokio::time::sleep_until(next).await;
-            next += every;
+            // Late by whole intervals (a frozen process, a runtime nobody drove): one sweep for
+            // all of them, not one per interval in a burst, each over every account.
+            // (More than the idle timeout late drops every account not used since: so many
+            // intervals are as good as any more.)
+            let now = tokio::time::Instant::now();
+            let late = now.saturating_duration_since(next);
+            let every_ns = every.as_nanos().max(1);
+            let missed = late.as_nanos() / every_ns;
+            let elapsed = u32::try_from(missed + 1)
+                .unwrap_or(u32::MAX)
+                .min(SWEEPS_PER_TIMEOUT + 1);
+            // The next sweep keeps the schedule's phase.
+            let into = u64::try_from(late.as_nanos() % every_ns).unwrap_or(0);
+            next = now + every.saturating_sub(Duration::from_nanos(into));
             match weak.upgrade() {
-                Some(keyed) => keyed.sweep(),
+                Some(keyed) => keyed.sweep(elapsed),
                 None => return,
             }
         }
@@ -708,6 +734,29 @@ mod tests {
         async fn fetch(&self) -> Result<Token, Error> {
             Token::new(format!("account-{}", self.0), Duration::from_secs(3600))
         }
+    }
+
+    /// A process that stood still for 10 hours (`SIGSTOP`, a laptop asleep) wakes with its
+    /// sweeper 2,400 intervals late: it sweeps once, dropping every account idle since, not
+    /// 2,400 times in a burst over every account, and then goes on once per interval.
+    #[tokio::test(start_paused = true)]
+    async fn a_sweeper_hours_late_sweeps_once_and_keeps_its_schedule() {
+        let accounts = KeyedTokenCache::builder(|account: &u32| Ok::<_, Error>(Login(*account)))
+            .idle_timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        for account in 0..100 {
+            accounts.token(&account).await.unwrap();
+        }
+        let sweeps = || accounts.inner.sweeps.load(Ordering::Relaxed);
+        tokio::time::advance(Duration::from_secs(10 * 3600)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(sweeps(), 1, "sweeps after the freeze");
+        assert_eq!(accounts.len(), 0);
+        assert_eq!(accounts.stats().dropped_idle, 100);
+        // The schedule goes on: a sweep every quarter of the idle timeout.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(sweeps(), 5);
     }
 
     /// 250 accounts cold at once on a shared budget of 10 logins a second (25 s to serve them
