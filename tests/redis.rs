@@ -804,7 +804,7 @@ fn keyed_replica(
     budget: tower_authtoken::LoginBudget,
 ) -> tower_authtoken::KeyedTokenCache<u32> {
     keyed_replica_polling(
-        redis,
+        &redis.url(),
         server,
         prefix,
         key,
@@ -816,7 +816,7 @@ fn keyed_replica(
 /// As [`keyed_replica`], with waiters for a peer's login polling Redis every `poll` (besides
 /// the notifications).
 fn keyed_replica_polling(
-    redis: &RedisServer,
+    redis_url: &str,
     server: &ReferenceServer,
     prefix: &str,
     key: &EncryptionKey,
@@ -825,8 +825,9 @@ fn keyed_replica_polling(
 ) -> tower_authtoken::KeyedTokenCache<u32> {
     use tower_authtoken::Credentials;
 
-    let store = RedisTokenStore::builder(&redis.url(), prefix, key.clone())
+    let store = RedisTokenStore::builder(redis_url, prefix, key.clone())
         .poll_interval(poll)
+        .retry_after(Duration::from_millis(300))
         .build()
         .unwrap();
     let base_url = server.base_url();
@@ -1069,7 +1070,7 @@ async fn keyed_replicas_waiting_for_many_peer_logins_share_one_pubsub_connection
         .map(|_| {
             let budget = LoginBudget::new(50, Duration::from_millis(5));
             let poll = Duration::from_secs(10);
-            keyed_replica_polling(&redis, &server, &prefix, &key, budget, poll)
+            keyed_replica_polling(&redis.url(), &server, &prefix, &key, budget, poll)
         })
         .collect();
     // Samples Redis's client count while the replicas start.
@@ -1173,5 +1174,88 @@ async fn a_holder_whose_login_fails_hands_the_lock_to_a_waiting_peer_at_once() {
     assert!(
         waited < Duration::from_secs(4),
         "B took over {waited:?} after it started, not at A's failure"
+    );
+}
+
+/// A replica loses Redis in the middle of a cold start: B's connections are reset for half a
+/// second while it holds renewal locks and while many of its waits listen on its pubsub
+/// connection.
+///
+/// - B logs in on its own; A's callers waiting for B's locks are served once B's short leases
+///   run out (B cannot extend them), within the first wave's 4 s. With a lock as long as the
+///   fetch timeout, A's callers waited 30–40 s for it.
+/// - B's waiters fall back to polling; once Redis answers again, the next waits open a new
+///   pubsub connection and end on notifications (polling is set to 10 s, so a wait that missed
+///   its notification would show), with one login per account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(has_redis), ignore = "redis-server is not on the PATH")]
+async fn a_replica_losing_redis_mid_start_frees_its_locks_soon_and_reopens_its_pubsub() {
+    use tower_authtoken::{KeyedTokenCache, LoginBudget};
+
+    const ACCOUNTS: u32 = 400;
+    let redis = RedisServer::start();
+    let proxy = FaultProxy::start(redis.addr()).await;
+    let server = agency_server(
+        ACCOUNTS,
+        Duration::from_secs(600),
+        Duration::from_millis(200),
+    )
+    .await;
+    let (prefix, key) = (prefix("pubsub-reset"), EncryptionKey::generate());
+    let budget = || LoginBudget::new(20, Duration::from_millis(20));
+    let poll = Duration::from_secs(10);
+    // A reaches Redis directly, B through the proxy.
+    let a = keyed_replica_polling(&redis.url(), &server, &prefix, &key, budget(), poll);
+    let b = keyed_replica_polling(&proxy.url(), &server, &prefix, &key, budget(), poll);
+
+    // Both ask for the same accounts at once; returns the longest wait.
+    let serve = |accounts: std::ops::Range<u32>| {
+        let (a, b) = (a.clone(), b.clone());
+        async move {
+            let started = Instant::now();
+            let mut callers = tokio::task::JoinSet::new();
+            for replica in [a, b] {
+                for account in accounts.clone() {
+                    let replica: KeyedTokenCache<u32> = replica.clone();
+                    callers.spawn(async move { (account, replica.token(&account).await) });
+                }
+            }
+            while let Some(caller) = callers.join_next().await {
+                let (account, token) = caller.unwrap();
+                token.unwrap_or_else(|e| panic!("account {account}: {e}"));
+            }
+            started.elapsed()
+        }
+    };
+
+    // First wave: B's connections are reset while its waits listen.
+    let first = tokio::spawn(serve(0..ACCOUNTS / 2));
+    sleep(Duration::from_millis(300)).await;
+    proxy.set(Fault::Reset);
+    sleep(Duration::from_millis(500)).await;
+    proxy.heal();
+    let first = first.await.unwrap();
+
+    // Second wave, Redis healthy: new pubsub connections, waits end on notifications.
+    let second = serve(ACCOUNTS / 2..ACCOUNTS).await;
+    let logins: u64 = (0..ACCOUNTS)
+        .map(|account| server.logins_of(&format!("agency-{account}")))
+        .sum();
+    let second_logins: u64 = (ACCOUNTS / 2..ACCOUNTS)
+        .map(|account| server.logins_of(&format!("agency-{account}")))
+        .sum();
+    eprintln!(
+        "first wave {first:?}, second wave {second:?}, logins {logins} ({second_logins} in the second)"
+    );
+    assert_eq!(server.rejections(), 0);
+    assert!(first < Duration::from_secs(15), "first wave took {first:?}");
+    assert_eq!(
+        second_logins,
+        u64::from(ACCOUNTS / 2),
+        "one login per account when healthy"
+    );
+    assert!(
+        second < Duration::from_secs(8),
+        "second wave took {second:?}"
     );
 }

@@ -51,6 +51,15 @@ end
 return left
 ";
 
+/// Extends the lock `KEYS[1]` to `ARGV[2]` ms while it still holds our owner `ARGV[1]`. 1 if it
+/// did.
+const EXTEND: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
 /// Redis's own clock in milliseconds, for the tombstones' expiry (never another machine's).
 const NOW_MS: &str = r"
 local function now_ms()
@@ -194,7 +203,10 @@ impl fmt::Debug for EncryptionKey {
 ///
 /// 1. adopts a fresher token from Redis, if another replica stored one and nobody rejected it;
 /// 2. otherwise takes a short lock (`SET NX PX` with a random owner, released by a
-///    compare-and-delete script), logs in once, stores the token, and publishes a notification;
+///    compare-and-delete script), logs in once, stores the token, and publishes a notification.
+///    The lock is a lease the holder extends while its login runs, so a holder that dies or
+///    loses Redis frees it within the lease (2 s by default), and a waiter looks again as it
+///    runs out;
 /// 3. or, if another replica holds the lock, waits for its notification (polling as a fallback)
 ///    for at most the fetch timeout, then logs in itself: liveness beats perfect deduplication.
 ///    A lock whose holder died expires and hands the renewal to the next replica; a holder
@@ -240,7 +252,7 @@ impl fmt::Debug for EncryptionKey {
 /// | Key | Type | Holds | Expires |
 /// |---|---|---|---|
 /// | `{carrental:alice}:token` | hash | `fp` (fingerprint), `sealed` (the sealed token), `login` (a random id of the login that last wrote it) | with the token |
-/// | `{carrental:alice}:lock` | string | the random owner of the renewal lock | fetch timeout + 0.5 s |
+/// | `{carrental:alice}:lock` | string | the random owner of the renewal lock | a lease of 8 command timeouts (at least 2 s, at most the fetch timeout + 0.5 s), extended by its holder every quarter of it while its login runs |
 /// | `{carrental:alice}:rejected` | sorted set | fingerprints of rejected tokens, scored by their tombstone's expiry (Redis ms) | with the last tombstone |
 ///
 /// Notifications go to the channel `{carrental:alice}:renewed`.
@@ -985,6 +997,40 @@ impl Inner {
         })
     }
 
+    /// How long our lock lasts unless we extend it: long enough for a few command timeouts (2 s
+    /// at least), at most the fetch timeout and a half second. A lock as long as the fetch
+    /// timeout kept a peer's callers waiting that long (30 s by default) whenever its holder
+    /// lost Redis mid-login.
+    fn lease(&self, fetch_timeout: Duration) -> Duration {
+        self.command_timeout
+            .saturating_mul(8)
+            .max(MIN_LEASE)
+            .min(lock_ttl(fetch_timeout))
+    }
+
+    /// Extends our lock every quarter of its lease, for as long as it is ours; never returns
+    /// (the caller drops it when its login ends).
+    async fn hold(&self, keys: &Keys, owner: &str, lease: Duration) -> std::convert::Infallible {
+        let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1);
+        loop {
+            sleep(lease / 4).await;
+            let extended: Result<i64, Miss> = self
+                .script(
+                    "extend",
+                    EXTEND,
+                    &[&keys.lock],
+                    vec![owner.as_bytes().to_vec(), lease_ms.to_string().into_bytes()],
+                )
+                .await;
+            if !matches!(extended, Ok(1)) {
+                // Lost (a peer took over) or Redis is unreachable: the lease runs out, and
+                // the fence keeps our token from overwriting a newer one.
+                tracing::debug!("could not extend the renewal lock");
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// Releases our lock; `tell_waiters` when we stored no token, so that a peer waiting for
     /// it looks again now (and may take the lock over) instead of at its next poll.
     async fn unlock(&self, keys: &Keys, owner: &str, tell_waiters: bool) -> Result<(), Miss> {
@@ -1060,7 +1106,15 @@ impl Inner {
                 if let Some(why) = fresh.down() {
                     self.mark_down(&why);
                 }
-                match request.login().await {
+                // The lock is a short lease, extended while the login runs: if we lose Redis
+                // (or die) meanwhile, it expires soon and a peer takes over.
+                let lease = self.lease(request.fetch_timeout());
+                let login = tokio::select! {
+                    biased;
+                    result = request.login() => result,
+                    never = self.hold(keys, owner, lease) => match never {},
+                };
+                match login {
                     Ok(token) => Ok(self.share(keys, owner, token).await),
                     Err(error) => Err(error),
                 }
@@ -1145,27 +1199,30 @@ impl Inner {
                     }
                 }
             }
-            match self
-                .try_lock(keys, &owner, lock_ttl(request.fetch_timeout()))
+            let left = match self
+                .try_lock(keys, &owner, self.lease(request.fetch_timeout()))
                 .await
             {
                 Ok(Lock::Ours) => return self.login_for_fleet(keys, &owner, request, seen).await,
-                Ok(Lock::Held(left)) => {
-                    deadline = deadline.max((Instant::now() + left + self.poll_interval).min(cap));
-                }
+                Ok(Lock::Held(left)) => left,
                 Err(Miss::Down(why)) => {
                     self.mark_down(&why);
                     return request.login().await;
                 }
-            }
+            };
             let now = Instant::now();
+            deadline = deadline.max((now + left + self.poll_interval).min(cap));
             if now >= deadline {
                 tracing::warn!(
                     "no peer shared a token within the fetch timeout; logging in locally"
                 );
                 return request.login().await;
             }
-            let next_poll = (now + self.poll_interval).min(deadline);
+            // The holder's lease ends then unless it extends it: look again at once (a holder
+            // that lost Redis or died frees its lock no later).
+            let next_poll = (now + self.poll_interval)
+                .min(deadline)
+                .min(now + left + LEASE_SLACK);
             match &mut notifications {
                 Some(subscription) => {
                     tokio::select! {
@@ -1214,7 +1271,7 @@ impl Inner {
         };
         let owner = new_owner();
         match self
-            .try_lock(&keys, &owner, lock_ttl(request.fetch_timeout()))
+            .try_lock(&keys, &owner, self.lease(request.fetch_timeout()))
             .await
         {
             Ok(Lock::Ours) => self.login_for_fleet(&keys, &owner, request, &seen).await,
@@ -1243,8 +1300,14 @@ impl fmt::Debug for RedisTokenStore {
     }
 }
 
-/// The lock outlives a healthy login a little, and expires soon after a dead holder's would have
-/// ended.
+/// How long after a holder's lease would end a waiter looks again: Redis rounds `PTTL` to the
+/// millisecond.
+const LEASE_SLACK: Duration = Duration::from_millis(5);
+
+/// The shortest lease of a renewal lock ([`Inner::lease`]).
+const MIN_LEASE: Duration = Duration::from_secs(2);
+
+/// The longest lease of a renewal lock: it outlives a healthy login a little.
 fn lock_ttl(fetch_timeout: Duration) -> Duration {
     fetch_timeout + Duration::from_millis(500)
 }
