@@ -7,7 +7,7 @@ use ::reqwest_middleware::{Middleware, Next};
 use http::Extensions;
 use reqwest::{Request, Response};
 
-use super::authorize;
+use super::{authorize, for_each_replay_policy};
 use crate::KeyedTokenCache;
 use crate::keyed::{FromExtension, KeyedBearerAuthLayer};
 use crate::layer::{NoReplay, ReplayOnUnauthorized};
@@ -144,34 +144,23 @@ where
     move |_| account.clone()
 }
 
-#[async_trait::async_trait]
-impl<K> Middleware for KeyedBearerAuthMiddleware<K, NoReplay>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-{
-    async fn handle(
-        &self,
-        req: Request,
-        extensions: &mut Extensions,
-        next: Next<'_>,
-    ) -> ::reqwest_middleware::Result<Response> {
-        let layer = self.layer.clone().account_from(named_by::<K>(extensions));
-        authorize(&layer, req, extensions, next).await
-    }
+macro_rules! middleware {
+    ($policy:ident) => {
+        #[async_trait::async_trait]
+        impl<K> Middleware for KeyedBearerAuthMiddleware<K, $policy>
+        where
+            K: Hash + Eq + Clone + Send + Sync + 'static,
+        {
+            async fn handle(
+                &self,
+                req: Request,
+                extensions: &mut Extensions,
+                next: Next<'_>,
+            ) -> ::reqwest_middleware::Result<Response> {
+                let layer = self.layer.clone().account_from(named_by::<K>(extensions));
+                authorize(&layer, req, extensions, next).await
+            }
+        }
+    };
 }
-
-#[async_trait::async_trait]
-impl<K> Middleware for KeyedBearerAuthMiddleware<K, ReplayOnUnauthorized>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-{
-    async fn handle(
-        &self,
-        req: Request,
-        extensions: &mut Extensions,
-        next: Next<'_>,
-    ) -> ::reqwest_middleware::Result<Response> {
-        let layer = self.layer.clone().account_from(named_by::<K>(extensions));
-        authorize(&layer, req, extensions, next).await
-    }
-}
+for_each_replay_policy!(middleware);

@@ -172,29 +172,33 @@ impl<P: std::fmt::Debug> std::fmt::Debug for BearerAuthMiddleware<P> {
     }
 }
 
-#[async_trait::async_trait]
-impl Middleware for BearerAuthMiddleware<NoReplay> {
-    async fn handle(
-        &self,
-        req: Request,
-        extensions: &mut Extensions,
-        next: Next<'_>,
-    ) -> ::reqwest_middleware::Result<Response> {
-        authorize(&self.layer, req, extensions, next).await
-    }
+/// Calls `$impl_for!(Policy)` for each replay policy, so that each middleware writes its
+/// `Middleware` impl once. (One generic impl over the policy would need a bound naming the
+/// crate-private `Downstream`, which the `private_bounds` lint refuses.)
+macro_rules! for_each_replay_policy {
+    ($impl_for:ident) => {
+        $impl_for!(NoReplay);
+        $impl_for!(ReplayOnUnauthorized);
+    };
 }
+use for_each_replay_policy;
 
-#[async_trait::async_trait]
-impl Middleware for BearerAuthMiddleware<ReplayOnUnauthorized> {
-    async fn handle(
-        &self,
-        req: Request,
-        extensions: &mut Extensions,
-        next: Next<'_>,
-    ) -> ::reqwest_middleware::Result<Response> {
-        authorize(&self.layer, req, extensions, next).await
-    }
+macro_rules! middleware {
+    ($policy:ident) => {
+        #[async_trait::async_trait]
+        impl Middleware for BearerAuthMiddleware<$policy> {
+            async fn handle(
+                &self,
+                req: Request,
+                extensions: &mut Extensions,
+                next: Next<'_>,
+            ) -> ::reqwest_middleware::Result<Response> {
+                authorize(&self.layer, req, extensions, next).await
+            }
+        }
+    };
 }
+for_each_replay_policy!(middleware);
 
 /// Sends `req` through `layer` (a [`BearerAuth`] or a [`KeyedBearerAuth`](crate::KeyedBearerAuth))
 /// over the rest of the chain: the one path of every middleware of this module.
