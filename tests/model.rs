@@ -232,25 +232,17 @@ async fn api_that_rejects_every_token_gets_a_handful_of_logins_per_minute() {
     setup.rejects_all = true;
     let traffic = busy_traffic(300 * SECOND, 2 * SECOND);
     let (report, _) = run("7 rejects-all", setup, traffic).await;
-    let mut checks = Checks::new(&report);
-    let per_minute = report.max_attempts(60 * SECOND);
+    check_a_handful_of_logins_and_every_401_to_its_caller(&report);
     let from_api = report.transport_statuses(StatusCode::UNAUTHORIZED);
     let to_callers = report.caller_statuses(StatusCode::UNAUTHORIZED);
-    checks
-        .no_caller_errors()
+    Checks::new(&report)
         .target(
-            per_minute <= 8,
-            format!("at most 8 login attempts in any minute: {per_minute}"),
-        )
-        .target(
-            from_api == to_callers && from_api == report.calls.len(),
+            from_api == to_callers,
             format!(
-                "every 401 reaches its caller unchanged: {from_api} from the API, {to_callers} to callers, {} calls",
-                report.calls.len()
+                "every 401 reaches its caller unchanged: {from_api} from the API, {to_callers} to callers"
             ),
         )
-        .within_budget(BUDGET_BURST, BUDGET_INTERVAL);
-    checks.finish();
+        .finish();
 }
 
 /// What every world of 7 (an API that rejects every token) asks: no caller error, at most 8
