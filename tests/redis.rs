@@ -855,6 +855,42 @@ async fn agency_server(accounts: u32, lifetime: Duration, delay: Duration) -> Re
     server
 }
 
+/// Every replica asks for every account of `accounts`, all at once. Each token (a caller's
+/// error fails the test, naming its replica and account), with its replica's index, its
+/// account, and when it came.
+async fn ask_all(
+    replicas: &[tower_authtoken::KeyedTokenCache<u32>],
+    accounts: std::ops::Range<u32>,
+) -> Vec<(usize, u32, Token, Duration)> {
+    let started = Instant::now();
+    let mut callers = tokio::task::JoinSet::new();
+    for (index, replica) in replicas.iter().enumerate() {
+        for account in accounts.clone() {
+            let replica = replica.clone();
+            callers.spawn(async move {
+                let token = replica.token(&account).await;
+                (index, account, token, started.elapsed())
+            });
+        }
+    }
+    let mut answers = Vec::new();
+    while let Some(caller) = callers.join_next().await {
+        let (replica, account, token, took) = caller.unwrap();
+        let token = token.unwrap_or_else(|e| panic!("replica {replica}, account {account}: {e}"));
+        answers.push((replica, account, token, took));
+    }
+    answers
+}
+
+/// The longest wait among `answers`.
+fn longest(answers: &[(usize, u32, Token, Duration)]) -> Duration {
+    answers
+        .iter()
+        .map(|answer| answer.3)
+        .max()
+        .unwrap_or_default()
+}
+
 /// A keyed cache's default shared budget: 10 at once, then 10 a second.
 fn keyed_default_budget() -> tower_authtoken::LoginBudget {
     tower_authtoken::LoginBudget::new(10, Duration::from_millis(100))
@@ -882,16 +918,8 @@ async fn keyed_caches_of_three_replicas_log_each_account_in_once_through_redis()
         .map(|_| keyed_replica(&redis, &server, &prefix, &key, keyed_default_budget()))
         .collect();
     // Every replica asks for every account, the replicas concurrently.
-    let mut callers = tokio::task::JoinSet::new();
-    for replica in &replicas {
-        for account in 0..ACCOUNTS {
-            let replica = replica.clone();
-            callers.spawn(async move { replica.token(&account).await });
-        }
-    }
     let mut values = std::collections::HashMap::new();
-    while let Some(token) = callers.join_next().await {
-        let token = token.unwrap().unwrap();
+    for (_, _, token, _) in ask_all(&replicas, 0..ACCOUNTS).await {
         assert!(server.accepts(token.expose_secret()));
         values
             .entry(token.expose_secret().to_owned())
@@ -937,28 +965,15 @@ async fn keyed_replicas_queued_by_their_budgets_still_log_each_account_in_once()
             keyed_replica(&redis, &server, &prefix, &key, budget)
         })
         .collect();
-    let started = Instant::now();
-    let mut callers = tokio::task::JoinSet::new();
-    for (index, replica) in replicas.iter().enumerate() {
-        for account in 0..ACCOUNTS {
-            let replica = replica.clone();
-            callers.spawn(async move {
-                let token = replica.token(&account).await;
-                (index, account, token, started.elapsed())
-            });
-        }
-    }
+    let answers = ask_all(&replicas, 0..ACCOUNTS).await;
+    let longest = longest(&answers);
     let mut tokens = std::collections::HashMap::new();
-    let mut longest = Duration::ZERO;
-    while let Some(caller) = callers.join_next().await {
-        let (replica, account, token, took) = caller.unwrap();
-        let token = token.unwrap_or_else(|e| panic!("replica {replica}, account {account}: {e}"));
+    for (_, account, token, _) in answers {
         assert!(server.accepts(token.expose_secret()));
         tokens
             .entry(account)
             .or_insert_with(std::collections::HashSet::new)
             .insert(token.expose_secret().to_owned());
-        longest = longest.max(took);
     }
     for account in 0..ACCOUNTS {
         assert_eq!(
@@ -1009,16 +1024,7 @@ async fn a_keyed_replica_joining_a_warm_fleet_adopts_every_token_without_waiting
     assert_eq!(logins(&server), u64::from(ACCOUNTS));
 
     let joining = replica();
-    let started = Instant::now();
-    let mut callers = tokio::task::JoinSet::new();
-    for account in 0..ACCOUNTS {
-        let joining = joining.clone();
-        callers.spawn(async move { joining.token(&account).await.map(|_| started.elapsed()) });
-    }
-    let mut longest = Duration::ZERO;
-    while let Some(caller) = callers.join_next().await {
-        longest = longest.max(caller.unwrap().unwrap());
-    }
+    let longest = longest(&ask_all(&[joining], 0..ACCOUNTS).await);
     eprintln!("longest wait {longest:?}");
     assert_eq!(
         logins(&server),
@@ -1090,23 +1096,7 @@ async fn keyed_replicas_waiting_for_many_peer_logins_share_one_pubsub_connection
             peak
         })
     };
-    let started = Instant::now();
-    let mut callers = tokio::task::JoinSet::new();
-    for replica in &replicas {
-        for account in 0..ACCOUNTS {
-            let replica = replica.clone();
-            callers.spawn(async move {
-                let token = replica.token(&account).await;
-                (account, token, started.elapsed())
-            });
-        }
-    }
-    let mut longest = Duration::ZERO;
-    while let Some(caller) = callers.join_next().await {
-        let (account, token, took) = caller.unwrap();
-        token.unwrap_or_else(|e| panic!("account {account}: {e}"));
-        longest = longest.max(took);
-    }
+    let longest = longest(&ask_all(&replicas, 0..ACCOUNTS).await);
     done.store(true, Ordering::Relaxed);
     let peak = watcher.await.unwrap();
     let logins: u64 = (0..ACCOUNTS)
@@ -1190,7 +1180,7 @@ async fn a_holder_whose_login_fails_hands_the_lock_to_a_waiting_peer_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(not(has_redis), ignore = "redis-server is not on the PATH")]
 async fn a_replica_losing_redis_mid_start_frees_its_locks_soon_and_reopens_its_pubsub() {
-    use tower_authtoken::{KeyedTokenCache, LoginBudget};
+    use tower_authtoken::LoginBudget;
 
     const ACCOUNTS: u32 = 400;
     let redis = RedisServer::start();
@@ -1210,22 +1200,8 @@ async fn a_replica_losing_redis_mid_start_frees_its_locks_soon_and_reopens_its_p
 
     // Both ask for the same accounts at once; returns the longest wait.
     let serve = |accounts: std::ops::Range<u32>| {
-        let (a, b) = (a.clone(), b.clone());
-        async move {
-            let started = Instant::now();
-            let mut callers = tokio::task::JoinSet::new();
-            for replica in [a, b] {
-                for account in accounts.clone() {
-                    let replica: KeyedTokenCache<u32> = replica.clone();
-                    callers.spawn(async move { (account, replica.token(&account).await) });
-                }
-            }
-            while let Some(caller) = callers.join_next().await {
-                let (account, token) = caller.unwrap();
-                token.unwrap_or_else(|e| panic!("account {account}: {e}"));
-            }
-            started.elapsed()
-        }
+        let replicas = [a.clone(), b.clone()];
+        async move { longest(&ask_all(&replicas, accounts).await) }
     };
 
     // First wave: B's connections are reset while its waits listen.
