@@ -296,9 +296,59 @@ struct Inner {
     /// Whether a background task is retrying the unshared tombstones.
     flushing: AtomicBool,
     /// Per token key, the id of the login that wrote the token we last adopted or stored.
-    logins: Mutex<std::collections::HashMap<String, String>>,
+    logins: Mutex<Logins>,
     /// The pubsub connection waiters listen on for a peer's renewal.
     notifications: Notifications,
+}
+
+/// Per token key, the id of the login that wrote the token we last adopted or stored, until
+/// that token has expired: a keyed fleet's accounts come and go, and what this replica
+/// remembers of them must go with them.
+#[derive(Default)]
+struct Logins {
+    known: std::collections::HashMap<String, KnownLogin>,
+    /// How many entries trigger the next sweep of the expired ones: twice what the last sweep
+    /// kept, so that sweeping costs O(1) per login remembered.
+    sweep_at: usize,
+}
+
+struct KnownLogin {
+    login: String,
+    /// The expiry of the token that login wrote. Past it, the cache holds that token no
+    /// longer, and nothing asks which login wrote it.
+    expires: Instant,
+}
+
+/// The fewest entries [`Logins`] sweeps at.
+const LOGINS_SWEPT_FROM: usize = 64;
+
+impl Logins {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.known.get(key).map(|known| known.login.as_str())
+    }
+
+    fn insert(&mut self, key: &str, login: &str, expires: Instant) {
+        if self.known.len() >= self.sweep_at {
+            let now = Instant::now();
+            self.known.retain(|_, known| known.expires > now);
+            self.sweep_at = (self.known.len() * 2).max(LOGINS_SWEPT_FROM);
+        }
+        let known = KnownLogin {
+            login: login.to_owned(),
+            expires,
+        };
+        match self.known.get_mut(key) {
+            Some(entry) => *entry = known,
+            None => {
+                self.known.insert(key.to_owned(), known);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.known.len()
+    }
 }
 
 /// A token this replica saw rejected.
@@ -475,7 +525,7 @@ impl RedisTokenStoreBuilder {
                 down_until: Mutex::new(None),
                 rejections: Mutex::new(Vec::new()),
                 flushing: AtomicBool::new(false),
-                logins: Mutex::new(std::collections::HashMap::new()),
+                logins: Mutex::new(Logins::default()),
                 notifications: Notifications::default(),
             }),
         })
@@ -877,7 +927,7 @@ impl Inner {
         let left = token.expires_at().saturating_duration_since(Instant::now());
         let usable = left > MAX_DEFAULT_MARGIN.min(token.lifetime() / 10);
         if usable && (answered || (later && !known)) {
-            self.remember_login(keys, &login);
+            self.remember_login(keys, &login, &token);
             return Ok(token);
         }
         Err(Fresh::Stale(login))
@@ -886,12 +936,14 @@ impl Inner {
     /// The id of the login that wrote the token we last adopted or stored for `keys`.
     fn last_login(&self, keys: &Keys) -> Option<String> {
         let logins = self.logins.lock().unwrap_or_else(|p| p.into_inner());
-        logins.get(&keys.token).cloned()
+        logins.get(&keys.token).map(str::to_owned)
     }
 
-    fn remember_login(&self, keys: &Keys, login: &str) {
+    /// Remembers that `login` wrote `token`, the token we adopted or stored for `keys`, until
+    /// it expires.
+    fn remember_login(&self, keys: &Keys, login: &str, token: &Token) {
         let mut logins = self.logins.lock().unwrap_or_else(|p| p.into_inner());
-        logins.insert(keys.token.clone(), login.to_owned());
+        logins.insert(&keys.token, login, token.expires_at());
     }
 
     /// Remembers that `rejected` was rejected, here at once and in Redis as soon as it answers.
@@ -1079,7 +1131,7 @@ impl Inner {
             .await?;
         Ok(match outcome.as_str() {
             "stored" | "same" => {
-                self.remember_login(keys, &login);
+                self.remember_login(keys, &login, token);
                 Published::Stored
             }
             _ => Published::Refused(outcome),
@@ -1341,6 +1393,36 @@ mod tests {
             EncryptionKey::from_bytes([7; 32]),
         )
         .unwrap()
+    }
+
+    /// A keyed fleet's accounts come and go: what a replica remembers of each account's last
+    /// login goes with the account's token. Five waves of 10,000 accounts, each wave's tokens
+    /// expired before the next: at most twice a wave is remembered (it was all 50,000), and an
+    /// account whose token lives on is still known.
+    #[tokio::test(start_paused = true)]
+    async fn the_logins_remembered_go_when_their_tokens_expire() {
+        const WAVE: usize = 10_000;
+        let store = store();
+        let inner = &store.inner;
+        let steady = inner.keys(Some("steady"));
+        let lasting = Token::new("lasting", Duration::from_secs(3600)).unwrap();
+        inner.remember_login(&steady, "steady-login", &lasting);
+        for wave in 0..5 {
+            for account in 0..WAVE {
+                let keys = inner.keys(Some(&format!("agency-{wave}-{account}")));
+                let token = Token::new(format!("token-{account}"), Duration::from_secs(60));
+                inner.remember_login(&keys, "a-login", &token.unwrap());
+            }
+            let remembered = inner.logins.lock().unwrap().len();
+            assert!(
+                remembered <= 2 * WAVE + 1,
+                "wave {wave}: {remembered} logins remembered"
+            );
+            tokio::time::advance(Duration::from_secs(61)).await;
+        }
+        assert_eq!(inner.last_login(&steady).as_deref(), Some("steady-login"));
+        let last = inner.keys(Some(&format!("agency-4-{}", WAVE - 1)));
+        assert_eq!(inner.last_login(&last).as_deref(), Some("a-login"));
     }
 
     #[test]
