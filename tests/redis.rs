@@ -999,6 +999,54 @@ async fn keyed_replicas_queued_by_their_budgets_still_log_each_account_in_once()
     assert_eq!(server.rejections(), 0);
 }
 
+/// A replica whose login budget holds its login back listens for a peer's token meanwhile: it
+/// releases the lock, tells the waiting peers, and adopts the token a peer whose budget allows
+/// it logs in for, as soon as it is stored, rather than at its own turn 10 s later. Polling is
+/// set to 10 s, so only the notification can end the wait early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(has_redis), ignore = "redis-server is not on the PATH")]
+async fn a_replica_held_back_by_its_budget_adopts_a_peers_token_as_soon_as_it_is_stored() {
+    use tower_authtoken::LoginBudget;
+
+    let redis = RedisServer::start();
+    let server = agency_server(2, Duration::from_secs(600), Duration::from_millis(300)).await;
+    let (prefix, key) = (prefix("held-back"), EncryptionKey::generate());
+    let replica = |budget| {
+        keyed_replica_polling(
+            &redis.url(),
+            &server,
+            &prefix,
+            &key,
+            budget,
+            (Duration::from_secs(10), Duration::from_secs(1)),
+        )
+    };
+    // One login, then one every 10 s: its login for account 1 spends it.
+    let spent = replica(LoginBudget::new(1, Duration::from_secs(10)));
+    spent.token(&1).await.unwrap();
+    let peer = replica(keyed_default_budget());
+
+    let started = Instant::now();
+    let held_back = {
+        let spent = spent.clone();
+        tokio::spawn(async move { (spent.token(&0).await, started.elapsed()) })
+    };
+    let from_peer = peer.token(&0).await.unwrap();
+    let (token, waited) = held_back.await.unwrap();
+    let token = token.unwrap();
+    eprintln!("held-back replica served after {waited:?}");
+    assert_eq!(
+        token.expose_secret(),
+        from_peer.expose_secret(),
+        "the peer's token"
+    );
+    assert_eq!(server.logins_of("agency-0"), 1, "one login for the fleet");
+    assert!(
+        waited < Duration::from_secs(5),
+        "served at {waited:?}: at its turn, not when the peer's token was stored"
+    );
+}
+
 /// A replica that joins a warm fleet (a rolling restart): every account's token is in Redis,
 /// so the new replica adopts each at once instead of waiting in line at its login budget, which
 /// only logins draw on: 60 accounts on a budget of 5 at once then 10 a second are served within

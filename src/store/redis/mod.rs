@@ -211,7 +211,9 @@ impl fmt::Debug for EncryptionKey {
 ///    for at most the fetch timeout, then logs in itself: liveness beats perfect deduplication.
 ///    A lock whose holder died expires and hands the renewal to the next replica; a holder
 ///    whose login failed (or whose login budget held it back) releases the lock and tells the
-///    waiters, one of which takes over at once.
+///    waiters, one of which takes over at once. A holder held back by its budget then listens
+///    for a peer's token until its turn (or for at most the fetch timeout since it asked) and
+///    adopts it as soon as it is stored; in a cluster, it polls.
 ///
 /// A store holds two connections to a single Redis: one for commands, and one pubsub
 /// connection, opened at the first wait, on which every waiter listens, however many accounts
@@ -1146,6 +1148,7 @@ impl Inner {
         owner: &str,
         request: &ObtainRequest,
         seen: &str,
+        limit: Instant,
     ) -> Result<Token, Error> {
         // A peer may have stored a token and released the lock between our last look and our
         // taking the lock: look again before logging in.
@@ -1176,7 +1179,66 @@ impl Inner {
             // The lock expires on its own.
             tracing::debug!(reason = why, "could not release the renewal lock");
         }
-        result
+        match result {
+            Err(error) if error.is_held_back() => {
+                self.wait_while_held_back(keys, request, seen, error, limit)
+                    .await
+            }
+            result => result,
+        }
+    }
+
+    /// Waits out this cache's login budget, which holds its login back, listening for a peer's
+    /// token meanwhile: the lock is released and a waiting peer told, so a peer whose budget
+    /// allows it logs in, and its token is ours at once rather than at our turn. Ends with the
+    /// `held_back` error at the turn, or at `limit` (the fetch must not time out: it would count
+    /// as a failure); the cache then asks again.
+    async fn wait_while_held_back(
+        &self,
+        keys: &Keys,
+        request: &ObtainRequest,
+        seen: &str,
+        held_back: Error,
+        limit: Instant,
+    ) -> Result<Token, Error> {
+        let turn = Instant::now() + held_back.retry_after().unwrap_or_default();
+        let until = turn.min(limit);
+        if until <= Instant::now() {
+            return Err(held_back);
+        }
+        // Subscribe before looking, so that a notification cannot slip between.
+        let mut notifications = self.subscribe(keys).await;
+        loop {
+            match self.fresher(keys, request.current(), Some(seen)).await {
+                Ok(token) => {
+                    tracing::debug!("adopted a peer's token while the login budget held ours back");
+                    return Ok(token);
+                }
+                Err(fresh) => {
+                    if let Some(why) = fresh.down() {
+                        self.mark_down(&why);
+                        return Err(held_back);
+                    }
+                }
+            }
+            let next_poll = (Instant::now() + self.poll_interval).min(until);
+            match &mut notifications {
+                Some(subscription) => {
+                    tokio::select! {
+                        message = subscription.messages.recv() => {
+                            if message.is_none() {
+                                notifications = None;
+                            }
+                        }
+                        _ = sleep_until(next_poll) => {}
+                    }
+                }
+                None => sleep_until(next_poll).await,
+            }
+            if Instant::now() >= until {
+                return Err(held_back);
+            }
+        }
     }
 
     /// Shares the token we logged in for, through the fence. When the fence refuses it (we
@@ -1231,6 +1293,7 @@ impl Inner {
         keys: &Keys,
         request: &ObtainRequest,
         seen: &str,
+        limit: Instant,
     ) -> Result<Token, Error> {
         let started = Instant::now();
         let cap = started + request.fetch_timeout().saturating_mul(2);
@@ -1255,7 +1318,11 @@ impl Inner {
                 .try_lock(keys, &owner, self.lease(request.fetch_timeout()))
                 .await
             {
-                Ok(Lock::Ours) => return self.login_for_fleet(keys, &owner, request, seen).await,
+                Ok(Lock::Ours) => {
+                    return self
+                        .login_for_fleet(keys, &owner, request, seen, limit)
+                        .await;
+                }
                 Ok(Lock::Held(left)) => left,
                 Err(Miss::Down(why)) => {
                     self.mark_down(&why);
@@ -1292,6 +1359,8 @@ impl Inner {
     }
 
     async fn obtain_shared(self: &Arc<Self>, request: &ObtainRequest) -> Result<Token, Error> {
+        // How long a login the budgets hold back may wait for a peer's token instead.
+        let limit = Instant::now() + request.fetch_timeout();
         let keys = self.keys(request.user_name());
         if let Some(rejected) = request.rejected() {
             self.remember_rejection(&keys, rejected);
@@ -1326,8 +1395,11 @@ impl Inner {
             .try_lock(&keys, &owner, self.lease(request.fetch_timeout()))
             .await
         {
-            Ok(Lock::Ours) => self.login_for_fleet(&keys, &owner, request, &seen).await,
-            Ok(Lock::Held(_)) => self.wait_for_peer(&keys, request, &seen).await,
+            Ok(Lock::Ours) => {
+                self.login_for_fleet(&keys, &owner, request, &seen, limit)
+                    .await
+            }
+            Ok(Lock::Held(_)) => self.wait_for_peer(&keys, request, &seen, limit).await,
             Err(Miss::Down(why)) => {
                 self.mark_down(&why);
                 request.login().await
