@@ -13,7 +13,7 @@
 //! | `authtoken_logins_total` | counter | `cache`, `outcome`, `error_kind` | Attempts to obtain a token, by `outcome`: `ok` (a usable token arrived) or `error`, with the error's [`ErrorKind::as_str`](crate::ErrorKind::as_str) as `error_kind` (only on `error`). With a shared store, an attempt may adopt a peer's token instead of logging in. |
 //! | `authtoken_login_duration_seconds` | histogram | `cache`, `outcome` | How long each of those attempts took, in seconds, timeouts included. |
 //! | `authtoken_renewals_total` | counter | `cache` | Tokens that replaced one still being handed out (renewals ahead of expiry). |
-//! | `authtoken_invalidations_total` | counter | `cache`, `outcome` | Invalidations after a `401`, by `outcome`: `honoured` (the token was taken out of service and a login started), `ignored` (the token was rejected again soon after a renewal, and invalidations in a row are spaced out, so it stays in service), `stale` (the token had already been replaced, usually by another request's `401`). |
+//! | `authtoken_invalidations_total` | counter | `cache`, `outcome` | Invalidations after a `401`, by `outcome`: `honoured` (the token was taken out of service and a login started), `ignored` (the token was rejected again soon after a renewal, and invalidations in a row are spaced out, so it stays in service until the spacing allows), `stale` (the token had already been replaced, usually by another request's `401`). Besides one outcome per `401`: `deferred` (a token an ignored `401` rejected was taken out once the spacing allowed, and a login started). |
 //! | `authtoken_requests_refused_total` | counter | `cache`, `reason` | Requests refused before they were sent; `reason="insecure_http"`: the plain-HTTP rule kept a token off plain `http://` to a host that is not loopback. |
 //! | `authtoken_backoff_answers_total` | counter | `cache`, `error_kind` | Callers that found no valid token while the cache waited after a failed login, and got the last error at once (with [`Error::retry_after`](crate::Error::retry_after)) rather than waiting. |
 //! | `authtoken_token_expiry_timestamp_seconds` | gauge | `cache` | When the token being handed out expires, in seconds since the UNIX epoch; `0` while none is. |
@@ -142,7 +142,7 @@ fn describe_all() {
     describe_counter!(
         INVALIDATIONS,
         Unit::Count,
-        "Invalidations after a 401, by outcome (honoured, ignored, stale)"
+        "Invalidations after a 401, by outcome (honoured, ignored, stale; deferred: an ignored one acted on later)"
     );
     describe_counter!(
         REQUESTS_REFUSED,
@@ -240,9 +240,15 @@ mod record {
         invalidation(m, "honoured");
     }
 
-    /// A `401` for the current token was ignored: invalidations in a row are spaced out.
+    /// A `401` for the current token was not acted on at once: invalidations in a row are spaced
+    /// out, and the token is taken out when the spacing allows.
     pub(crate) fn invalidation_ignored(m: &CacheMetrics) {
         invalidation(m, "ignored");
+    }
+
+    /// A token an ignored `401` rejected was taken out of service once the spacing allowed.
+    pub(crate) fn invalidation_deferred(m: &CacheMetrics) {
+        invalidation(m, "deferred");
     }
 
     /// A `401` came for a token already out of service.
@@ -288,6 +294,8 @@ mod record {
     #[inline(always)]
     pub(crate) fn invalidation_ignored(_: &CacheMetrics) {}
     #[inline(always)]
+    pub(crate) fn invalidation_deferred(_: &CacheMetrics) {}
+    #[inline(always)]
     pub(crate) fn invalidation_stale(_: &CacheMetrics) {}
     #[inline(always)]
     pub(crate) fn insecure_refused(_: &CacheMetrics) {}
@@ -296,6 +304,6 @@ mod record {
 }
 
 pub(crate) use record::{
-    backoff_answered, insecure_refused, invalidation_honoured, invalidation_ignored,
-    invalidation_stale, login_finished, token_served, token_withdrawn,
+    backoff_answered, insecure_refused, invalidation_deferred, invalidation_honoured,
+    invalidation_ignored, invalidation_stale, login_finished, token_served, token_withdrawn,
 };

@@ -12,6 +12,7 @@ use tower_authtoken::{ErrorKind, Token, TokenCache, TokenSource};
 use support::{Next, ScriptedSource, cache, error, now_or_never};
 
 const SECOND: Duration = Duration::from_secs(1);
+const MS: Duration = Duration::from_millis(1);
 
 #[tokio::test(start_paused = true)]
 async fn cold_storm_of_ten_thousand_callers_makes_one_fetch() {
@@ -228,6 +229,47 @@ async fn fifty_invalidations_of_one_token_cause_one_renewal() {
     cache.invalidate(&rejected);
     assert!(cache.current().is_some());
     assert_eq!(cache.stats().invalidations, 1);
+}
+
+/// A `401` the spacing of invalidations refuses is not forgotten: the token it rejected is
+/// taken out as soon as the spacing allows, not at the next `401` after that. Two revocations
+/// in quick succession (the world of `tests/model_keyed.rs` where a request went out 1.6 s
+/// after the spacing ended, with a token the server had said it rejects): the second token is
+/// out of service 1 s after the first invalidation, with no further `401`.
+#[tokio::test(start_paused = true)]
+async fn a_401_refused_by_the_spacing_takes_the_token_out_once_the_spacing_allows() {
+    let source = ScriptedSource::new(3600 * SECOND).with_delay(Duration::from_millis(200));
+    let cache = cache(&source);
+    let first = cache.token().await.unwrap();
+    sleep(60 * SECOND).await;
+
+    // The first revocation: the token had served a minute, so it is taken out at once.
+    let invalidated = Instant::now();
+    cache.invalidate(&first);
+    let second = cache.token().await.unwrap();
+    assert_ne!(second.expose_secret(), first.expose_secret());
+    assert_eq!(source.fetches(), 2);
+
+    // The second, half a second later: within the 1 s spacing, so refused for now.
+    sleep(300 * MS).await;
+    cache.invalidate(&second);
+    assert_eq!(cache.stats().ignored_invalidations, 1);
+    assert_eq!(
+        cache.current().map(|t| t.expose_secret().to_owned()),
+        Some(second.expose_secret().to_owned()),
+        "still in service within the spacing"
+    );
+
+    // No more 401s: once the spacing allows, the rejected token is out and a login replaces it.
+    sleep_until(invalidated + SECOND + 250 * MS).await;
+    assert_eq!(
+        cache.stats().invalidations,
+        2,
+        "taken out when the spacing allowed"
+    );
+    assert_eq!(source.fetches(), 3);
+    let third = cache.token().await.unwrap();
+    assert_ne!(third.expose_secret(), second.expose_secret());
 }
 
 #[tokio::test(start_paused = true)]

@@ -147,7 +147,12 @@ async fn run(shared: Arc<Shared>, generation: u64) {
         if shared.closed.load(Ordering::Acquire) {
             return;
         }
-        let step = {
+        if let Some(id) = due_401(&shared, generation) {
+            // The spacing of invalidations now allows the `401` it refused.
+            shared.invalidate_as(id, true);
+            continue;
+        }
+        let (step, deferred_401) = {
             let mut control = shared.lock();
             if control.generation != generation {
                 return;
@@ -177,7 +182,7 @@ async fn run(shared: Arc<Shared>, generation: u64) {
                 Step::Fetch => {}
                 _ => control.not_held_back(),
             }
-            step
+            (step, control.deferred_401.map(|(_, at)| at))
         };
         match step {
             Step::Expire => {
@@ -240,6 +245,10 @@ async fn run(shared: Arc<Shared>, generation: u64) {
                 if shared.config.park_when_idle && park(&shared, generation) {
                     return;
                 }
+                let until = match (until, deferred_401) {
+                    (Some(until), Some(at)) => Some(until.min(at)),
+                    (until, at) => until.or(at),
+                };
                 let timer = async {
                     match until {
                         Some(at) => sleep_until(at).await,
@@ -256,6 +265,21 @@ async fn run(shared: Arc<Shared>, generation: u64) {
     }
 }
 
+/// The token a deferred `401` rejected, once the spacing of invalidations allows it.
+fn due_401(shared: &Shared, generation: u64) -> Option<u64> {
+    let mut control = shared.lock();
+    if control.generation != generation {
+        return None;
+    }
+    match control.deferred_401 {
+        Some((id, at)) if at <= Instant::now() => {
+            control.deferred_401 = None;
+            Some(id)
+        }
+        _ => None,
+    }
+}
+
 /// Stops the driver of a cache that parks when idle, when nothing lies ahead but a renewal a
 /// reader will ask for (or nothing at all): an idle account costs no task and no timer. Whether
 /// it stopped.
@@ -265,7 +289,7 @@ fn park(shared: &Shared, generation: u64) -> bool {
         return true;
     }
     let now = Instant::now();
-    let waiting = control.demand || control.due_at.is_some();
+    let waiting = control.demand || control.due_at.is_some() || control.deferred_401.is_some();
     let idle = match &control.current {
         Some((_, plan)) => {
             now < plan.renew_at && control.backoff.as_ref().is_none_or(|b| b.until <= now)
@@ -499,6 +523,7 @@ fn adopt(
     control.last = Some((expires_at, token.lifetime()));
     control.current = Some((token.clone(), plan));
     control.first_401 = None;
+    control.deferred_401 = None;
     control.failures_in_row = 0;
     control.backoff = None;
     control.due_at = None;

@@ -56,9 +56,11 @@
 //! - A `401` from the API ([`TokenCache::invalidate`]) takes the token out and logs in at once.
 //!   When the token is rejected soon after it came into service (sooner than 10 s, or half its
 //!   life, and sooner than the current gap), invalidations in a row are spaced 1 s, 2 s, 4 s, ...
-//!   up to 60 s apart, and the ones in between are ignored: an API that rejects every token costs
-//!   a handful of logins a minute whatever the traffic, and its `401`s reach the caller as they
-//!   are.
+//!   up to 60 s apart: a `401` in between leaves the token in service until the gap has passed,
+//!   and takes it out then (if it is still in service), not at the next `401`. An API that
+//!   rejects every token costs a handful of logins a minute whatever the traffic, its `401`s
+//!   reach the caller as they are, and a token the server said it rejects is not sent for longer
+//!   than the gap.
 //!
 //! # Failures
 //!
@@ -297,6 +299,9 @@ struct Control {
     failures_in_row: u32,
     backoff: Option<Backoff>,
     gate: InvalidationGate,
+    /// A `401` the gate refused: the id of the token it rejected, and when the gate opens. The
+    /// driver takes that token out then, if it is still in service.
+    deferred_401: Option<(u64, Instant)>,
     /// When the current token was first rejected with a `401`, honoured or not.
     first_401: Option<Instant>,
     /// When a waiter last checked that the driver's runtime still runs.
@@ -471,8 +476,10 @@ pub struct CacheStats {
     pub renewals: u64,
     /// Tokens taken out of service by [`TokenCache::invalidate`].
     pub invalidations: u64,
-    /// Calls to [`TokenCache::invalidate`] for the current token that were not acted on, because
-    /// invalidations in a row are spaced out (1 s, 2 s, 4 s, ... up to 60 s apart).
+    /// Calls to [`TokenCache::invalidate`] for the current token that were not acted on at once,
+    /// because invalidations in a row are spaced out (1 s, 2 s, 4 s, ... up to 60 s apart). The
+    /// token is taken out when the spacing allows, if it is still in service then, and that
+    /// counts in [`invalidations`](Self::invalidations).
     pub ignored_invalidations: u64,
     /// When the current token expires, if there is one, counted from when the login that
     /// brought it started (the server issued it later, so this is never later than its expiry).
@@ -550,9 +557,9 @@ impl TokenCache {
     /// Call it when the server answered `401` to a request that carried `rejected`. Only the
     /// first of many such calls for the same token has an effect, so fifty requests rejected at
     /// once cause one renewal. Invalidations in a row are spaced out: after the first, the next
-    /// is acted on only 1 s later, then 2 s, 4 s, ... up to 60 s (calls in between are ignored and
-    /// the token stays in service), so an API that rejects every token costs a handful of logins
-    /// a minute. [`BearerAuth`](crate::BearerAuth) calls it for you.
+    /// is acted on only 1 s later, then 2 s, 4 s, ... up to 60 s (a call in between leaves the
+    /// token in service until then, and takes it out then if it is still in service), so an API
+    /// that rejects every token costs a handful of logins a minute. [`BearerAuth`](crate::BearerAuth) calls it for you.
     pub fn invalidate(&self, rejected: &Token) {
         self.shared().invalidate(rejected.id());
     }
@@ -895,14 +902,24 @@ impl Shared {
         }
     }
 
+    /// Takes the token `id` out of service after a `401` for it, if it is still current and the
+    /// spacing of invalidations allows; otherwise defers it until the spacing allows.
     fn invalidate(self: &Arc<Self>, id: u64) {
+        self.invalidate_as(id, false);
+    }
+
+    /// As [`invalidate`](Self::invalidate); `deferred` when the driver acts on a `401` the
+    /// spacing refused earlier (already counted then, as ignored).
+    pub(crate) fn invalidate_as(self: &Arc<Self>, id: u64, deferred: bool) {
         let mut control = self.lock();
         let is_current = control
             .current
             .as_ref()
             .is_some_and(|(token, _)| token.id() == id);
         if !is_current {
-            crate::metrics::invalidation_stale(&self.config.metrics);
+            if !deferred {
+                crate::metrics::invalidation_stale(&self.config.metrics);
+            }
             return;
         }
         let now = Instant::now();
@@ -915,21 +932,43 @@ impl Shared {
             None => return,
         };
         if !control.gate.admit(now, served, lifetime) {
+            if deferred {
+                // Not yet (the clock may read a hair early): the driver looks again.
+                control.deferred_401 = control.gate.opens_at().map(|at| (id, at));
+                return;
+            }
             self.counters
                 .ignored_invalidations
                 .fetch_add(1, Ordering::Relaxed);
             crate::metrics::invalidation_ignored(&self.config.metrics);
             tracing::debug!(
                 "the server rejected the current token again soon after a renewal; \
-                 invalidations in a row are spaced out, so it stays in service for now"
+                 invalidations in a row are spaced out, so it stays in service until the \
+                 spacing allows"
             );
+            // Taken out when the spacing allows, rather than at the first `401` after that: a
+            // token the server said it rejects is not sent for longer than the spacing.
+            if control.deferred_401.is_none()
+                && let Some(at) = control.gate.opens_at()
+            {
+                control.deferred_401 = Some((id, at));
+                if self.ensure_driver(&mut control).is_ok() {
+                    drop(control);
+                    self.wake.notify_one();
+                }
+            }
             return;
         }
+        control.deferred_401 = None;
         self.set_slot(None);
         control.rejected = control.current.take().map(|(token, _)| token);
         control.due_at = None;
         self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::invalidation_honoured(&self.config.metrics);
+        if deferred {
+            crate::metrics::invalidation_deferred(&self.config.metrics);
+        } else {
+            crate::metrics::invalidation_honoured(&self.config.metrics);
+        }
         crate::metrics::token_withdrawn(&self.config.metrics);
         tracing::info!("token invalidated after the server rejected it; renewing");
         // Renew now rather than on the next caller, if a driver can run.

@@ -217,8 +217,10 @@ pub(crate) fn first_retry(configured: Duration, current_lifetime: Option<Duratio
 /// An invalidation is *quick* when the token was rejected soon after it came into service:
 /// sooner than the current gap, and sooner than [`SETTLED`] (or half its lifetime, for a short
 /// token). Quick invalidations in a row are spaced out: each is honoured only once the gap after
-/// the previous one has passed (1 s, 2 s, 4 s, ... up to 60 s); the others are ignored and the
-/// token stays in service. An invalidation that is not quick (the token served a while before
+/// the previous one has passed (1 s, 2 s, 4 s, ... up to 60 s). The others leave the token in
+/// service until then, and take it out when the gap has passed if it is still in service (the
+/// cache defers the first of them), so a token the server said it rejects is not sent for longer
+/// than the gap. An invalidation that is not quick (the token served a while before
 /// its first `401`) ends the streak and is honoured at once.
 ///
 /// Only the token's own service counts as quiet, not the time since the last honoured
@@ -244,6 +246,12 @@ impl InvalidationGate {
         FIRST_INVALIDATION_GAP
             .saturating_mul(1 << doublings)
             .min(MAX_INVALIDATION_GAP)
+    }
+
+    /// From when on an invalidation refused now is honoured whatever its token's service: the
+    /// end of the pause that follows the last honoured one.
+    pub(crate) fn opens_at(&self) -> Option<Instant> {
+        self.last.map(|last| last + Self::gap(self.streak))
     }
 
     /// Whether an invalidation at `now` is honoured, for a token that had served for `served`
