@@ -103,6 +103,9 @@ pub struct Setup {
     /// Random events fall within this span after the start.
     pub horizon: Duration,
     pub seed: u64,
+    /// What the server's token values start with: one world per account gives each its own,
+    /// so that no account's token is ever another's.
+    pub token_prefix: String,
 }
 
 impl Setup {
@@ -120,6 +123,7 @@ impl Setup {
             advertised: 1.0,
             horizon: lifetime * 3,
             seed: 9,
+            token_prefix: "tok".to_owned(),
         }
     }
 
@@ -275,14 +279,14 @@ impl World {
         state.counts.logins += 1;
         let live = state.live.clone().filter(|value| valid(state, value, now));
         let (value, expires) = match (self.setup.issuing, live) {
-            (Issuing::Fresh, _) => (new_value(state), now + lifetime),
+            (Issuing::Fresh, _) => (new_value(state, &self.setup.token_prefix), now + lifetime),
             (Issuing::OneLive, Some(value)) => {
                 let expires = state.tokens[&value].expires;
                 (value, expires)
             }
             (Issuing::Sliding, Some(value)) => (value, now + lifetime),
             (Issuing::OneLive | Issuing::Sliding, None) => {
-                let value = new_value(state);
+                let value = new_value(state, &self.setup.token_prefix);
                 state.live = Some(value.clone());
                 (value, now + lifetime)
             }
@@ -292,7 +296,7 @@ impl World {
                     _ => now + lifetime,
                 };
                 state.session = Some(session);
-                (new_value(state), session)
+                (new_value(state, &self.setup.token_prefix), session)
             }
         };
         state.tokens.insert(
@@ -376,9 +380,9 @@ fn valid(state: &State, token: &str, now: Instant) -> bool {
         .is_some_and(|issued| !issued.revoked && now < issued.expires)
 }
 
-fn new_value(state: &mut State) -> String {
+fn new_value(state: &mut State, prefix: &str) -> String {
     state.next += 1;
-    format!("tok-{}", state.next)
+    format!("{prefix}-{}", state.next)
 }
 
 /// The world's login endpoint, as a [`TokenSource`].

@@ -1,0 +1,448 @@
+//! The keyed layer in the model worlds of `tests/model.rs` (issue 14: "the 401 handling, the
+//! plain-HTTP guard and replay work per key exactly as today").
+//!
+//! Each test runs four accounts through one `KeyedBearerAuthLayer` over one client stack. Each
+//! account has a world of its own: a model login server and API of the same kind (the servers of
+//! `tests/model.rs`: fresh tokens, one live token, tokens bound to the session, sliding sessions,
+//! revocations, spurious `401`s, an API that rejects every token, login outages, short lives),
+//! seeded differently, so that events fall at different instants for each. Each world's tokens
+//! carry its account's name, so a token sent for the wrong account is a token that account's
+//! server would reject, and the probe counts it.
+//!
+//! Under the layer, the transport routes each request to its account's world, each behind a
+//! probe of its own. Five callers per account (20 in all, as in `tests/model.rs`) send with the
+//! same seeded think times. The harness then judges each account on its own, with the targets a
+//! single `BearerAuthLayer` meets in that world, and all accounts' logins together against the
+//! shared budget (10 at once, then 10 a second).
+//!
+//! Everything runs on Tokio's paused clock, which the deadline checks follow
+//! (`testing::follow_tokio_clock`), on the test's current-thread runtime, seeded.
+
+#[allow(dead_code)]
+#[path = "model/harness.rs"]
+mod harness;
+#[allow(dead_code)]
+#[path = "model/world.rs"]
+mod world;
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tower_authtoken::{Error, KeyedBearerAuthLayer, KeyedTokenCache};
+
+use harness::{BoxFuture, Checks, LoginLog, Probe, Probed, Recorded, Report, Traffic, drive_with};
+use world::{Issuing, ModelApi, ModelLogin, Outage, OutageKind, Setup, World};
+
+const MS: Duration = Duration::from_millis(1);
+const SECOND: Duration = Duration::from_secs(1);
+const LONG: Duration = Duration::from_secs(600);
+
+/// The accounts of every run.
+const ACCOUNTS: usize = 4;
+/// Callers per account.
+const CALLERS: usize = 5;
+
+/// Each account's own login budget, the default of a `TokenCache`: 5 at once, then one per
+/// 250 ms.
+const BUDGET_BURST: usize = 5;
+const BUDGET_INTERVAL: Duration = Duration::from_millis(250);
+/// The keyed cache's shared budget, its default: 10 at once, then one per 100 ms.
+const SHARED_BURST: usize = 10;
+const SHARED_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A request's account: the layer's default reads it from the request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Account(usize);
+
+/// The transport: each request goes to its account's world, through that account's probe.
+#[derive(Clone)]
+struct ByAccount(Arc<Vec<Probed<ModelApi>>>);
+
+impl Service<Request<()>> for ByAccount {
+    type Response = Response<()>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Result<Response<()>, Self::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Every world's API is always ready; each call readies its own below.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<()>) -> Self::Future {
+        let Account(account) = *req
+            .extensions()
+            .get::<Account>()
+            .expect("the layer keeps the request's account");
+        Box::pin(self.0[account].clone().oneshot(req))
+    }
+}
+
+/// What one account saw, and its world.
+struct Seen {
+    report: Report,
+    world: Arc<World>,
+}
+
+/// Runs `traffic` for each of [`ACCOUNTS`] accounts through one keyed layer, each account over
+/// a world like `setup` (seeded by account): what each account saw, and every account's login
+/// attempts together, as a report of their own.
+async fn run(name: &str, setup: &Setup, traffic: Traffic, replay: bool) -> (Vec<Seen>, Report) {
+    // An account with a fresh token has no task and no timer: only the requests' own deadline
+    // checks withdraw its token, and on the paused clock they must read Tokio's clock.
+    tower_authtoken::testing::follow_tokio_clock();
+    fastrand::seed(setup.seed);
+    let worlds: Vec<Arc<World>> = (0..ACCOUNTS)
+        .map(|account| {
+            let mut setup = setup.clone();
+            setup.seed += account as u64;
+            setup.token_prefix = format!("account-{account}");
+            setup.start()
+        })
+        .collect();
+    let logs: Vec<Arc<LoginLog>> = (0..ACCOUNTS).map(|_| LoginLog::new()).collect();
+    let all_logins = LoginLog::new();
+    let probes: Vec<Probe> = worlds
+        .iter()
+        .map(|world| Probe::new(Arc::clone(world) as Arc<dyn harness::Oracle>))
+        .collect();
+    let transport = ByAccount(Arc::new(
+        worlds
+            .iter()
+            .zip(&probes)
+            .map(|(world, probe)| {
+                ServiceBuilder::new()
+                    .layer(probe.clone())
+                    .service(ModelApi(Arc::clone(world)))
+            })
+            .collect(),
+    ));
+    let accounts = {
+        let (worlds, logs, all_logins) = (worlds.clone(), logs.clone(), Arc::clone(&all_logins));
+        KeyedTokenCache::builder(move |&Account(account): &Account| {
+            let login = ModelLogin(Arc::clone(&worlds[account]));
+            Ok::<_, Error>(Recorded::new(
+                Recorded::new(login, &logs[account]),
+                &all_logins,
+            ))
+        })
+        .build()
+        .expect("the keyed cache's settings are valid")
+    };
+    let layer = KeyedBearerAuthLayer::new(accounts);
+    let start = Instant::now();
+    let mut drivers = Vec::new();
+    for account in 0..ACCOUNTS {
+        let traffic = Traffic {
+            seed: traffic.seed + account as u64,
+            ..traffic
+        };
+        let request = move || {
+            let mut request = Request::new(());
+            request.extensions_mut().insert(Account(account));
+            request
+        };
+        drivers.push(if replay {
+            let client = layer
+                .clone()
+                .retry_on_unauthorized()
+                .layer(transport.clone());
+            tokio::spawn(drive_with(client, traffic, request))
+        } else {
+            let client = layer.clone().layer(transport.clone());
+            tokio::spawn(drive_with(client, traffic, request))
+        });
+    }
+    let mut seen = Vec::new();
+    for (account, driver) in drivers.into_iter().enumerate() {
+        let calls = driver.await.expect("an account's callers panicked");
+        let name = format!("{name}, account {account}");
+        seen.push(Seen {
+            report: Report::new(
+                &name,
+                start,
+                setup.lifetime,
+                calls,
+                &probes[account],
+                &logs[account],
+            ),
+            world: Arc::clone(&worlds[account]),
+        });
+    }
+    // Only the logins count here: no calls, and a probe that saw nothing.
+    let together = Report::new(
+        &format!("{name}, all accounts"),
+        start,
+        setup.lifetime,
+        Vec::new(),
+        &Probe::new(Arc::new(|_: &str| true)),
+        &all_logins,
+    );
+    (seen, together)
+}
+
+/// The run of a long-lived token: five callers per account for 3¼ lifetimes, thinking up to
+/// 15 s, as in `tests/model.rs`.
+fn long_traffic() -> Traffic {
+    Traffic {
+        callers: CALLERS,
+        duration: LONG * 13 / 4,
+        think_min: Duration::ZERO,
+        think_max: 15 * SECOND,
+        seed: 9,
+    }
+}
+
+fn busy_traffic(duration: Duration, think_max: Duration) -> Traffic {
+    Traffic {
+        callers: CALLERS,
+        duration,
+        think_min: Duration::ZERO,
+        think_max,
+        seed: 9,
+    }
+}
+
+/// As in `tests/model.rs`: one login, 1 s, the request's round trip, and 10 ms for the timer
+/// wheel.
+fn boundary_bound(setup: &Setup) -> Duration {
+    setup.login_latency + SECOND + setup.api_round_trip() + 10 * MS
+}
+
+/// The keyed cache's default spread of renewals (`renewal_spread`) and the default lead.
+const SPREAD: f64 = 0.2;
+const LEAD: Duration = Duration::from_secs(60);
+
+/// The most renewals an account makes over the run, and why: a keyed account renews at a
+/// random point of the last fifth of its token's life before the 60 s lead (so that tokens
+/// issued together are not renewed together), so its logins come at least
+/// `lifetime × (1 − 0.2) − 60 s` apart (420 s for 600 s tokens): up to 1.43 a lifetime, where a
+/// single cache makes one.
+fn renewals_at_most(report: &Report, setup: &Setup) -> (usize, String) {
+    let gap = setup.lifetime.mul_f64(1.0 - SPREAD) - LEAD;
+    let renewals = (report.run_length().as_secs_f64() / gap.as_secs_f64()).floor() as usize;
+    let why = format!(
+        "the cold login, one renewal per {gap:?} at most (the spread renewals): {renewals}, and the events"
+    );
+    (renewals, why)
+}
+
+/// Every account's logins together keep to the keyed cache's shared budget.
+fn check_shared_budget(together: &Report) {
+    Checks::new(together)
+        .within_budget(SHARED_BURST, SHARED_INTERVAL)
+        .finish();
+}
+
+/// The targets of `tests/model.rs` behaviours 1–6 for each account: no errors, no unexcused
+/// rejection, one login per lifetime plus `extra(world)`, short waits at expiry, and the
+/// account's own budget; then the shared budget.
+async fn each_account_served(
+    name: &str,
+    setup: Setup,
+    replay: bool,
+    extra: impl Fn(&World) -> usize,
+) -> Vec<Seen> {
+    let (seen, together) = run(name, &setup, long_traffic(), replay).await;
+    for Seen { report, world } in &seen {
+        let mut checks = Checks::new(report);
+        let (renewals, why) = renewals_at_most(report, &setup);
+        checks
+            .no_caller_errors()
+            .no_unexcused_rejections()
+            .logins_at_most(renewals + 1 + extra(world), &why)
+            .boundary_wait_at_most(boundary_bound(&setup))
+            .within_budget(BUDGET_BURST, BUDGET_INTERVAL);
+        checks.finish();
+    }
+    check_shared_budget(&together);
+    seen
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1–4: how the server issues tokens
+
+/// World 1: a fresh full-length token on every login.
+#[tokio::test(start_paused = true)]
+async fn keyed_fresh_token_per_login_serves_every_account_with_one_login_per_lifetime() {
+    let setup = Setup::new(Issuing::Fresh, LONG);
+    each_account_served("keyed 1 fresh", setup, false, |_| 0).await;
+}
+
+/// World 2: one live token per user: each account's renewal returns the same token with its
+/// remaining life. One extra login per account: the early renewal that finds out.
+#[tokio::test(start_paused = true)]
+async fn keyed_one_live_token_per_user_is_used_to_its_expiry_for_every_account() {
+    let setup = Setup::new(Issuing::OneLive, LONG);
+    each_account_served("keyed 2 one-live", setup, false, |_| 1).await;
+}
+
+/// World 3: a new token on every login, bound to the session's expiry.
+#[tokio::test(start_paused = true)]
+async fn keyed_tokens_bound_to_the_session_expiry_cost_one_login_per_session_per_account() {
+    let setup = Setup::new(Issuing::BoundToSession, LONG);
+    each_account_served("keyed 3 bound-to-session", setup, false, |_| 1).await;
+}
+
+/// World 4: sliding: the same token, its expiry pushed forward by each login.
+#[tokio::test(start_paused = true)]
+async fn keyed_sliding_sessions_renew_the_same_token_for_every_account() {
+    let setup = Setup::new(Issuing::Sliding, LONG);
+    each_account_served("keyed 4 sliding", setup, false, |_| 0).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5–6: the API says 401
+
+/// World 5: each account's server revokes its live token at 3 random instants of its own: one login
+/// per revocation for that account, and no other account's token touched.
+#[tokio::test(start_paused = true)]
+async fn keyed_revocations_cost_the_revoked_account_one_login_each() {
+    let mut setup = Setup::new(Issuing::Fresh, LONG);
+    setup.revocations = 3;
+    let seen = each_account_served("keyed 5 revocation", setup, false, |world| {
+        world.counts().revocations as usize
+    })
+    .await;
+    for Seen { report, world } in &seen {
+        let revocations = world.counts().revocations;
+        assert_eq!(revocations, 3, "{}: 3 revocations took place", report.name);
+    }
+}
+
+/// World 6, with `retry_on_unauthorized`: spurious 401s against one-live-token servers are replayed
+/// with the token the re-login returned, so no 401 reaches any caller of any account.
+#[tokio::test(start_paused = true)]
+async fn keyed_spurious_401s_are_replayed_per_account_and_never_reach_callers() {
+    let mut setup = Setup::new(Issuing::OneLive, LONG);
+    setup.spurious = 3;
+    let seen = each_account_served("keyed 6 spurious-401 replay", setup, true, |world| {
+        1 + world.counts().spurious_401s as usize
+    })
+    .await;
+    for Seen { report, world } in &seen {
+        let spurious = world.counts().spurious_401s;
+        let to_callers = report.caller_statuses(StatusCode::UNAUTHORIZED);
+        assert_eq!(spurious, 3, "{}: 3 spurious 401s took place", report.name);
+        assert_eq!(to_callers, 0, "{}: no 401 reaches a caller", report.name);
+    }
+}
+
+/// World 7: every account's API rejects every token while logins succeed, busy callers for 5
+/// minutes: a handful of login attempts a minute per account, every 401 to its caller unchanged,
+/// never an error, with and without replays.
+async fn keyed_rejects_all(name: &str, replay: bool) {
+    let mut setup = Setup::new(Issuing::Fresh, LONG);
+    setup.rejects_all = true;
+    let (seen, together) = run(name, &setup, busy_traffic(300 * SECOND, 2 * SECOND), replay).await;
+    for Seen { report, .. } in &seen {
+        let per_minute = report.max_attempts(60 * SECOND);
+        let to_callers = report.caller_statuses(StatusCode::UNAUTHORIZED);
+        let mut checks = Checks::new(report);
+        checks
+            .no_caller_errors()
+            .target(
+                per_minute <= 8,
+                format!("at most 8 login attempts in any minute: {per_minute}"),
+            )
+            .target(
+                to_callers == report.calls.len(),
+                format!(
+                    "every caller gets the API's 401: {to_callers} of {} calls",
+                    report.calls.len()
+                ),
+            )
+            .within_budget(BUDGET_BURST, BUDGET_INTERVAL);
+        checks.finish();
+    }
+    check_shared_budget(&together);
+}
+
+#[tokio::test(start_paused = true)]
+async fn keyed_api_that_rejects_every_token_gets_a_handful_of_logins_per_account_per_minute() {
+    keyed_rejects_all("keyed 7 rejects-all", false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn keyed_api_that_rejects_every_token_gets_a_handful_of_logins_per_minute_with_replays() {
+    keyed_rejects_all("keyed 7 rejects-all replay", true).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8–9: short lives and login outages
+
+/// World 8: one-second tokens for every account: every caller served, at most 8/3 logins per
+/// lifetime per account (the documented schedule), within every budget.
+#[tokio::test(start_paused = true)]
+async fn keyed_one_second_tokens_serve_every_caller_within_the_budgets() {
+    let setup = Setup::new(Issuing::Fresh, SECOND);
+    let (seen, together) = run(
+        "keyed 8 lifetime-1s",
+        &setup,
+        busy_traffic(10 * SECOND, 200 * MS),
+        false,
+    )
+    .await;
+    for Seen { report, .. } in &seen {
+        let spans = (report.run_length().as_secs_f64() / SECOND.as_secs_f64()).floor() as usize;
+        let mut checks = Checks::new(report);
+        checks
+            .no_caller_errors()
+            .no_unexcused_rejections()
+            .logins_at_most(
+                (8 * spans).div_ceil(3) + 1,
+                "renewed at 3/8 to 1/2 of its life: 8/3 per lifetime + the cold one",
+            )
+            .boundary_wait_at_most(boundary_bound(&setup))
+            .within_budget(BUDGET_BURST, BUDGET_INTERVAL);
+        checks.finish();
+    }
+    check_shared_budget(&together);
+}
+
+/// World 9: a hung login endpoint for 6 s, longer than the 4 s tokens, for every account at once:
+/// at most one attempt a second per account while it lasts (+2), every account served again within
+/// 1.5 s of the recovery, no unexcused rejected send.
+#[tokio::test(start_paused = true)]
+async fn keyed_outage_of_hung_logins_longer_than_the_token_recovers_every_account_within_1_5s() {
+    const LIFETIME: Duration = Duration::from_secs(4);
+    const FROM: Duration = Duration::from_secs(10);
+    const LENGTH: Duration = Duration::from_secs(6);
+    let mut setup = Setup::new(Issuing::Fresh, LIFETIME);
+    setup.outages = vec![Outage {
+        kind: OutageKind::Hang,
+        from: FROM,
+        until: FROM + LENGTH,
+    }];
+    let normal = setup.api_round_trip() + MS;
+    let traffic = busy_traffic(FROM + LENGTH + 3 * LIFETIME, 500 * MS);
+    let (seen, together) = run("keyed 9 outage-hang-6s", &setup, traffic, false).await;
+    for Seen { report, world } in &seen {
+        let (down, up) = (world.started() + FROM, world.started() + FROM + LENGTH);
+        let during = report.attempts_between(down, up);
+        let allowed = LENGTH.as_secs_f64().ceil() as usize + 2;
+        let served = report.served_again_after(up, normal);
+        let mut checks = Checks::new(report);
+        checks
+            .target(
+                during <= allowed,
+                format!(
+                    "at most 1 attempt per second during the outage (+2): {during} > {allowed}"
+                ),
+            )
+            .target(
+                served <= 1500 * MS,
+                format!("callers served again within 1.5 s of the recovery: {served:?}"),
+            )
+            .target(
+                report.served_after(up + 1500 * MS),
+                "some caller served after the recovery",
+            )
+            .no_unexcused_rejections();
+        checks.finish();
+    }
+    check_shared_budget(&together);
+}
