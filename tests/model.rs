@@ -38,6 +38,8 @@
 mod harness;
 #[path = "model/ideal.rs"]
 mod ideal;
+#[path = "model/targets.rs"]
+mod targets;
 #[path = "model/world.rs"]
 mod world;
 
@@ -53,45 +55,19 @@ use tower_authtoken::{BearerAuthLayer, TokenCache, TokenCacheBuilder};
 
 use harness::{Checks, LoginLog, Oracle, Probe, Recorded, Report, Traffic, Verdict, drive};
 use ideal::Ideal;
+use targets::{
+    BUDGET_BURST, BUDGET_INTERVAL, Front, LONG, MS, SECOND, busy_traffic,
+    check_a_handful_of_logins_and_every_401_to_its_caller, check_served, long_traffic,
+};
 use world::{Issuing, ModelApi, ModelLogin, Outage, OutageKind, ServerClock, Setup, World};
 
-const MS: Duration = Duration::from_millis(1);
-const SECOND: Duration = Duration::from_secs(1);
+/// `BearerAuthLayer` (default cache) in a world: [`run`].
+struct Http;
 
-/// A long lifetime, so that the default 60 s lead renews about once per lifetime.
-const LONG: Duration = Duration::from_secs(600);
-
-/// The default login budget of the cache: a burst of 5, then one login per 250 ms.
-const BUDGET_BURST: usize = 5;
-const BUDGET_INTERVAL: Duration = Duration::from_millis(250);
-
-/// The run of a long-lived token: 20 callers for 3¼ lifetimes, thinking up to 15 s (about 2.7
-/// requests per second, so that every expiry boundary sees a few).
-fn long_traffic() -> Traffic {
-    Traffic {
-        callers: 20,
-        duration: LONG * 13 / 4,
-        think_min: Duration::ZERO,
-        think_max: 15 * SECOND,
-        seed: 9,
+impl Front for Http {
+    async fn run(&self, name: &str, setup: Setup, traffic: Traffic) -> (Report, Arc<World>) {
+        run(name, setup, traffic).await
     }
-}
-
-/// Busy callers for short runs: 20 callers thinking up to `think_max`.
-fn busy_traffic(duration: Duration, think_max: Duration) -> Traffic {
-    Traffic {
-        callers: 20,
-        duration,
-        think_min: Duration::ZERO,
-        think_max,
-        seed: 9,
-    }
-}
-
-/// The longest a caller may wait at an expiry boundary: one login, 1 s, and its own request,
-/// plus 10 ms for the timer wheel, which rounds every sleep up to the next millisecond.
-fn boundary_bound(setup: &Setup) -> Duration {
-    setup.login_latency + SECOND + setup.api_round_trip() + 10 * MS
 }
 
 /// Runs `traffic` through `BearerAuthLayer` (default cache) over the world's API.
@@ -133,53 +109,32 @@ async fn run_with(
     )
 }
 
-/// The targets of behaviours 1–6 and 10: no errors, no unexcused rejection, one login per
-/// lifetime plus `extra`, short waits at expiry, and the login budget.
-fn check_served<'a>(report: &'a Report, setup: &Setup, extra: usize) -> Checks<'a> {
-    let mut checks = Checks::new(report);
-    checks
-        .no_caller_errors()
-        .no_unexcused_rejections()
-        .one_login_per_lifetime(extra)
-        .boundary_wait_at_most(boundary_bound(setup))
-        .within_budget(BUDGET_BURST, BUDGET_INTERVAL);
-    checks
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1–4: how the server issues tokens
 
 /// 1. A fresh full-length token on every login (the server the cache was written for).
 #[tokio::test(start_paused = true)]
 async fn fresh_token_per_login_serves_every_caller_with_one_login_per_lifetime() {
-    let setup = Setup::new(Issuing::Fresh, LONG);
-    let (report, _) = run("1 fresh", setup.clone(), long_traffic()).await;
-    check_served(&report, &setup, 0).finish();
+    targets::fresh(&Http).await;
 }
 
 /// 2. One live token per user: the renewal returns the same token with its remaining life.
 /// One extra login: the early renewal that finds out the server works this way.
 #[tokio::test(start_paused = true)]
 async fn one_live_token_per_user_is_used_to_its_expiry_without_errors() {
-    let setup = Setup::new(Issuing::OneLive, LONG);
-    let (report, _) = run("2 one-live", setup.clone(), long_traffic()).await;
-    check_served(&report, &setup, 1).finish();
+    targets::one_live(&Http).await;
 }
 
 /// 3. A new token on every login, bound to the session's expiry. One extra login, as in 2.
 #[tokio::test(start_paused = true)]
 async fn tokens_bound_to_the_session_expiry_cost_one_login_per_session() {
-    let setup = Setup::new(Issuing::BoundToSession, LONG);
-    let (report, _) = run("3 bound-to-session", setup.clone(), long_traffic()).await;
-    check_served(&report, &setup, 1).finish();
+    targets::bound_to_session(&Http).await;
 }
 
 /// 4. Sliding: the same token, its expiry pushed forward by each login (a normal renewal).
 #[tokio::test(start_paused = true)]
 async fn sliding_session_renews_the_same_token_without_errors() {
-    let setup = Setup::new(Issuing::Sliding, LONG);
-    let (report, _) = run("4 sliding", setup.clone(), long_traffic()).await;
-    check_served(&report, &setup, 0).finish();
+    targets::sliding(&Http).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -189,13 +144,7 @@ async fn sliding_session_renews_the_same_token_without_errors() {
 /// sent before the first 401 came back are excused; one login per revocation.
 #[tokio::test(start_paused = true)]
 async fn revocations_at_random_instants_cost_one_login_each_and_no_errors() {
-    let mut setup = Setup::new(Issuing::Fresh, LONG);
-    setup.revocations = 3;
-    let (report, world) = run("5 revocation", setup.clone(), long_traffic()).await;
-    let revoked = world.counts().revocations as usize;
-    let mut checks = check_served(&report, &setup, revoked);
-    checks.target(revoked == 3, format!("3 revocations took place: {revoked}"));
-    checks.finish();
+    targets::revocations(&Http).await;
 }
 
 /// 6. Spurious 401s against a one-live-token server: at 3 random instants, the API rejects a
@@ -203,23 +152,7 @@ async fn revocations_at_random_instants_cost_one_login_each_and_no_errors() {
 /// nobody else fails; one login per event, plus one as in 2.
 #[tokio::test(start_paused = true)]
 async fn spurious_401s_cost_one_login_each_and_no_errors() {
-    let mut setup = Setup::new(Issuing::OneLive, LONG);
-    setup.spurious = 3;
-    let (report, world) = run("6 spurious-401", setup.clone(), long_traffic()).await;
-    let spurious = world.counts().spurious_401s as usize;
-    let mut checks = check_served(&report, &setup, 1 + spurious);
-    checks.target(
-        spurious == 3,
-        format!("3 spurious 401s took place: {spurious}"),
-    );
-    checks.target(
-        report.caller_statuses(StatusCode::UNAUTHORIZED) <= spurious,
-        format!(
-            "only the spurious 401s reach callers: {} for {spurious}",
-            report.caller_statuses(StatusCode::UNAUTHORIZED)
-        ),
-    );
-    checks.finish();
+    targets::spurious_401s(&Http).await;
 }
 
 /// 7. The API rejects every token while the login keeps succeeding. Busy callers (20, thinking
@@ -228,44 +161,7 @@ async fn spurious_401s_cost_one_login_each_and_no_errors() {
 /// its caller unchanged, never an error.
 #[tokio::test(start_paused = true)]
 async fn api_that_rejects_every_token_gets_a_handful_of_logins_per_minute() {
-    let mut setup = Setup::new(Issuing::Fresh, LONG);
-    setup.rejects_all = true;
-    let traffic = busy_traffic(300 * SECOND, 2 * SECOND);
-    let (report, _) = run("7 rejects-all", setup, traffic).await;
-    check_a_handful_of_logins_and_every_401_to_its_caller(&report);
-    let from_api = report.transport_statuses(StatusCode::UNAUTHORIZED);
-    let to_callers = report.caller_statuses(StatusCode::UNAUTHORIZED);
-    Checks::new(&report)
-        .target(
-            from_api == to_callers,
-            format!(
-                "every 401 reaches its caller unchanged: {from_api} from the API, {to_callers} to callers"
-            ),
-        )
-        .finish();
-}
-
-/// What every world of 7 (an API that rejects every token) asks: no caller error, at most 8
-/// login attempts in any minute, every caller gets the API's 401, and the budget holds.
-fn check_a_handful_of_logins_and_every_401_to_its_caller(report: &Report) {
-    let mut checks = Checks::new(report);
-    let per_minute = report.max_attempts(60 * SECOND);
-    let to_callers = report.caller_statuses(StatusCode::UNAUTHORIZED);
-    checks
-        .no_caller_errors()
-        .target(
-            per_minute <= 8,
-            format!("at most 8 login attempts in any minute: {per_minute}"),
-        )
-        .target(
-            to_callers == report.calls.len(),
-            format!(
-                "every caller gets the API's 401: {to_callers} of {} calls",
-                report.calls.len()
-            ),
-        )
-        .within_budget(BUDGET_BURST, BUDGET_INTERVAL);
-    checks.finish();
+    targets::rejects_all(&Http).await;
 }
 
 /// 7 with 5 s logins (a slow login endpoint, or a busy shared budget): the time a login takes is
@@ -273,12 +169,7 @@ fn check_a_handful_of_logins_and_every_401_to_its_caller(report: &Report) {
 /// minute. Before the fix, each 5 s login reset the spacing and the cache logged in every 5 s.
 #[tokio::test(start_paused = true)]
 async fn api_that_rejects_every_token_gets_a_handful_of_logins_per_minute_with_slow_logins() {
-    let mut setup = Setup::new(Issuing::Fresh, LONG);
-    setup.rejects_all = true;
-    setup.login_latency = 5 * SECOND;
-    let traffic = busy_traffic(300 * SECOND, 2 * SECOND);
-    let (report, _) = run("7 rejects-all slow logins", setup, traffic).await;
-    check_a_handful_of_logins_and_every_401_to_its_caller(&report);
+    targets::rejects_all_slow_logins(&Http).await;
 }
 
 /// 6, with `retry_on_unauthorized`: the request rejected by a spurious 401 is replayed with the
@@ -373,93 +264,22 @@ async fn lifetime_of_500ms_keeps_logins_within_the_budget_without_callers() {
     short_lifetime_within_budget("8 lifetime-500ms idle", 500 * MS, false).await;
 }
 
-/// From 1 s up, every caller is served. A token shorter than twice the 60 s lead is renewed at
-/// half its life less up to a quarter of that as jitter, counted from when its login started
-/// (the documented schedule: at least 3/8 of its life), so up to 8/3 logins per lifetime are
-/// allowed.
-async fn short_lifetime_serves_every_caller(name: &str, lifetime: Duration) {
-    let setup = Setup::new(Issuing::Fresh, lifetime);
-    let run_for = 10 * lifetime;
-    let (report, _) = run(name, setup.clone(), busy_traffic(run_for, 200 * MS)).await;
-    let spans = (report.run_length().as_secs_f64() / lifetime.as_secs_f64()).floor() as usize;
-    let mut checks = Checks::new(&report);
-    checks
-        .no_caller_errors()
-        .no_unexcused_rejections()
-        .logins_at_most(
-            (8 * spans).div_ceil(3) + 1,
-            "renewed at 3/8 to 1/2 of its life: 8/3 per lifetime + the cold one",
-        )
-        .boundary_wait_at_most(boundary_bound(&setup))
-        .within_budget(BUDGET_BURST, BUDGET_INTERVAL);
-    checks.finish();
-}
-
 #[tokio::test(start_paused = true)]
 async fn lifetime_of_1s_serves_every_caller_within_the_budget() {
-    short_lifetime_serves_every_caller("8 lifetime-1s", SECOND).await;
+    targets::short_lifetime(&Http, "8 lifetime-1s", SECOND).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn lifetime_of_2s_serves_every_caller_within_the_budget() {
-    short_lifetime_serves_every_caller("8 lifetime-2s", 2 * SECOND).await;
+    targets::short_lifetime(&Http, "8 lifetime-2s", 2 * SECOND).await;
 }
 
 // ---------------------------------------------------------------------------------------------
 // 9: login outages
 
-/// The token's life in the outage tests.
-const OUTAGE_LIFETIME: Duration = Duration::from_secs(4);
-/// When the outage starts: after two and a half lifetimes of normal service.
-const OUTAGE_FROM: Duration = Duration::from_secs(10);
-
-/// A login outage of `kind` lasting `length`, with 4 s tokens; the run goes on for three
-/// lifetimes after the recovery. Targets: at most one login attempt per second during the
-/// outage (+2 for the first quick retries of a still-valid token), callers all served again
-/// within 1.5 s of the recovery, and no unexcused rejected send.
+/// A login outage of `kind` lasting `length` ([`targets::outage`]).
 async fn outage(name: &str, kind: OutageKind, length: Duration) {
-    let mut setup = Setup::new(Issuing::Fresh, OUTAGE_LIFETIME);
-    let until = OUTAGE_FROM + length;
-    setup.outages = vec![Outage {
-        kind,
-        from: OUTAGE_FROM,
-        until,
-    }];
-    let normal = setup.api_round_trip() + MS;
-    let traffic = busy_traffic(until + 3 * OUTAGE_LIFETIME, 500 * MS);
-    let (report, world) = run(name, setup, traffic).await;
-    let (down, up) = (world.started() + OUTAGE_FROM, world.started() + until);
-    let during = report.attempts_between(down, up);
-    let allowed = length.as_secs_f64().ceil() as usize + 2;
-    let densest = report.max_attempts_in(SECOND, down, up);
-    let served = report.served_again_after(up, normal);
-    println!(
-        "[model] {name}: outage {length:?}: attempts during={during} (allowed {allowed}) \
-         max/1s during={densest} served_again_after={served:?} attempts at {} (down {:.1}-{:.1} s)",
-        report.attempt_times(down - 2 * SECOND, up + 5 * SECOND),
-        (down - report.start).as_secs_f64(),
-        (up - report.start).as_secs_f64(),
-    );
-    let mut checks = Checks::new(&report);
-    checks
-        .target(
-            during <= allowed,
-            format!("at most 1 attempt per second during the outage (+2): {during} > {allowed}"),
-        )
-        .target(
-            densest <= 3,
-            format!("at most 3 attempts in any second of the outage: {densest}"),
-        )
-        .target(
-            served <= 1500 * MS,
-            format!("callers served again within 1.5 s of the recovery: {served:?}"),
-        )
-        .target(
-            report.served_after(up + 1500 * MS),
-            "some caller served after the recovery",
-        )
-        .no_unexcused_rejections();
-    checks.finish();
+    targets::outage(&Http, name, kind, length).await;
 }
 
 #[tokio::test(start_paused = true)]

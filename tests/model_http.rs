@@ -766,22 +766,7 @@ async fn outage(name: &str, kind: Outage, length: Duration) {
                 server.stats().outage_answers
             ),
         )
-        .target(
-            during <= allowed,
-            format!("at most 1 attempt per second during the outage (+2): {during} > {allowed}"),
-        )
-        .target(
-            densest <= 3,
-            format!("at most 3 attempts in any second of the outage: {densest}"),
-        )
-        .target(
-            served <= 1500 * MS,
-            format!("callers served again within 1.5 s of the recovery: {served:?}"),
-        )
-        .target(
-            report.served_after(up + 1500 * MS),
-            "some caller served after the recovery",
-        )
+        .outage_targets(during, allowed, densest, served, up)
         .no_unexcused_rejections();
     figures.agrees(&mut checks);
     checks.finish();

@@ -22,6 +22,9 @@
 #[path = "model/harness.rs"]
 mod harness;
 #[allow(dead_code)]
+#[path = "model/targets.rs"]
+mod targets;
+#[allow(dead_code)]
 #[path = "model/world.rs"]
 mod world;
 
@@ -35,21 +38,18 @@ use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_authtoken::{Error, KeyedBearerAuthLayer, KeyedTokenCache};
 
 use harness::{BoxFuture, Checks, LoginLog, Probe, Probed, Recorded, Report, Traffic, drive_with};
-use world::{Issuing, ModelApi, ModelLogin, Outage, OutageKind, Setup, World};
-
-const MS: Duration = Duration::from_millis(1);
-const SECOND: Duration = Duration::from_secs(1);
-const LONG: Duration = Duration::from_secs(600);
+use targets::{
+    BUDGET_BURST, BUDGET_INTERVAL, LONG, SECOND, boundary_bound,
+    check_a_handful_of_logins_and_every_401_to_its_caller, check_outage, check_short_lifetime,
+    outage_setup, short_lifetime_traffic,
+};
+use world::{Issuing, ModelApi, ModelLogin, OutageKind, Setup, World};
 
 /// The accounts of every run.
 const ACCOUNTS: usize = 4;
 /// Callers per account.
 const CALLERS: usize = 5;
 
-/// Each account's own login budget, the default of a `TokenCache`: 5 at once, then one per
-/// 250 ms.
-const BUDGET_BURST: usize = 5;
-const BUDGET_INTERVAL: Duration = Duration::from_millis(250);
 /// The keyed cache's shared budget, its default: 10 at once, then one per 100 ms.
 const SHARED_BURST: usize = 10;
 const SHARED_INTERVAL: Duration = Duration::from_millis(100);
@@ -184,32 +184,12 @@ async fn run(name: &str, setup: &Setup, traffic: Traffic, replay: bool) -> (Vec<
     (seen, together)
 }
 
-/// The run of a long-lived token: five callers per account for 3¼ lifetimes, thinking up to
-/// 15 s, as in `tests/model.rs`.
-fn long_traffic() -> Traffic {
+/// `tests/model.rs`'s traffic, with [`CALLERS`] callers per account.
+fn per_account(traffic: Traffic) -> Traffic {
     Traffic {
         callers: CALLERS,
-        duration: LONG * 13 / 4,
-        think_min: Duration::ZERO,
-        think_max: 15 * SECOND,
-        seed: 9,
+        ..traffic
     }
-}
-
-fn busy_traffic(duration: Duration, think_max: Duration) -> Traffic {
-    Traffic {
-        callers: CALLERS,
-        duration,
-        think_min: Duration::ZERO,
-        think_max,
-        seed: 9,
-    }
-}
-
-/// As in `tests/model.rs`: one login, 1 s, the request's round trip, and 10 ms for the timer
-/// wheel.
-fn boundary_bound(setup: &Setup) -> Duration {
-    setup.login_latency + SECOND + setup.api_round_trip() + 10 * MS
 }
 
 /// The keyed cache's default spread of renewals (`renewal_spread`) and the default lead.
@@ -246,7 +226,7 @@ async fn each_account_served(
     replay: bool,
     extra: impl Fn(&World) -> usize,
 ) -> Vec<Seen> {
-    let (seen, together) = run(name, &setup, long_traffic(), replay).await;
+    let (seen, together) = run(name, &setup, per_account(targets::long_traffic()), replay).await;
     for Seen { report, world } in &seen {
         let mut checks = Checks::new(report);
         let (renewals, why) = renewals_at_most(report, &setup);
@@ -337,26 +317,15 @@ async fn keyed_spurious_401s_are_replayed_per_account_and_never_reach_callers() 
 async fn keyed_rejects_all(name: &str, replay: bool) {
     let mut setup = Setup::new(Issuing::Fresh, LONG);
     setup.rejects_all = true;
-    let (seen, together) = run(name, &setup, busy_traffic(300 * SECOND, 2 * SECOND), replay).await;
+    let (seen, together) = run(
+        name,
+        &setup,
+        per_account(targets::busy_traffic(300 * SECOND, 2 * SECOND)),
+        replay,
+    )
+    .await;
     for Seen { report, .. } in &seen {
-        let per_minute = report.max_attempts(60 * SECOND);
-        let to_callers = report.caller_statuses(StatusCode::UNAUTHORIZED);
-        let mut checks = Checks::new(report);
-        checks
-            .no_caller_errors()
-            .target(
-                per_minute <= 8,
-                format!("at most 8 login attempts in any minute: {per_minute}"),
-            )
-            .target(
-                to_callers == report.calls.len(),
-                format!(
-                    "every caller gets the API's 401: {to_callers} of {} calls",
-                    report.calls.len()
-                ),
-            )
-            .within_budget(BUDGET_BURST, BUDGET_INTERVAL);
-        checks.finish();
+        check_a_handful_of_logins_and_every_401_to_its_caller(report);
     }
     check_shared_budget(&together);
 }
@@ -379,70 +348,25 @@ async fn keyed_api_that_rejects_every_token_gets_a_handful_of_logins_per_minute_
 #[tokio::test(start_paused = true)]
 async fn keyed_one_second_tokens_serve_every_caller_within_the_budgets() {
     let setup = Setup::new(Issuing::Fresh, SECOND);
-    let (seen, together) = run(
-        "keyed 8 lifetime-1s",
-        &setup,
-        busy_traffic(10 * SECOND, 200 * MS),
-        false,
-    )
-    .await;
+    let traffic = per_account(short_lifetime_traffic(SECOND));
+    let (seen, together) = run("keyed 8 lifetime-1s", &setup, traffic, false).await;
     for Seen { report, .. } in &seen {
-        let spans = (report.run_length().as_secs_f64() / SECOND.as_secs_f64()).floor() as usize;
-        let mut checks = Checks::new(report);
-        checks
-            .no_caller_errors()
-            .no_unexcused_rejections()
-            .logins_at_most(
-                (8 * spans).div_ceil(3) + 1,
-                "renewed at 3/8 to 1/2 of its life: 8/3 per lifetime + the cold one",
-            )
-            .boundary_wait_at_most(boundary_bound(&setup))
-            .within_budget(BUDGET_BURST, BUDGET_INTERVAL);
-        checks.finish();
+        check_short_lifetime(report, &setup);
     }
     check_shared_budget(&together);
 }
 
-/// World 9: a hung login endpoint for 6 s, longer than the 4 s tokens, for every account at once:
-/// at most one attempt a second per account while it lasts (+2), every account served again within
-/// 1.5 s of the recovery, no unexcused rejected send.
+/// World 9: a hung login endpoint for 30 s, longer than the 4 s tokens, for every account at
+/// once: at most one attempt a second per account while it lasts (+2), every account served
+/// again within 1.5 s of the recovery, no unexcused rejected send.
 #[tokio::test(start_paused = true)]
 async fn keyed_outage_of_hung_logins_longer_than_the_token_recovers_every_account_within_1_5s() {
-    const LIFETIME: Duration = Duration::from_secs(4);
-    const FROM: Duration = Duration::from_secs(10);
-    const LENGTH: Duration = Duration::from_secs(6);
-    let mut setup = Setup::new(Issuing::Fresh, LIFETIME);
-    setup.outages = vec![Outage {
-        kind: OutageKind::Hang,
-        from: FROM,
-        until: FROM + LENGTH,
-    }];
-    let normal = setup.api_round_trip() + MS;
-    let traffic = busy_traffic(FROM + LENGTH + 3 * LIFETIME, 500 * MS);
-    let (seen, together) = run("keyed 9 outage-hang-6s", &setup, traffic, false).await;
+    let length = 30 * SECOND;
+    let (setup, traffic) = outage_setup(OutageKind::Hang, length);
+    let traffic = per_account(traffic);
+    let (seen, together) = run("keyed 9 outage-hang-30s", &setup, traffic, false).await;
     for Seen { report, world } in &seen {
-        let (down, up) = (world.started() + FROM, world.started() + FROM + LENGTH);
-        let during = report.attempts_between(down, up);
-        let allowed = LENGTH.as_secs_f64().ceil() as usize + 2;
-        let served = report.served_again_after(up, normal);
-        let mut checks = Checks::new(report);
-        checks
-            .target(
-                during <= allowed,
-                format!(
-                    "at most 1 attempt per second during the outage (+2): {during} > {allowed}"
-                ),
-            )
-            .target(
-                served <= 1500 * MS,
-                format!("callers served again within 1.5 s of the recovery: {served:?}"),
-            )
-            .target(
-                report.served_after(up + 1500 * MS),
-                "some caller served after the recovery",
-            )
-            .no_unexcused_rejections();
-        checks.finish();
+        check_outage(report, world, length);
     }
     check_shared_budget(&together);
 }

@@ -300,6 +300,20 @@ pub struct Probed<S> {
     probe: Probe,
 }
 
+/// Set on a response by an API whose protocol rejects a token otherwise than with a `401` (a
+/// gRPC `UNAUTHENTICATED`): the probe counts it as a `401`, one the client is told of.
+#[derive(Debug, Clone, Copy)]
+pub struct Rejected;
+
+/// The bearer token a request carries, if any.
+pub fn bearer_token<B>(req: &Request<B>) -> Option<String> {
+    req.headers()
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::to_owned)
+}
+
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -319,19 +333,19 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let token = req
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::to_owned);
+        let token = bearer_token(&req);
         let index = self.probe.on_send(token);
         let probe = self.probe.clone();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let result = fut.await;
             if let Ok(response) = &result {
-                probe.on_response(index, response.status());
+                // A protocol whose rejection is not a 401 (gRPC's `grpc-status: 16`) says so.
+                let status = match response.extensions().get::<Rejected>() {
+                    Some(Rejected) => StatusCode::UNAUTHORIZED,
+                    None => response.status(),
+                };
+                probe.on_response(index, status);
             }
             result
         })
@@ -746,6 +760,37 @@ impl<'a> Checks<'a> {
         self.logins_at_most(
             allowed,
             &format!("one per lifetime: {spans} lifetimes + the cold login + {extra}"),
+        )
+    }
+
+    /// The targets of a login outage that ended at `up`: at most `allowed` login attempts
+    /// during it (`during`) and at most 3 in any second (`densest`), callers served again
+    /// within 1.5 s of the recovery (`served`), and some caller served after that.
+    pub fn outage_targets(
+        &mut self,
+        during: usize,
+        allowed: usize,
+        densest: usize,
+        served: Duration,
+        up: Instant,
+    ) -> &mut Self {
+        let report = self.report;
+        let soon = Duration::from_millis(1500);
+        self.target(
+            during <= allowed,
+            format!("at most 1 attempt per second during the outage (+2): {during} > {allowed}"),
+        )
+        .target(
+            densest <= 3,
+            format!("at most 3 attempts in any second of the outage: {densest}"),
+        )
+        .target(
+            served <= soon,
+            format!("callers served again within 1.5 s of the recovery: {served:?}"),
+        )
+        .target(
+            report.served_after(up + soon),
+            "some caller served after the recovery",
         )
     }
 

@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::header::AUTHORIZATION;
 use http::{Request, Response, StatusCode};
 use jiff::tz::Offset;
 use jiff::{SignedDuration, Timestamp};
@@ -208,6 +207,10 @@ pub struct World {
 }
 
 impl World {
+    pub fn setup(&self) -> &Setup {
+        &self.setup
+    }
+
     pub fn started(&self) -> Instant {
         self.started
     }
@@ -337,7 +340,8 @@ impl World {
     }
 
     /// Decides an API request that arrived now carrying `token`.
-    fn decide(&self, token: Option<&str>) -> StatusCode {
+    /// What the API answers a request carrying `token` now: `200`, or `401`.
+    pub fn decide(&self, token: Option<&str>) -> StatusCode {
         let now = Instant::now();
         let mut state = self.lock(now);
         state.counts.api_requests += 1;
@@ -433,12 +437,7 @@ impl Service<Request<()>> for ModelApi {
 
     fn call(&mut self, req: Request<()>) -> Self::Future {
         let world = Arc::clone(&self.0);
-        let token = req
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::to_owned);
+        let token = super::harness::bearer_token(&req);
         Box::pin(async move {
             let latency = world.setup.api_latency;
             sleep(latency).await;
