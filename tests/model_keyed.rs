@@ -13,7 +13,8 @@
 //! probe of its own. Five callers per account (20 in all, as in `tests/model.rs`) send with the
 //! same seeded think times. The harness then judges each account on its own, with the targets a
 //! single `BearerAuthLayer` meets in that world, and all accounts' logins together against the
-//! shared budget (10 at once, then 10 a second).
+//! shared budget (10 at once, then 10 a second). That includes one login per token lifetime:
+//! a keyed account spreads only the renewal of a token logged in for with none in service.
 //!
 //! Everything runs on Tokio's paused clock, which the deadline checks follow
 //! (`testing::follow_tokio_clock`), on the test's current-thread runtime, seeded.
@@ -39,9 +40,8 @@ use tower_authtoken::{Error, KeyedBearerAuthLayer, KeyedTokenCache};
 
 use harness::{BoxFuture, Checks, LoginLog, Probe, Probed, Recorded, Report, Traffic, drive_with};
 use targets::{
-    BUDGET_BURST, BUDGET_INTERVAL, LONG, SECOND, boundary_bound,
-    check_a_handful_of_logins_and_every_401_to_its_caller, check_outage, check_short_lifetime,
-    outage_setup, short_lifetime_traffic,
+    LONG, SECOND, check_a_handful_of_logins_and_every_401_to_its_caller, check_outage,
+    check_served, check_short_lifetime, outage_setup, short_lifetime_traffic,
 };
 use world::{Issuing, ModelApi, ModelLogin, OutageKind, Setup, World};
 
@@ -192,24 +192,6 @@ fn per_account(traffic: Traffic) -> Traffic {
     }
 }
 
-/// The keyed cache's default spread of renewals (`renewal_spread`) and the default lead.
-const SPREAD: f64 = 0.2;
-const LEAD: Duration = Duration::from_secs(60);
-
-/// The most renewals an account makes over the run, and why: a keyed account renews at a
-/// random point of the last fifth of its token's life before the 60 s lead (so that tokens
-/// issued together are not renewed together), so its logins come at least
-/// `lifetime × (1 − 0.2) − 60 s` apart (420 s for 600 s tokens): up to 1.43 a lifetime, where a
-/// single cache makes one.
-fn renewals_at_most(report: &Report, setup: &Setup) -> (usize, String) {
-    let gap = setup.lifetime.mul_f64(1.0 - SPREAD) - LEAD;
-    let renewals = (report.run_length().as_secs_f64() / gap.as_secs_f64()).floor() as usize;
-    let why = format!(
-        "the cold login, one renewal per {gap:?} at most (the spread renewals): {renewals}, and the events"
-    );
-    (renewals, why)
-}
-
 /// Every account's logins together keep to the keyed cache's shared budget.
 fn check_shared_budget(together: &Report) {
     Checks::new(together)
@@ -228,15 +210,7 @@ async fn each_account_served(
 ) -> Vec<Seen> {
     let (seen, together) = run(name, &setup, per_account(targets::long_traffic()), replay).await;
     for Seen { report, world } in &seen {
-        let mut checks = Checks::new(report);
-        let (renewals, why) = renewals_at_most(report, &setup);
-        checks
-            .no_caller_errors()
-            .no_unexcused_rejections()
-            .logins_at_most(renewals + 1 + extra(world), &why)
-            .boundary_wait_at_most(boundary_bound(&setup))
-            .within_budget(BUDGET_BURST, BUDGET_INTERVAL);
-        checks.finish();
+        check_served(report, &setup, extra(world)).finish();
     }
     check_shared_budget(&together);
     seen

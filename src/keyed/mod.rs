@@ -15,10 +15,12 @@
 //! - **One budget for all.** Every login of every account also draws on one shared
 //!   [`LoginBudget`] ([`shared_login_budget`](KeyedTokenCacheBuilder::shared_login_budget)): the
 //!   API limits a client, not an account.
-//! - **Renewals spread out.** Each account renews at a random point of the last
-//!   [`renewal_spread`](KeyedTokenCacheBuilder::renewal_spread) of its token's life before the
-//!   usual lead, so that tokens issued in the same second (a restart, a cold storm) are renewed
-//!   over minutes rather than all at once. Once spread, they stay spread.
+//! - **Renewals spread out.** An account whose token came from a login with no token in service
+//!   (a cold start, a recovery, a `401`) renews it at a random point of the last
+//!   [`renewal_spread`](KeyedTokenCacheBuilder::renewal_spread) of its life before the usual
+//!   lead, so that tokens issued in the same second are renewed over minutes rather than all at
+//!   once. Once spread, they stay spread: a token that renewed one in service is renewed at the
+//!   usual lead, so an account in use logs in once per token lifetime.
 //! - **Nothing runs for an idle account.** An account's background task stops as soon as nothing
 //!   is ahead but the next renewal; the first request past the renewal instant starts one for
 //!   the renewal (while it goes on using the current token). An idle account costs its memory
@@ -590,10 +592,12 @@ where
         self
     }
 
-    /// The fraction (0 to 1) of each token's life, before the usual renewal lead, over which
-    /// the accounts' renewals are spread at random. Default: 0.2. With 1-hour tokens and the
-    /// default 60 s lead, renewals fall between 48 and 59 minutes into a token's life. 0 renews
-    /// every account at the lead, as a single [`TokenCache`] does.
+    /// The fraction (0 to 1) of a token's life, before the usual renewal lead, over which the
+    /// accounts' renewals are spread at random. Default: 0.2. With 1-hour tokens and the
+    /// default 60 s lead, the first renewal after a login with no token in service (a cold
+    /// start, a recovery, a `401`) falls between 48 and 59 minutes into the token's life; the
+    /// renewals after it come at the lead, as a single [`TokenCache`]'s do, since the tokens
+    /// they replace were issued apart already. 0 renews every account at the lead.
     pub fn renewal_spread(mut self, fraction: f64) -> Self {
         self.spread = fraction;
         self
