@@ -25,25 +25,15 @@ mod world;
 
 use std::sync::Arc;
 
-use http::{Request, Response, StatusCode, Uri};
-use http_body_util::BodyExt;
-use tower::{BoxError, Layer, ServiceBuilder, ServiceExt};
+use http::Request;
+use tower::{Layer, ServiceBuilder, ServiceExt};
 use tower_authtoken::TokenCache;
-use tower_authtoken::tonic::{GrpcBearerAuthLayer, GrpcResponseBody};
+use tower_authtoken::tonic::GrpcBearerAuthLayer;
 
-use grpc::{GrpcBody, GrpcModelApi};
+use grpc::GrpcModelApi;
 use harness::{LoginLog, Probe, Recorded, Report, Traffic, drive_with};
 use targets::{Front, SECOND};
 use world::{ModelLogin, OutageKind, Setup, World};
-
-/// Where the channel would connect: `https`, so that the plain-HTTP rule lets the token go.
-const ORIGIN: &str = "https://grpc.model.example";
-
-/// Whether a gRPC response (its headers, then its trailers once read) says `UNAUTHENTICATED`.
-fn unauthenticated(map: Option<&http::HeaderMap>) -> bool {
-    map.and_then(|map| map.get("grpc-status"))
-        .is_some_and(|status| status == "16")
-}
 
 /// Runs `traffic` through `GrpcBearerAuthLayer` (default cache) over the world's gRPC API. Each
 /// caller reads the response to its trailers; an `UNAUTHENTICATED` call counts as a `401`.
@@ -58,41 +48,10 @@ async fn run(name: &str, setup: Setup, traffic: Traffic) -> (Report, Arc<World>)
     let api = ServiceBuilder::new()
         .layer(probe.clone())
         .service(GrpcModelApi(Arc::clone(&world)));
-    let origin: Uri = ORIGIN.parse().expect("a valid origin");
-    let grpc = GrpcBearerAuthLayer::new(cache, &origin).layer(api);
-    let client = ServiceExt::<Request<()>>::and_then(
-        grpc,
-        |response: Response<GrpcResponseBody<GrpcBody>>| async move {
-            let (parts, body) = response.into_parts();
-            let trailers = body
-                .collect()
-                .await
-                .map_err(BoxError::from)?
-                .trailers()
-                .cloned();
-            let status =
-                if unauthenticated(Some(&parts.headers)) || unauthenticated(trailers.as_ref()) {
-                    StatusCode::UNAUTHORIZED
-                } else {
-                    StatusCode::OK
-                };
-            Ok::<_, BoxError>(
-                Response::builder()
-                    .status(status)
-                    .body(())
-                    .expect("a response"),
-            )
-        },
-    );
+    let grpc = GrpcBearerAuthLayer::new(cache, &grpc::origin()).layer(api);
+    let client = ServiceExt::<Request<()>>::and_then(grpc, grpc::read_status);
     let start = tokio::time::Instant::now();
-    let calls = drive_with(client, traffic, || {
-        Request::builder()
-            .uri("/model.Api/Call")
-            .version(http::Version::HTTP_2)
-            .body(())
-            .expect("a request")
-    })
-    .await;
+    let calls = drive_with(client, traffic, grpc::call).await;
     (
         Report::new(name, start, lifetime, calls, &probe, &log),
         world,

@@ -19,6 +19,8 @@
 //! Everything runs on Tokio's paused clock, which the deadline checks follow
 //! (`testing::follow_tokio_clock`), on the test's current-thread runtime, seeded.
 
+#[path = "model/grpc.rs"]
+mod grpc;
 #[allow(dead_code)]
 #[path = "model/harness.rs"]
 mod harness;
@@ -29,6 +31,7 @@ mod targets;
 #[path = "model/world.rs"]
 mod world;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -36,8 +39,10 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tower_authtoken::tonic::KeyedGrpcBearerAuthLayer;
 use tower_authtoken::{Error, KeyedBearerAuthLayer, KeyedTokenCache};
 
+use grpc::GrpcModelApi;
 use harness::{BoxFuture, Checks, LoginLog, Probe, Probed, Recorded, Report, Traffic, drive_with};
 use targets::{
     LONG, SECOND, check_a_handful_of_logins_and_every_401_to_its_caller, check_outage,
@@ -58,14 +63,37 @@ const SHARED_INTERVAL: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Account(usize);
 
-/// The transport: each request goes to its account's world, through that account's probe.
-#[derive(Clone)]
-struct ByAccount(Arc<Vec<Probed<ModelApi>>>);
+/// The transport: each request goes to its account's world's API `A`, through that account's
+/// probe.
+struct ByAccount<A>(Arc<Vec<Probed<A>>>);
 
-impl Service<Request<()>> for ByAccount {
-    type Response = Response<()>;
-    type Error = std::convert::Infallible;
-    type Future = BoxFuture<Result<Response<()>, Self::Error>>;
+impl<A> Clone for ByAccount<A> {
+    fn clone(&self) -> Self {
+        ByAccount(Arc::clone(&self.0))
+    }
+}
+
+impl<A> ByAccount<A> {
+    /// Each world's API, made by `api`, under its account's probe.
+    fn new(worlds: &[Arc<World>], probes: &[Probe], api: impl Fn(Arc<World>) -> A) -> Self {
+        let stacks = worlds.iter().zip(probes).map(|(world, probe)| {
+            ServiceBuilder::new()
+                .layer(probe.clone())
+                .service(api(Arc::clone(world)))
+        });
+        ByAccount(Arc::new(stacks.collect()))
+    }
+}
+
+impl<A, B> Service<Request<()>> for ByAccount<A>
+where
+    A: Service<Request<()>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    A::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response<B>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<B>, Infallible>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Every world's API is always ready; each call readies its own below.
@@ -81,6 +109,17 @@ impl Service<Request<()>> for ByAccount {
     }
 }
 
+/// The front-end the accounts go through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Front {
+    /// `KeyedBearerAuthLayer`.
+    Http,
+    /// `KeyedBearerAuthLayer::retry_on_unauthorized`.
+    HttpReplay,
+    /// `KeyedGrpcBearerAuthLayer`, over each world's API spoken as gRPC.
+    Grpc,
+}
+
 /// What one account saw, and its world.
 struct Seen {
     report: Report,
@@ -90,7 +129,7 @@ struct Seen {
 /// Runs `traffic` for each of [`ACCOUNTS`] accounts through one keyed layer, each account over
 /// a world like `setup` (seeded by account): what each account saw, and every account's login
 /// attempts together, as a report of their own.
-async fn run(name: &str, setup: &Setup, traffic: Traffic, replay: bool) -> (Vec<Seen>, Report) {
+async fn run(name: &str, setup: &Setup, traffic: Traffic, front: Front) -> (Vec<Seen>, Report) {
     // An account with a fresh token has no task and no timer: only the requests' own deadline
     // checks withdraw its token, and on the paused clock they must read Tokio's clock.
     tower_authtoken::testing::follow_tokio_clock();
@@ -109,17 +148,6 @@ async fn run(name: &str, setup: &Setup, traffic: Traffic, replay: bool) -> (Vec<
         .iter()
         .map(|world| Probe::new(Arc::clone(world) as Arc<dyn harness::Oracle>))
         .collect();
-    let transport = ByAccount(Arc::new(
-        worlds
-            .iter()
-            .zip(&probes)
-            .map(|(world, probe)| {
-                ServiceBuilder::new()
-                    .layer(probe.clone())
-                    .service(ModelApi(Arc::clone(world)))
-            })
-            .collect(),
-    ));
     let accounts = {
         let (worlds, logs, all_logins) = (worlds.clone(), logs.clone(), Arc::clone(&all_logins));
         KeyedTokenCache::builder(move |&Account(account): &Account| {
@@ -132,7 +160,10 @@ async fn run(name: &str, setup: &Setup, traffic: Traffic, replay: bool) -> (Vec<
         .build()
         .expect("the keyed cache's settings are valid")
     };
-    let layer = KeyedBearerAuthLayer::new(accounts);
+    let http = ByAccount::new(&worlds, &probes, ModelApi);
+    let grpc = ByAccount::new(&worlds, &probes, GrpcModelApi);
+    let layer = KeyedBearerAuthLayer::new(accounts.clone());
+    let grpc_layer = KeyedGrpcBearerAuthLayer::new(accounts, &grpc::origin());
     let start = Instant::now();
     let mut drivers = Vec::new();
     for account in 0..ACCOUNTS {
@@ -141,19 +172,27 @@ async fn run(name: &str, setup: &Setup, traffic: Traffic, replay: bool) -> (Vec<
             ..traffic
         };
         let request = move || {
-            let mut request = Request::new(());
+            let mut request = match front {
+                Front::Grpc => grpc::call(),
+                Front::Http | Front::HttpReplay => Request::new(()),
+            };
             request.extensions_mut().insert(Account(account));
             request
         };
-        drivers.push(if replay {
-            let client = layer
-                .clone()
-                .retry_on_unauthorized()
-                .layer(transport.clone());
-            tokio::spawn(drive_with(client, traffic, request))
-        } else {
-            let client = layer.clone().layer(transport.clone());
-            tokio::spawn(drive_with(client, traffic, request))
+        drivers.push(match front {
+            Front::Http => {
+                let client = layer.clone().layer(http.clone());
+                tokio::spawn(drive_with(client, traffic, request))
+            }
+            Front::HttpReplay => {
+                let client = layer.clone().retry_on_unauthorized().layer(http.clone());
+                tokio::spawn(drive_with(client, traffic, request))
+            }
+            Front::Grpc => {
+                let channel = grpc_layer.clone().layer(grpc.clone());
+                let client = ServiceExt::<Request<()>>::and_then(channel, grpc::read_status);
+                tokio::spawn(drive_with(client, traffic, request))
+            }
         });
     }
     let mut seen = Vec::new();
@@ -205,10 +244,10 @@ fn check_shared_budget(together: &Report) {
 async fn each_account_served(
     name: &str,
     setup: Setup,
-    replay: bool,
+    front: Front,
     extra: impl Fn(&World) -> usize,
 ) -> Vec<Seen> {
-    let (seen, together) = run(name, &setup, per_account(targets::long_traffic()), replay).await;
+    let (seen, together) = run(name, &setup, per_account(targets::long_traffic()), front).await;
     for Seen { report, world } in &seen {
         check_served(report, &setup, extra(world)).finish();
     }
@@ -223,7 +262,7 @@ async fn each_account_served(
 #[tokio::test(start_paused = true)]
 async fn keyed_fresh_token_per_login_serves_every_account_with_one_login_per_lifetime() {
     let setup = Setup::new(Issuing::Fresh, LONG);
-    each_account_served("keyed 1 fresh", setup, false, |_| 0).await;
+    each_account_served("keyed 1 fresh", setup, Front::Http, |_| 0).await;
 }
 
 /// World 2: one live token per user: each account's renewal returns the same token with its
@@ -231,21 +270,21 @@ async fn keyed_fresh_token_per_login_serves_every_account_with_one_login_per_lif
 #[tokio::test(start_paused = true)]
 async fn keyed_one_live_token_per_user_is_used_to_its_expiry_for_every_account() {
     let setup = Setup::new(Issuing::OneLive, LONG);
-    each_account_served("keyed 2 one-live", setup, false, |_| 1).await;
+    each_account_served("keyed 2 one-live", setup, Front::Http, |_| 1).await;
 }
 
 /// World 3: a new token on every login, bound to the session's expiry.
 #[tokio::test(start_paused = true)]
 async fn keyed_tokens_bound_to_the_session_expiry_cost_one_login_per_session_per_account() {
     let setup = Setup::new(Issuing::BoundToSession, LONG);
-    each_account_served("keyed 3 bound-to-session", setup, false, |_| 1).await;
+    each_account_served("keyed 3 bound-to-session", setup, Front::Http, |_| 1).await;
 }
 
 /// World 4: sliding: the same token, its expiry pushed forward by each login.
 #[tokio::test(start_paused = true)]
 async fn keyed_sliding_sessions_renew_the_same_token_for_every_account() {
     let setup = Setup::new(Issuing::Sliding, LONG);
-    each_account_served("keyed 4 sliding", setup, false, |_| 0).await;
+    each_account_served("keyed 4 sliding", setup, Front::Http, |_| 0).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -257,7 +296,7 @@ async fn keyed_sliding_sessions_renew_the_same_token_for_every_account() {
 async fn keyed_revocations_cost_the_revoked_account_one_login_each() {
     let mut setup = Setup::new(Issuing::Fresh, LONG);
     setup.revocations = 3;
-    let seen = each_account_served("keyed 5 revocation", setup, false, |world| {
+    let seen = each_account_served("keyed 5 revocation", setup, Front::Http, |world| {
         world.counts().revocations as usize
     })
     .await;
@@ -273,9 +312,12 @@ async fn keyed_revocations_cost_the_revoked_account_one_login_each() {
 async fn keyed_spurious_401s_are_replayed_per_account_and_never_reach_callers() {
     let mut setup = Setup::new(Issuing::OneLive, LONG);
     setup.spurious = 3;
-    let seen = each_account_served("keyed 6 spurious-401 replay", setup, true, |world| {
-        1 + world.counts().spurious_401s as usize
-    })
+    let seen = each_account_served(
+        "keyed 6 spurious-401 replay",
+        setup,
+        Front::HttpReplay,
+        |world| 1 + world.counts().spurious_401s as usize,
+    )
     .await;
     for Seen { report, world } in &seen {
         let spurious = world.counts().spurious_401s;
@@ -288,14 +330,14 @@ async fn keyed_spurious_401s_are_replayed_per_account_and_never_reach_callers() 
 /// World 7: every account's API rejects every token while logins succeed, busy callers for 5
 /// minutes: a handful of login attempts a minute per account, every 401 to its caller unchanged,
 /// never an error, with and without replays.
-async fn keyed_rejects_all(name: &str, replay: bool) {
+async fn keyed_rejects_all(name: &str, front: Front) {
     let mut setup = Setup::new(Issuing::Fresh, LONG);
     setup.rejects_all = true;
     let (seen, together) = run(
         name,
         &setup,
         per_account(targets::busy_traffic(300 * SECOND, 2 * SECOND)),
-        replay,
+        front,
     )
     .await;
     for Seen { report, .. } in &seen {
@@ -306,12 +348,12 @@ async fn keyed_rejects_all(name: &str, replay: bool) {
 
 #[tokio::test(start_paused = true)]
 async fn keyed_api_that_rejects_every_token_gets_a_handful_of_logins_per_account_per_minute() {
-    keyed_rejects_all("keyed 7 rejects-all", false).await;
+    keyed_rejects_all("keyed 7 rejects-all", Front::Http).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn keyed_api_that_rejects_every_token_gets_a_handful_of_logins_per_minute_with_replays() {
-    keyed_rejects_all("keyed 7 rejects-all replay", true).await;
+    keyed_rejects_all("keyed 7 rejects-all replay", Front::HttpReplay).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -323,7 +365,7 @@ async fn keyed_api_that_rejects_every_token_gets_a_handful_of_logins_per_minute_
 async fn keyed_one_second_tokens_serve_every_caller_within_the_budgets() {
     let setup = Setup::new(Issuing::Fresh, SECOND);
     let traffic = per_account(short_lifetime_traffic(SECOND));
-    let (seen, together) = run("keyed 8 lifetime-1s", &setup, traffic, false).await;
+    let (seen, together) = run("keyed 8 lifetime-1s", &setup, traffic, Front::Http).await;
     for Seen { report, .. } in &seen {
         check_short_lifetime(report, &setup);
     }
@@ -338,9 +380,53 @@ async fn keyed_outage_of_hung_logins_longer_than_the_token_recovers_every_accoun
     let length = 30 * SECOND;
     let (setup, traffic) = outage_setup(OutageKind::Hang, length);
     let traffic = per_account(traffic);
-    let (seen, together) = run("keyed 9 outage-hang-30s", &setup, traffic, false).await;
+    let (seen, together) = run("keyed 9 outage-hang-30s", &setup, traffic, Front::Http).await;
     for Seen { report, world } in &seen {
         check_outage(report, world, length);
     }
     check_shared_budget(&together);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The keyed gRPC layer
+
+/// World 5 through `KeyedGrpcBearerAuthLayer`: each account's revoked tokens come back as
+/// `UNAUTHENTICATED`, in the headers and in the trailers in turn, and cost that account one
+/// login each.
+#[tokio::test(start_paused = true)]
+async fn keyed_grpc_revocations_cost_the_revoked_account_one_login_each() {
+    let mut setup = Setup::new(Issuing::Fresh, LONG);
+    setup.revocations = 3;
+    each_account_served("keyed grpc 5 revocation", setup, Front::Grpc, |world| {
+        world.counts().revocations as usize
+    })
+    .await;
+}
+
+/// World 6 through `KeyedGrpcBearerAuthLayer`: spurious `UNAUTHENTICATED`s reach their callers
+/// (gRPC does not replay), cost one login each, and nobody else fails.
+#[tokio::test(start_paused = true)]
+async fn keyed_grpc_spurious_unauthenticated_cost_one_login_each() {
+    let mut setup = Setup::new(Issuing::OneLive, LONG);
+    setup.spurious = 3;
+    let seen = each_account_served("keyed grpc 6 spurious", setup, Front::Grpc, |world| {
+        1 + world.counts().spurious_401s as usize
+    })
+    .await;
+    for Seen { report, world } in &seen {
+        let spurious = world.counts().spurious_401s as usize;
+        let to_callers = report.caller_statuses(StatusCode::UNAUTHORIZED);
+        assert!(
+            to_callers <= spurious,
+            "{}: {to_callers} for {spurious}",
+            report.name
+        );
+    }
+}
+
+/// World 7 through `KeyedGrpcBearerAuthLayer`: an API that rejects every token, in the headers
+/// and the trailers in turn, costs each account a handful of logins a minute.
+#[tokio::test(start_paused = true)]
+async fn keyed_grpc_api_that_rejects_every_token_gets_a_handful_of_logins_per_account() {
+    keyed_rejects_all("keyed grpc 7 rejects-all", Front::Grpc).await;
 }

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use tokio::time::sleep;
-use tower::Service;
+use tower::{BoxError, Service};
+use tower_authtoken::tonic::GrpcResponseBody;
 
 use super::harness::{Rejected, bearer_token};
 use super::world::World;
@@ -107,4 +109,39 @@ impl<B: Send + 'static> Service<Request<B>> for GrpcModelApi {
             Ok(response)
         })
     }
+}
+
+/// Whether a gRPC response's headers, or its trailers once read, say `UNAUTHENTICATED`.
+fn unauthenticated(map: Option<&http::HeaderMap>) -> bool {
+    map.and_then(|map| map.get("grpc-status"))
+        .is_some_and(|status| status == "16")
+}
+
+/// Reads a call's response to its trailers, as tonic does, and tells the harness what it got:
+/// an `UNAUTHENTICATED` call as a `401`, any other as a `200`.
+pub async fn read_status(
+    response: Response<GrpcResponseBody<GrpcBody>>,
+) -> Result<Response<()>, BoxError> {
+    let (parts, body) = response.into_parts();
+    let trailers = body.collect().await?.trailers().cloned();
+    let status = if unauthenticated(Some(&parts.headers)) || unauthenticated(trailers.as_ref()) {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::OK
+    };
+    Ok(Response::builder().status(status).body(())?)
+}
+
+/// A gRPC call as the harness sends it: a relative URI, over HTTP/2.
+pub fn call() -> Request<()> {
+    Request::builder()
+        .uri("/model.Api/Call")
+        .version(http::Version::HTTP_2)
+        .body(())
+        .expect("a request")
+}
+
+/// Where the channel would connect: `https`, so that the plain-HTTP rule lets the token go.
+pub fn origin() -> http::Uri {
+    http::Uri::from_static("https://grpc.model.example")
 }
