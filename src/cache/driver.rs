@@ -182,7 +182,7 @@ async fn run(shared: Arc<Shared>, generation: u64) {
                 Step::Fetch => {}
                 _ => control.not_held_back(),
             }
-            (step, control.deferred_401.map(|(_, at)| at))
+            (step, control.deferred_401().map(|(_, at)| at))
         };
         match step {
             Step::Expire => {
@@ -271,9 +271,9 @@ fn due_401(shared: &Shared, generation: u64) -> Option<u64> {
     if control.generation != generation {
         return None;
     }
-    match control.deferred_401 {
+    match control.deferred_401() {
         Some((id, at)) if at <= Instant::now() => {
-            control.deferred_401 = None;
+            control.forget_deferred_401();
             Some(id)
         }
         _ => None,
@@ -289,7 +289,7 @@ fn park(shared: &Shared, generation: u64) -> bool {
         return true;
     }
     let now = Instant::now();
-    let waiting = control.demand || control.due_at.is_some() || control.deferred_401.is_some();
+    let waiting = control.demand || control.due_at.is_some() || control.deferred_401().is_some();
     let idle = match &control.current {
         Some((_, plan)) => {
             now < plan.renew_at && control.backoff.as_ref().is_none_or(|b| b.until <= now)
@@ -530,8 +530,7 @@ fn adopt(
     crate::metrics::token_served(&shared.config.metrics, plan.expires_at, renewed);
     control.last = Some((expires_at, token.lifetime()));
     control.current = Some((token.clone(), plan));
-    control.first_401 = None;
-    control.deferred_401 = None;
+    control.forget_401s();
     control.failures_in_row = 0;
     control.backoff = None;
     control.due_at = None;

@@ -298,17 +298,48 @@ struct Control {
     replacing_rejected: bool,
     failures_in_row: u32,
     backoff: Option<Backoff>,
-    gate: InvalidationGate,
-    /// A `401` the gate refused: the id of the token it rejected, and when the gate opens. The
-    /// driver takes that token out then, if it is still in service.
-    deferred_401: Option<(u64, Instant)>,
-    /// When the current token was first rejected with a `401`, honoured or not.
-    first_401: Option<Instant>,
+    /// What the `401`s so far have left. Boxed: an account that never saw one (most, and every
+    /// idle one) pays a pointer for it.
+    unauthorized: Option<Box<Unauthorized>>,
     /// When a waiter last checked that the driver's runtime still runs.
     last_probe: Option<Instant>,
     /// The span of the request that made the next login necessary, for the login's span to
     /// follow from. A handle, not an id: an id may be reused once its span closes.
     cause: Option<Box<tracing::Span>>,
+}
+
+/// What the `401`s have left in a cache's state.
+#[derive(Default)]
+struct Unauthorized {
+    /// The spacing of invalidations in a row.
+    gate: InvalidationGate,
+    /// When the current token was first rejected with a `401`, honoured or not.
+    first_401: Option<Instant>,
+    /// A `401` the gate refused: the id of the token it rejected, and when the gate opens. The
+    /// driver takes that token out then, if it is still in service.
+    deferred_401: Option<(u64, Instant)>,
+}
+
+impl Control {
+    /// The `401` the gate deferred, if any: its token's id and when the gate opens.
+    fn deferred_401(&self) -> Option<(u64, Instant)> {
+        self.unauthorized.as_ref().and_then(|u| u.deferred_401)
+    }
+
+    /// The driver acts on the deferred `401` now.
+    fn forget_deferred_401(&mut self) {
+        if let Some(unauthorized) = &mut self.unauthorized {
+            unauthorized.deferred_401 = None;
+        }
+    }
+
+    /// A new token is in service: its `401`s are yet to come.
+    fn forget_401s(&mut self) {
+        if let Some(unauthorized) = &mut self.unauthorized {
+            unauthorized.first_401 = None;
+            unauthorized.deferred_401 = None;
+        }
+    }
 }
 
 /// How the login budgets hold a login back.
@@ -923,7 +954,8 @@ impl Shared {
             return;
         }
         let now = Instant::now();
-        let first_401 = *control.first_401.get_or_insert(now);
+        let unauthorized = control.unauthorized.get_or_insert_with(Box::default);
+        let first_401 = *unauthorized.first_401.get_or_insert(now);
         let (served, lifetime) = match &control.current {
             Some((token, _)) => (
                 first_401.saturating_duration_since(token.received_at()),
@@ -931,10 +963,11 @@ impl Shared {
             ),
             None => return,
         };
-        if !control.gate.admit(now, served, lifetime) {
+        let unauthorized = control.unauthorized.get_or_insert_with(Box::default);
+        if !unauthorized.gate.admit(now, served, lifetime) {
             if deferred {
                 // Not yet (the clock may read a hair early): the driver looks again.
-                control.deferred_401 = control.gate.opens_at().map(|at| (id, at));
+                unauthorized.deferred_401 = unauthorized.gate.opens_at().map(|at| (id, at));
                 return;
             }
             self.counters
@@ -948,10 +981,10 @@ impl Shared {
             );
             // Taken out when the spacing allows, rather than at the first `401` after that: a
             // token the server said it rejects is not sent for longer than the spacing.
-            if control.deferred_401.is_none()
-                && let Some(at) = control.gate.opens_at()
+            if unauthorized.deferred_401.is_none()
+                && let Some(at) = unauthorized.gate.opens_at()
             {
-                control.deferred_401 = Some((id, at));
+                unauthorized.deferred_401 = Some((id, at));
                 if self.ensure_driver(&mut control).is_ok() {
                     drop(control);
                     self.wake.notify_one();
@@ -959,7 +992,7 @@ impl Shared {
             }
             return;
         }
-        control.deferred_401 = None;
+        unauthorized.deferred_401 = None;
         self.set_slot(None);
         control.rejected = control.current.take().map(|(token, _)| token);
         control.due_at = None;
