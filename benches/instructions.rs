@@ -1,8 +1,11 @@
 //! Instructions per warm request, for `valgrind --tool=callgrind`: a count that does not move
-//! with the machine's load, which the timed benches' ratios do by ±5 %. The floor's count does
-//! move with glibc's mode for the request's `HeaderMap` allocation (its per-thread cache or its
-//! bins, by the heap's state before the loop: about 235 instructions, BENCHMARKS.md), the same
-//! for every variant of one binary; compare what a layer adds over the floor.
+//! with the machine's load, which the timed benches' ratios do by ±5 %. Run it with glibc's
+//! per-thread cache off (`GLIBC_TUNABLES=glibc.malloc.tcache_count=0`): with the cache on, the
+//! request's allocations take its fast path or the bins by the heap's state (about 235
+//! instructions either way), and that state differs between variants and between builds. One
+//! build of this session served the floor from the fast path and the layers from the bins, which
+//! read as 235 more instructions per layer. With the cache off, every variant takes the bins and
+//! what a layer adds over the floor is stable.
 //!
 //! Each run sends `N` requests of one variant through a no-op inner service, on a
 //! current-thread runtime, after one warm-up login. Run each variant twice, with `N` and `2N`;
@@ -11,6 +14,7 @@
 //! ```text
 //! cargo bench --bench instructions --no-run
 //! bin=$(ls -t target/release/deps/instructions-* | grep -v '\.d$' | head -1)
+//! export GLIBC_TUNABLES=glibc.malloc.tcache_count=0
 //! for v in floor bearer keyed-one keyed-8; do for n in 50000 100000; do
 //!   echo "$v $n $(valgrind --tool=callgrind --callgrind-out-file=/dev/null $bin $v $n 2>&1 | grep refs)"
 //! done; done
