@@ -45,19 +45,23 @@ mod harness;
 mod support;
 
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Empty;
 use tokio::time::{Instant, sleep, sleep_until};
-use tower::{Layer, ServiceBuilder};
+use tower::{BoxError, Layer, Service, ServiceBuilder};
+use tower_authtoken::reqwest_middleware::BearerAuthMiddleware;
 use tower_authtoken::testing::{
     Outage, ReferenceServer, ReferenceServerBuilder, Rejection, TokenPolicy,
 };
 use tower_authtoken::{AuthTokenSource, BearerAuthLayer, TokenCache};
 
-use harness::{AttemptEnd, Checks, LoginLog, Oracle, Probe, Recorded, Report, Traffic, drive_with};
+use harness::{
+    AttemptEnd, BoxFuture, Checks, LoginLog, Oracle, Probe, Recorded, Report, Traffic, drive_with,
+};
 
 const MS: Duration = Duration::from_millis(1);
 const SECOND: Duration = Duration::from_secs(1);
@@ -157,6 +161,16 @@ impl Oracle for ServerOracle {
     }
 }
 
+/// The client stack a run sends through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Client {
+    /// `BearerAuthLayer` over hyper-util's client; with `retry_on_unauthorized` if `replay`.
+    Hyper { replay: bool },
+    /// `BearerAuthMiddleware` in a `reqwest-middleware` client over `reqwest::Client`; with
+    /// `retry_on_unauthorized` if `replay`.
+    Middleware { replay: bool },
+}
+
 /// Runs `traffic` through `BearerAuthLayer` (the cache's defaults over the real login client)
 /// and hyper-util's client, to the server's protected endpoint; with `retry_on_unauthorized` if
 /// `replay`.
@@ -167,16 +181,24 @@ async fn run(
     traffic: Traffic,
     replay: bool,
 ) -> Report {
+    run_through(Client::Hyper { replay }, name, server, lifetime, traffic).await
+}
+
+/// Runs `traffic` through `client` (the cache's defaults over the real login client), to the
+/// server's protected endpoint, with the probe just above the transport.
+async fn run_through(
+    client: Client,
+    name: &str,
+    server: &Arc<ReferenceServer>,
+    lifetime: Duration,
+    traffic: Traffic,
+) -> Report {
     fastrand::seed(SEED);
     let log = LoginLog::new();
     let source = AuthTokenSource::new(&server.base_url(), server.credentials())
         .expect("the server's URL and credentials are valid");
     let cache = TokenCache::new(Recorded::new(source, &log));
     let probe = Probe::new(Arc::new(ServerOracle(Arc::clone(server))));
-    let api = ServiceBuilder::new()
-        .layer(probe.clone())
-        .service(support::reading_client());
-    let layer = BearerAuthLayer::new(cache);
     let url = server.protected_url();
     let request = move || {
         Request::get(&url)
@@ -184,12 +206,76 @@ async fn run(
             .expect("the protected URL is valid")
     };
     let start = Instant::now();
-    let calls = if replay {
-        drive_with(layer.retry_on_unauthorized().layer(api), traffic, request).await
-    } else {
-        drive_with(layer.layer(api), traffic, request).await
+    let calls = match client {
+        Client::Hyper { replay } => {
+            let api = ServiceBuilder::new()
+                .layer(probe.clone())
+                .service(support::reading_client());
+            let layer = BearerAuthLayer::new(cache);
+            if replay {
+                drive_with(layer.retry_on_unauthorized().layer(api), traffic, request).await
+            } else {
+                drive_with(layer.layer(api), traffic, request).await
+            }
+        }
+        Client::Middleware { replay } => {
+            let builder = reqwest_middleware::ClientBuilder::new(reqwest::Client::new());
+            let auth = BearerAuthMiddleware::new(cache);
+            let builder = if replay {
+                builder.with(auth.retry_on_unauthorized())
+            } else {
+                builder.with(auth)
+            };
+            let client = Reqwest(builder.with(ProbeMiddleware(probe.clone())).build());
+            drive_with(client, traffic, request).await
+        }
     };
     Report::new(name, start, lifetime, calls, &probe, &log)
+}
+
+/// A `reqwest-middleware` client as a `tower::Service`, for the harness: it sends each request's
+/// method and URL and answers with the response's status, its body read.
+#[derive(Clone)]
+struct Reqwest(reqwest_middleware::ClientWithMiddleware);
+
+impl Service<Request<Empty<Bytes>>> for Reqwest {
+    type Response = http::Response<()>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<http::Response<()>, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Empty<Bytes>>) -> Self::Future {
+        let request = self.0.request(req.method().clone(), req.uri().to_string());
+        Box::pin(async move {
+            let response = request.send().await?;
+            let status = response.status();
+            response.bytes().await?;
+            Ok(http::Response::builder().status(status).body(())?)
+        })
+    }
+}
+
+/// The harness's probe as the last middleware of the chain, just above the transport.
+struct ProbeMiddleware(Probe);
+
+#[async_trait::async_trait]
+impl reqwest_middleware::Middleware for ProbeMiddleware {
+    async fn handle(
+        &self,
+        req: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: reqwest_middleware::Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        let index = self.0.on_send(harness::bearer_token_in(req.headers()));
+        let result = next.run(req, extensions).await;
+        if let Ok(response) = &result {
+            self.0.on_response(index, response.status());
+        }
+        result
+    }
 }
 
 /// The server's side of a run, printed after the harness's summary, and the targets on its
@@ -325,8 +411,17 @@ fn event_instants(start: Instant, horizon: Duration, count: usize) -> Vec<Instan
 // 1–4: how the server issues tokens
 
 async fn policy_serves_every_caller(name: &str, policy: TokenPolicy, extra: usize) {
+    policy_serves_every_caller_through(Client::Hyper { replay: false }, name, policy, extra).await;
+}
+
+async fn policy_serves_every_caller_through(
+    client: Client,
+    name: &str,
+    policy: TokenPolicy,
+    extra: usize,
+) {
     let server = Arc::new(server(LONG).token_policy(policy).start().await);
-    let report = run(name, &server, LONG, long_traffic(), false).await;
+    let report = run_through(client, name, &server, LONG, long_traffic()).await;
     check_served(&report, &server, extra).finish();
 }
 
@@ -479,8 +574,12 @@ async fn http_session_bound_tokens_written_in_whole_seconds_serve_every_caller_a
 /// are excused; one login per revocation.
 #[tokio::test(start_paused = true)]
 async fn http_revocations_at_random_instants_cost_one_login_each_and_no_errors() {
+    revocations(Client::Hyper { replay: false }, "http 5 revocation").await;
+}
+
+async fn revocations(client: Client, name: &str) {
     let server = Arc::new(server(LONG).random_revocations(LONG).start().await);
-    let report = run("http 5 revocation", &server, LONG, long_traffic(), false).await;
+    let report = run_through(client, name, &server, LONG, long_traffic()).await;
     let revoked = server.revocations().len();
     let mut checks = check_served(&report, &server, revoked);
     checks.target(
@@ -492,7 +591,7 @@ async fn http_revocations_at_random_instants_cost_one_login_each_and_no_errors()
 
 /// Runs behaviour 6: a one-live-token server whose API rejects a still-valid token once, at 3
 /// seeded instants within three lifetimes.
-async fn spurious_401s(name: &str, replay: bool) -> (Report, Arc<ReferenceServer>, usize) {
+async fn spurious_401s(name: &str, client: Client) -> (Report, Arc<ReferenceServer>, usize) {
     let server = Arc::new(
         server(LONG)
             .token_policy(TokenPolicy::OneLivePerUser)
@@ -509,7 +608,7 @@ async fn spurious_401s(name: &str, replay: bool) -> (Report, Arc<ReferenceServer
             }
         })
     };
-    let report = run(name, &server, LONG, long_traffic(), replay).await;
+    let report = run_through(client, name, &server, LONG, long_traffic()).await;
     injector.abort();
     let spurious = server.stats().rejected.spurious as usize;
     (report, server, spurious)
@@ -519,7 +618,8 @@ async fn spurious_401s(name: &str, replay: bool) -> (Report, Arc<ReferenceServer
 /// 401 reaches its caller; nobody else fails; one login per event, plus one as in 2.
 #[tokio::test(start_paused = true)]
 async fn http_spurious_401s_cost_one_login_each_and_no_errors() {
-    let (report, server, spurious) = spurious_401s("http 6 spurious-401", false).await;
+    let client = Client::Hyper { replay: false };
+    let (report, server, spurious) = spurious_401s("http 6 spurious-401", client).await;
     let to_callers = report.caller_statuses(StatusCode::UNAUTHORIZED);
     let mut checks = check_served(&report, &server, 1 + spurious);
     checks
@@ -538,7 +638,11 @@ async fn http_spurious_401s_cost_one_login_each_and_no_errors() {
 /// re-login returned (the same one), so no 401 reaches any caller.
 #[tokio::test(start_paused = true)]
 async fn http_spurious_401s_are_replayed_and_never_reach_callers_with_retry_on_unauthorized() {
-    let (report, server, spurious) = spurious_401s("http 6 spurious-401 replay", true).await;
+    spurious_401s_replayed(Client::Hyper { replay: true }, "http 6 spurious-401 replay").await;
+}
+
+async fn spurious_401s_replayed(client: Client, name: &str) {
+    let (report, server, spurious) = spurious_401s(name, client).await;
     let to_callers = report.caller_statuses(StatusCode::UNAUTHORIZED);
     let mut checks = check_served(&report, &server, 1 + spurious);
     checks
@@ -558,10 +662,14 @@ async fn http_spurious_401s_are_replayed_and_never_reach_callers_with_retry_on_u
 /// `tests/model.rs`), and every 401 reaches its caller unchanged, never an error.
 #[tokio::test(start_paused = true)]
 async fn http_api_that_rejects_every_token_gets_a_handful_of_logins_per_minute() {
+    rejects_all(Client::Hyper { replay: false }, "http 7 rejects-all").await;
+}
+
+async fn rejects_all(client: Client, name: &str) {
     let lifetime = 60 * SECOND;
     let server = Arc::new(server(lifetime).reject_all_tokens(true).start().await);
     let traffic = busy_traffic(10, 240 * SECOND, 3 * SECOND);
-    let report = run("http 7 rejects-all", &server, lifetime, traffic, false).await;
+    let report = run_through(client, name, &server, lifetime, traffic).await;
     let mut checks = Checks::new(&report);
     let figures = ServerFigures::new(&server, &report);
     let per_minute = server.max_login_attempts_within(60 * SECOND);
@@ -888,4 +996,42 @@ async fn http_harness_counts_sends_with_a_token_the_server_would_reject() {
         server.rejections(),
         "the probe saw every 401 the server gave"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The same worlds through `BearerAuthMiddleware` (reqwest-middleware over `reqwest::Client`)
+
+/// 2 through the middleware: one live token per user, used to its expiry, no error.
+#[tokio::test(start_paused = true)]
+async fn middleware_one_live_token_per_user_is_used_to_its_expiry_without_errors() {
+    let client = Client::Middleware { replay: false };
+    let name = "middleware 2 one-live";
+    policy_serves_every_caller_through(client, name, TokenPolicy::OneLivePerUser, 1).await;
+}
+
+/// 5 through the middleware: each revocation costs one login and no error.
+#[tokio::test(start_paused = true)]
+async fn middleware_revocations_cost_one_login_each_and_no_errors() {
+    revocations(
+        Client::Middleware { replay: false },
+        "middleware 5 revocation",
+    )
+    .await;
+}
+
+/// 6 through the middleware with `retry_on_unauthorized`: no spurious 401 reaches a caller.
+#[tokio::test(start_paused = true)]
+async fn middleware_spurious_401s_are_replayed_and_never_reach_callers() {
+    let client = Client::Middleware { replay: true };
+    spurious_401s_replayed(client, "middleware 6 spurious-401 replay").await;
+}
+
+/// 7 through the middleware: a handful of logins a minute, every 401 to its caller.
+#[tokio::test(start_paused = true)]
+async fn middleware_api_that_rejects_every_token_gets_a_handful_of_logins_per_minute() {
+    rejects_all(
+        Client::Middleware { replay: false },
+        "middleware 7 rejects-all",
+    )
+    .await;
 }

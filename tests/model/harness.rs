@@ -232,7 +232,8 @@ impl Probe {
         self.state.lock().unwrap().sent.clone()
     }
 
-    fn on_send(&self, token: Option<String>) -> usize {
+    /// Records a request leaving the client with `token`; its index, for [`on_response`](Self::on_response).
+    pub fn on_send(&self, token: Option<String>) -> usize {
         let mut state = self.state.lock().unwrap();
         let (accepted, verdict) = match &token {
             None => (false, Verdict::Unexcused),
@@ -258,7 +259,8 @@ impl Probe {
         state.sent.len() - 1
     }
 
-    fn on_response(&self, index: usize, status: StatusCode) {
+    /// Records the status the request `index` got back.
+    pub fn on_response(&self, index: usize, status: StatusCode) {
         let mut state = self.state.lock().unwrap();
         let state = &mut *state;
         let sent = &mut state.sent[index];
@@ -307,7 +309,12 @@ pub struct Rejected;
 
 /// The bearer token a request carries, if any.
 pub fn bearer_token<B>(req: &Request<B>) -> Option<String> {
-    req.headers()
+    bearer_token_in(req.headers())
+}
+
+/// The bearer token in a request's headers, if any.
+pub fn bearer_token_in(headers: &http::HeaderMap) -> Option<String> {
+    headers
         .get(AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
