@@ -590,7 +590,8 @@ impl TokenCache {
     /// once cause one renewal. Invalidations in a row are spaced out: after the first, the next
     /// is acted on only 1 s later, then 2 s, 4 s, ... up to 60 s (a call in between leaves the
     /// token in service until then, and takes it out then if it is still in service), so an API
-    /// that rejects every token costs a handful of logins a minute. [`BearerAuth`](crate::BearerAuth) calls it for you.
+    /// that rejects every token costs a handful of logins a minute.
+    /// [`BearerAuth`](crate::BearerAuth) calls it for you.
     pub fn invalidate(&self, rejected: &Token) {
         self.shared().invalidate(rejected.id());
     }

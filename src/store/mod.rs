@@ -45,8 +45,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// the cache asks the store as soon as it needs a token, and a peer's token costs no budget.
 /// When the budget refuses a login, `login` says so at once; the store returns that error, and
 /// the cache asks again at its turn. Before returning it, a store may wait for a peer's token
-/// until that turn (as `RedisTokenStore` does), for no longer
-/// than the fetch timeout.
+/// until that turn (as `RedisTokenStore` does), for no longer than the fetch timeout.
 pub trait TokenStore: Send + Sync + 'static {
     /// Returns a token for the cache that sent `request`: one a peer stored, or one from
     /// [`request.login()`](ObtainRequest::login), shared with the peers.
