@@ -1222,19 +1222,7 @@ impl Inner {
                 }
             }
             let next_poll = (Instant::now() + self.poll_interval).min(until);
-            match &mut notifications {
-                Some(subscription) => {
-                    tokio::select! {
-                        message = subscription.messages.recv() => {
-                            if message.is_none() {
-                                notifications = None;
-                            }
-                        }
-                        _ = sleep_until(next_poll) => {}
-                    }
-                }
-                None => sleep_until(next_poll).await,
-            }
+            news_or(&mut notifications, next_poll).await;
             if Instant::now() >= until {
                 return Err(held_back);
             }
@@ -1342,19 +1330,7 @@ impl Inner {
             let next_poll = (now + self.poll_interval)
                 .min(deadline)
                 .min(now + left + LEASE_SLACK);
-            match &mut notifications {
-                Some(subscription) => {
-                    tokio::select! {
-                        message = subscription.messages.recv() => {
-                            if message.is_none() {
-                                notifications = None;
-                            }
-                        }
-                        _ = sleep_until(next_poll) => {}
-                    }
-                }
-                None => sleep_until(next_poll).await,
-            }
+            news_or(&mut notifications, next_poll).await;
         }
     }
 
@@ -1432,6 +1408,24 @@ const LEASE_SLACK: Duration = Duration::from_millis(5);
 const MIN_LEASE: Duration = Duration::from_secs(2);
 
 /// The longest lease of a renewal lock: it outlives a healthy login a little.
+/// Waits for a renewal notification on `notifications`, or until `next_poll`, whichever comes
+/// first. A subscription whose connection closed is dropped: the waiter polls from then on.
+async fn news_or(notifications: &mut Option<Subscription>, next_poll: Instant) {
+    match notifications {
+        Some(subscription) => {
+            tokio::select! {
+                message = subscription.messages.recv() => {
+                    if message.is_none() {
+                        *notifications = None;
+                    }
+                }
+                _ = sleep_until(next_poll) => {}
+            }
+        }
+        None => sleep_until(next_poll).await,
+    }
+}
+
 fn lock_ttl(fetch_timeout: Duration) -> Duration {
     fetch_timeout + Duration::from_millis(500)
 }
