@@ -60,7 +60,9 @@
 //!   and takes it out then (if it is still in service), not at the next `401`. An API that
 //!   rejects every token costs a handful of logins a minute whatever the traffic, its `401`s
 //!   reach the caller as they are, and a token the server said it rejects is not sent for longer
-//!   than the gap.
+//!   than the gap. The cache's background task takes it out; if the runtime that runs that task
+//!   shuts down within the gap, the token stays in service until a task runs again (the next
+//!   `401` for it, or its renewal starts one on the caller's runtime).
 //!
 //! # Failures
 //!
