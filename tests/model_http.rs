@@ -53,11 +53,11 @@ use http::{Request, StatusCode};
 use http_body_util::Empty;
 use tokio::time::{Instant, sleep, sleep_until};
 use tower::{BoxError, Layer, Service, ServiceBuilder};
-use tower_authtoken::reqwest_middleware::BearerAuthMiddleware;
+use tower_authtoken::reqwest_middleware::{BearerAuthMiddleware, KeyedBearerAuthMiddleware};
 use tower_authtoken::testing::{
     Outage, ReferenceServer, ReferenceServerBuilder, Rejection, TokenPolicy,
 };
-use tower_authtoken::{AuthTokenSource, BearerAuthLayer, TokenCache};
+use tower_authtoken::{AuthTokenSource, BearerAuthLayer, KeyedTokenCache, TokenCache};
 
 use harness::{
     AttemptEnd, BoxFuture, Checks, LoginLog, Oracle, Probe, Recorded, Report, Traffic, drive_with,
@@ -169,7 +169,13 @@ enum Client {
     /// `BearerAuthMiddleware` in a `reqwest-middleware` client over `reqwest::Client`; with
     /// `retry_on_unauthorized` if `replay`.
     Middleware { replay: bool },
+    /// `KeyedBearerAuthMiddleware` instead, every request naming the server's one account.
+    KeyedMiddleware { replay: bool },
 }
+
+/// The account of a run through the keyed middleware: the server's one user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct TheAccount;
 
 /// Runs `traffic` through `BearerAuthLayer` (the cache's defaults over the real login client)
 /// and hyper-util's client, to the server's protected endpoint; with `retry_on_unauthorized` if
@@ -195,9 +201,13 @@ async fn run_through(
 ) -> Report {
     fastrand::seed(SEED);
     let log = LoginLog::new();
-    let source = AuthTokenSource::new(&server.base_url(), server.credentials())
-        .expect("the server's URL and credentials are valid");
-    let cache = TokenCache::new(Recorded::new(source, &log));
+    let source = {
+        let (base_url, credentials, log) = (server.base_url(), server.credentials(), log.clone());
+        move || {
+            AuthTokenSource::new(&base_url, credentials.clone())
+                .map(|source| Recorded::new(source, &log))
+        }
+    };
     let probe = Probe::new(Arc::new(ServerOracle(Arc::clone(server))));
     let url = server.protected_url();
     let request = move || {
@@ -211,6 +221,7 @@ async fn run_through(
             let api = ServiceBuilder::new()
                 .layer(probe.clone())
                 .service(support::reading_client());
+            let cache = TokenCache::new(source().expect("the server's URL and credentials"));
             let layer = BearerAuthLayer::new(cache);
             if replay {
                 drive_with(layer.retry_on_unauthorized().layer(api), traffic, request).await
@@ -220,13 +231,31 @@ async fn run_through(
         }
         Client::Middleware { replay } => {
             let builder = reqwest_middleware::ClientBuilder::new(reqwest::Client::new());
+            let cache = TokenCache::new(source().expect("the server's URL and credentials"));
             let auth = BearerAuthMiddleware::new(cache);
             let builder = if replay {
                 builder.with(auth.retry_on_unauthorized())
             } else {
                 builder.with(auth)
             };
-            let client = Reqwest(builder.with(ProbeMiddleware(probe.clone())).build());
+            let client = Reqwest(builder.with(ProbeMiddleware(probe.clone())).build(), false);
+            drive_with(client, traffic, request).await
+        }
+        Client::KeyedMiddleware { replay } => {
+            // A keyed account has no timer while its token is fresh: only the requests'
+            // deadline checks withdraw it, and on the paused clock they must read Tokio's.
+            tower_authtoken::testing::follow_tokio_clock();
+            let accounts = KeyedTokenCache::builder(move |_: &TheAccount| source())
+                .build()
+                .expect("the keyed cache's settings are valid");
+            let builder = reqwest_middleware::ClientBuilder::new(reqwest::Client::new());
+            let auth = KeyedBearerAuthMiddleware::new(accounts);
+            let builder = if replay {
+                builder.with(auth.retry_on_unauthorized())
+            } else {
+                builder.with(auth)
+            };
+            let client = Reqwest(builder.with(ProbeMiddleware(probe.clone())).build(), true);
             drive_with(client, traffic, request).await
         }
     };
@@ -234,9 +263,10 @@ async fn run_through(
 }
 
 /// A `reqwest-middleware` client as a `tower::Service`, for the harness: it sends each request's
-/// method and URL and answers with the response's status, its body read.
+/// method and URL (naming [`TheAccount`] if asked) and answers with the response's status, its
+/// body read.
 #[derive(Clone)]
-struct Reqwest(reqwest_middleware::ClientWithMiddleware);
+struct Reqwest(reqwest_middleware::ClientWithMiddleware, bool);
 
 impl Service<Request<Empty<Bytes>>> for Reqwest {
     type Response = http::Response<()>;
@@ -248,7 +278,10 @@ impl Service<Request<Empty<Bytes>>> for Reqwest {
     }
 
     fn call(&mut self, req: Request<Empty<Bytes>>) -> Self::Future {
-        let request = self.0.request(req.method().clone(), req.uri().to_string());
+        let mut request = self.0.request(req.method().clone(), req.uri().to_string());
+        if self.1 {
+            request = request.with_extension(TheAccount);
+        }
         Box::pin(async move {
             let response = request.send().await?;
             let status = response.status();
@@ -1034,4 +1067,26 @@ async fn middleware_api_that_rejects_every_token_gets_a_handful_of_logins_per_mi
         "middleware 7 rejects-all",
     )
     .await;
+}
+
+/// 5 through the keyed middleware, one account: each revocation costs one login and no error.
+#[tokio::test(start_paused = true)]
+async fn keyed_middleware_revocations_cost_one_login_each_and_no_errors() {
+    let client = Client::KeyedMiddleware { replay: false };
+    revocations(client, "keyed middleware 5 revocation").await;
+}
+
+/// 6 through the keyed middleware with `retry_on_unauthorized`: no spurious 401 reaches a
+/// caller.
+#[tokio::test(start_paused = true)]
+async fn keyed_middleware_spurious_401s_are_replayed_and_never_reach_callers() {
+    let client = Client::KeyedMiddleware { replay: true };
+    spurious_401s_replayed(client, "keyed middleware 6 spurious-401 replay").await;
+}
+
+/// 7 through the keyed middleware: a handful of logins a minute, every 401 to its caller.
+#[tokio::test(start_paused = true)]
+async fn keyed_middleware_api_that_rejects_every_token_gets_a_handful_of_logins_per_minute() {
+    let client = Client::KeyedMiddleware { replay: false };
+    rejects_all(client, "keyed middleware 7 rejects-all").await;
 }
