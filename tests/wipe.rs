@@ -530,6 +530,28 @@ fn a_dropped_token_and_all_its_clones_leave_no_freed_block_with_its_value() {
 }
 
 #[test]
+fn an_owned_value_given_to_token_new_is_wiped_whether_built_or_refused() {
+    let _alone = alone();
+    let ((), hits) = scanned(|| {
+        // As a source builds it: read into a `String` with spare capacity.
+        let mut value = String::with_capacity(64);
+        value.push_str(TOKEN);
+        let token = Token::new(value, Duration::from_secs(60)).unwrap();
+        drop(token);
+        // Refused (a line break is a header injection): the value is still wiped.
+        let mut refused = String::with_capacity(64);
+        refused.push_str(TOKEN);
+        refused.push_str("\r\nX-Injected: 1");
+        let error = Token::new(refused, Duration::from_secs(60)).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidResponse);
+        drop(error);
+        // A borrowed value is the caller's; the crate's copy of it is wiped.
+        drop(Token::new(TOKEN, Duration::from_secs(60)).unwrap());
+    });
+    assert!(hits.is_empty(), "{hits:#?}");
+}
+
+#[test]
 fn refused_responses_leave_no_freed_block_with_the_token() {
     let _alone = alone();
     // Errors after the token was read: the parser's copies are wiped on every path out.

@@ -143,8 +143,13 @@ impl Token {
     /// For [`TokenSource`](crate::TokenSource) implementations. Fails if the value is empty or
     /// not visible ASCII (a CR/LF would be a header injection), or if the lifetime is zero or
     /// over a year.
-    pub fn new(value: impl AsRef<str>, lifetime: Duration) -> Result<Token, Error> {
-        Self::from_parts(value.as_ref(), lifetime, Instant::now(), None, None, None)
+    ///
+    /// The value given is wiped once the token is built (or refused): pass an owned `String`
+    /// (read from a response, or `format!`ed) and no copy of the secret is left behind in it. A
+    /// `&str` is copied into a buffer that is wiped the same way; the caller's own stays theirs.
+    pub fn new(value: impl Into<String>, lifetime: Duration) -> Result<Token, Error> {
+        let value = Zeroizing::new(value.into());
+        Self::from_parts(&value, lifetime, Instant::now(), None, None, None)
     }
 
     /// Parses a `/authtoken` response body that came without a `Date` header.
