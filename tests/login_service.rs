@@ -84,12 +84,20 @@ impl Seen {
 /// A server on `127.0.0.1` that answers every connection's request with `answer`, verbatim,
 /// then closes it (or, for `hold`, keeps it open without a word more).
 async fn raw_server(answer: Vec<u8>, hold: bool) -> SocketAddr {
+    raw_server_counting(answer, hold).await.0
+}
+
+/// [`raw_server`], with the number of requests it has read in full.
+async fn raw_server_counting(answer: Vec<u8>, hold: bool) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let answer = Arc::new(answer);
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             let answer = answer.clone();
+            let counted = counted.clone();
             tokio::spawn(async move {
                 let mut request = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -100,14 +108,15 @@ async fn raw_server(answer: Vec<u8>, hold: bool) -> SocketAddr {
                         Ok(n) => request.extend_from_slice(&chunk[..n]),
                     }
                 }
+                counted.fetch_add(1, Ordering::SeqCst);
                 let _ = stream.write_all(&answer).await;
                 if hold {
-                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    std::future::pending::<()>().await;
                 }
             });
         }
     });
-    addr
+    (addr, requests)
 }
 
 /// A `200` whose chunked body runs far past the 64 KiB cap.
@@ -414,24 +423,53 @@ async fn a_hyper_client_never_follows_a_redirect_so_the_password_stays_home() {
 async fn a_hung_answer_over_either_client_is_a_timeout_at_the_configured_time() {
     // The head arrives, the body never does: the timeout covers the body read too.
     let head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n{";
-    let addr = raw_server(head.to_vec(), true).await;
+    let (addr, raw_requests) = raw_server_counting(head.to_vec(), true).await;
     let server = ReferenceServer::start().await;
     for via in BOTH {
         server.push_failure(Failure::Hang);
-        for base_url in [server.base_url(), format!("http://{addr}")] {
+        for raw in [false, true] {
+            let base_url = if raw {
+                format!("http://{addr}")
+            } else {
+                server.base_url()
+            };
+            let requests = || {
+                if raw {
+                    raw_requests.load(Ordering::SeqCst) as u64
+                } else {
+                    server.login_attempts()
+                }
+            };
             let source = source_via(
                 via,
                 &base_url,
                 server.credentials(),
                 Duration::from_millis(300),
             );
-            let started = std::time::Instant::now();
-            let error = source.fetch().await.unwrap_err();
+            let before = requests();
+            let started = tokio::time::Instant::now();
+            let fetch = tokio::spawn(async move { source.fetch().await });
+            // Real time until the server holds the request, then the paused clock: from there
+            // only a timer can end the wait, and the clock jumps straight to it. The client's
+            // timer started between `started` and the server's receipt, so it fires within
+            // `[started + 300 ms, received + 300 ms]` whatever the machine's load, plus up to
+            // the millisecond to which Tokio's timer wheel rounds a deadline up.
+            while requests() == before {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let received = started.elapsed();
+            tokio::time::pause();
+            let error = fetch.await.unwrap().unwrap_err();
             let elapsed = started.elapsed();
+            tokio::time::resume();
             assert_eq!(error.kind(), ErrorKind::Timeout, "{via:?} {base_url}");
             assert_eq!(error.user(), Some("alice"));
-            assert!(elapsed >= Duration::from_millis(290), "{elapsed:?}");
-            assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+            let timeout = Duration::from_millis(300);
+            assert!(
+                elapsed >= timeout && elapsed <= received + timeout + Duration::from_millis(1),
+                "{via:?} {base_url}: timed out after {elapsed:?}, the request held after \
+                 {received:?}"
+            );
         }
     }
 }
