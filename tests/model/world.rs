@@ -265,7 +265,7 @@ impl World {
     }
 
     /// The outage going on now, if any.
-    fn outage(&self, now: Instant) -> Option<Outage> {
+    pub fn outage(&self, now: Instant) -> Option<Outage> {
         let since = now.duration_since(self.started);
         self.setup
             .outages
@@ -275,7 +275,7 @@ impl World {
     }
 
     /// Issues a token at `now` and writes the login's response body.
-    fn issue(&self, now: Instant) -> Vec<u8> {
+    pub fn issue(&self, now: Instant) -> Vec<u8> {
         let lifetime = self.setup.lifetime;
         let mut state = self.lock(now);
         let state = &mut *state;
