@@ -207,6 +207,22 @@ impl Error {
             .is_some_and(|source| source.is::<HeldBack>())
     }
 
+    /// A token response whose lifetime, written in whole seconds, is `0`: the token has under a
+    /// second left, and the server hands out no other before it expires. An
+    /// [`InvalidResponse`](ErrorKind::InvalidResponse) to whoever fetched it; the cache logs in
+    /// again a second later, and its waiting callers wait on.
+    pub(crate) fn under_a_second_left(detail: impl Into<String>) -> Self {
+        Self::invalid_response(detail).with_source(UnderASecondLeft)
+    }
+
+    /// Whether this is an [`under_a_second_left`](Self::under_a_second_left) response.
+    pub(crate) fn is_under_a_second_left(&self) -> bool {
+        self.inner
+            .source
+            .as_deref()
+            .is_some_and(|source| source.is::<UnderASecondLeft>())
+    }
+
     /// A refused configuration, saying what was wrong with it.
     pub(crate) fn config(detail: impl Into<String>) -> Self {
         Self::new(ErrorKind::Config).with_detail(detail)
@@ -355,6 +371,18 @@ impl fmt::Display for HeldBack {
 }
 
 impl StdError for HeldBack {}
+
+/// The source of an [under-a-second](Error::under_a_second_left) token response.
+#[derive(Debug)]
+struct UnderASecondLeft;
+
+impl fmt::Display for UnderASecondLeft {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the token has under a second left, in the server's whole seconds")
+    }
+}
+
+impl StdError for UnderASecondLeft {}
 
 impl StdError for Error {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {

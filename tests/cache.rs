@@ -418,6 +418,83 @@ async fn a_renewal_that_expires_no_later_is_served_to_its_expiry_and_the_next_lo
     assert_eq!(cache.stats().failures, 0);
 }
 
+/// A server that keeps one live token per user, as [`OneLiveToken`], living 600.5 s, and writes
+/// `expiresIn` as whole seconds rounded down: `"600"` for a new token, and for the live one what
+/// is left of it, so that in its last second it says `"0"`. Logins take 100 ms; the token is
+/// decided halfway.
+#[derive(Clone, Default)]
+struct WholeSecondsOneLive {
+    live: Arc<Mutex<Option<(String, Instant)>>>,
+    logins: Arc<AtomicUsize>,
+    in_last_second: Arc<AtomicUsize>,
+}
+
+impl TokenSource for WholeSecondsOneLive {
+    async fn fetch(&self) -> Result<Token, tower_authtoken::Error> {
+        sleep(50 * MS).await;
+        let n = self.logins.fetch_add(1, Ordering::SeqCst) + 1;
+        let now = Instant::now();
+        let body = {
+            let mut live = self.live.lock().unwrap();
+            let (value, expires) = match &*live {
+                Some((value, expires)) if now < *expires => (value.clone(), *expires),
+                _ => (format!("live-{n}"), now + 600 * SECOND + 500 * MS),
+            };
+            *live = Some((value.clone(), expires));
+            let left = (expires - now).as_secs();
+            if left == 0 {
+                self.in_last_second.fetch_add(1, Ordering::SeqCst);
+            }
+            format!(r#"{{"token":"{value}","expiresIn":"{left}"}}"#)
+        };
+        sleep(50 * MS).await;
+        Token::from_response_body(body.as_bytes(), Duration::from_secs(300))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_cutting_lifetimes_to_whole_seconds_is_learned_once_and_never_fails_a_caller() {
+    let source = WholeSecondsOneLive::default();
+    let cache = TokenCache::builder(source.clone())
+        .jitter(Duration::ZERO)
+        .build()
+        .unwrap();
+    // A caller every 100 ms for ten lifetimes, each timing its wait on the paused clock.
+    let start = Instant::now();
+    let (mut errors, mut longest) = (Vec::new(), Duration::ZERO);
+    while start.elapsed() < 6000 * SECOND {
+        let asked = Instant::now();
+        if let Err(error) = cache.token().await {
+            errors.push((asked - start, error));
+        }
+        longest = longest.max(asked.elapsed());
+        sleep(100 * MS).await;
+    }
+    let logins = source.logins.load(Ordering::SeqCst);
+    let in_last_second = source.in_last_second.load(Ordering::SeqCst);
+    println!(
+        "logins {logins}, in a token's last second {in_last_second}, longest wait {longest:?}"
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    // The renewal at 540 s finds the token with 60.5 s left, written "60": the login at that
+    // expiry comes 0.45 s early and finds it in its last second ("0"). That answer teaches the
+    // cache that the server cuts lifetimes; every later login at an expiry waits for the second
+    // (without that, each of the nine later ones is early too).
+    assert_eq!(in_last_second, 1, "the cut is learned once");
+    assert_eq!(
+        cache.stats().failures,
+        0,
+        "a token in its last second is no failure"
+    );
+    // The cold login, the renewal that finds out the server's way, the early one, then one per
+    // lifetime: 10 lifetimes of 600.5 s.
+    assert!(logins <= 3 + 10, "{logins} logins");
+    // At the boundary that teaches it: to the expiry read (950 ms + 50 ms), the login that finds
+    // the token in its last second (100 ms), a second and 50 ms, the login (100 ms); later ones
+    // wait for at most the second the cut hides instead.
+    assert!(longest <= 2300 * MS, "{longest:?}");
+}
+
 #[test]
 fn using_a_cache_outside_a_runtime_is_a_clear_error() {
     let source = ScriptedSource::new(3600 * SECOND);

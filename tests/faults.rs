@@ -705,7 +705,32 @@ fn expires_in(value: serde_json::Value) -> Fault {
 async fn expires_in_zero_is_an_invalid_response_and_keeps_the_token() {
     let expected = expect(ErrorKind::InvalidResponse, "expiresIn is 0");
     renewal_fault_keeps_the_valid_token(expires_in("0".into()), expected).await;
-    cold_fault_fails_fast(expires_in(0.into()), expected).await;
+    // With a fraction, zero is no life at all.
+    cold_fault_fails_fast(expires_in("0.0".into()), expected).await;
+}
+
+/// `0` in whole seconds is under a second left: the token is at its end, and the server may have
+/// another a second later. A cold cache's caller waits for that login rather than fail.
+#[tokio::test(start_paused = true)]
+async fn expires_in_zero_in_whole_seconds_to_a_cold_cache_is_waited_out() {
+    let rig = Rig::with(Settings::default()).await;
+    rig.inject(&expires_in(0.into()));
+    let asked = Instant::now();
+    let token = rig
+        .cache
+        .token()
+        .await
+        .expect("the next login serves the caller");
+    assert_ne!(token.expose_secret(), "lifetime-test-token");
+    let waited = asked.elapsed();
+    assert!(
+        (SECOND..2 * SECOND).contains(&waited),
+        "a second after the answer, and a login: {waited:?}"
+    );
+    let stats = rig.cache.stats();
+    assert_eq!((stats.fetches, stats.failures), (2, 0), "{stats:?}");
+    rig.assert_accepted().await;
+    assert_no_panics();
 }
 
 #[tokio::test(start_paused = true)]

@@ -56,7 +56,7 @@ use tower_authtoken::{BearerAuthLayer, TokenCache, TokenCacheBuilder};
 use harness::{Checks, LoginLog, Oracle, Probe, Recorded, Report, Traffic, Verdict, drive};
 use ideal::Ideal;
 use targets::{
-    BUDGET_BURST, BUDGET_INTERVAL, Front, LONG, MS, SECOND, busy_traffic,
+    BUDGET_BURST, BUDGET_INTERVAL, Front, LONG, MS, Reseeded, SECOND, WholeSeconds, busy_traffic,
     check_a_handful_of_logins_and_every_401_to_its_caller, check_served, long_traffic,
 };
 use world::{Issuing, ModelApi, ModelLogin, Outage, OutageKind, ServerClock, Setup, World};
@@ -135,6 +135,28 @@ async fn tokens_bound_to_the_session_expiry_cost_one_login_per_session() {
 #[tokio::test(start_paused = true)]
 async fn sliding_session_renews_the_same_token_without_errors() {
     targets::sliding(&Http).await;
+}
+
+/// 2, 3 and 6 with `expiresIn` in whole seconds, rounded down, as many servers write it: a
+/// renewal that returns the live token says up to a second less than is left, so the login that
+/// replaces it at its expiry must wait for the latest that expiry can be, or it finds the token
+/// still live (and `expiresIn: 0`). Seed 1 loses most of a second (63.285 s written as 63).
+#[tokio::test(start_paused = true)]
+async fn one_live_token_written_in_whole_seconds_is_replaced_after_its_latest_expiry() {
+    targets::one_live(&WholeSeconds(&Http)).await;
+    targets::one_live(&Reseeded(&WholeSeconds(&Http), 1)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn tokens_bound_to_a_session_written_in_whole_seconds_cost_one_login_per_session() {
+    targets::bound_to_session(&WholeSeconds(&Http)).await;
+    targets::bound_to_session(&Reseeded(&WholeSeconds(&Http), 1)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn spurious_401s_on_a_server_writing_whole_seconds_cost_one_login_each_and_no_errors() {
+    targets::spurious_401s(&WholeSeconds(&Http)).await;
+    targets::spurious_401s(&Reseeded(&WholeSeconds(&Http), 1)).await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@
 use std::future::pending;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
@@ -421,7 +422,9 @@ fn complete(shared: &Shared, generation: u64, started: Instant, result: Result<T
     }
     // The login ended: whatever held it back no longer does.
     control.budget_wait = None;
-    let adopted = result.and_then(|token| adopt(shared, &mut control, token, started, now));
+    let adopted = result
+        .and_then(|token| adopt(shared, &mut control, token, started, now))
+        .or_else(|error| under_a_second_left(&mut control, error, now));
     crate::metrics::login_finished(&shared.config.metrics, &adopted, now - started);
     let outcome = match adopted {
         Ok(Adopted::Yes) => Ok(()),
@@ -489,7 +492,10 @@ fn adopt(
     // recovery, a mass revocation). A token that renewed one still in service came at an
     // instant of its own, already spread: renewing it at the usual lead keeps it apart and costs
     // one login per lifetime, where spreading every renewal costs up to a quarter more.
-    let mut lead = shared.config.lead();
+    let mut lead = shared
+        .config
+        .lead()
+        .for_token(&token, control.cuts_lifetimes);
     if control.current.is_some() {
         lead.spread = 0.0;
     }
@@ -525,6 +531,7 @@ fn adopt(
         ));
     }
     control.stale_answer = false;
+    control.under_a_second = false;
     let renewed = control.current.is_some();
     shared.set_slot(Some(Arc::new(Entry::new(&token, &plan, now))));
     crate::metrics::token_served(&shared.config.metrics, plan.expires_at, renewed);
@@ -552,6 +559,30 @@ fn adopt(
     Ok(Adopted::Yes)
 }
 
+/// A login answered with a token in its last second (a lifetime of `0` in whole seconds,
+/// [`Error::under_a_second_left`]) while no token is in service: the server has no other until
+/// that one expires, which is within the second. The login is made again a second later, once,
+/// and waiting callers wait for it rather than fail. The login came early because the server cut
+/// the last token's lifetime to whole seconds: from now on, a login at a token's expiry waits for
+/// the second the cut may hide ([`Token::hidden_life`]).
+fn under_a_second_left(
+    control: &mut Control,
+    error: Error,
+    now: Instant,
+) -> Result<Adopted, Error> {
+    if !error.is_under_a_second_left() || control.current.is_some() || control.under_a_second {
+        return Err(error);
+    }
+    control.under_a_second = true;
+    control.cuts_lifetimes = true;
+    control.due_at = Some(now + Duration::from_secs(1) + schedule::AT_EXPIRY_GRACE);
+    tracing::info!(
+        "the login endpoint answered with a token in its last second (its lifetime cut to whole \
+         seconds): logging in again in a second, and waiting for that second at each expiry"
+    );
+    Ok(Adopted::AtItsExpiry)
+}
+
 /// Records a failed fetch and starts a backoff.
 fn fail(shared: &Shared, control: &mut Control, error: Error, now: Instant) {
     shared.counters.failures.fetch_add(1, Ordering::Relaxed);
@@ -562,7 +593,7 @@ fn fail(shared: &Shared, control: &mut Control, error: Error, now: Instant) {
         control.current.as_ref().map(|(token, _)| token.lifetime()),
     );
     let mut delay = schedule::backoff(
-        control.failures_in_row,
+        control.failures_in_row.into(),
         error.kind(),
         error.retry_after(),
         first,

@@ -53,6 +53,12 @@
 //!   hands out no replacement sooner. From then on the cache logs in at each expiry rather than
 //!   before it. Callers arriving in that last second wait for the login instead of failing. A
 //!   token with the same value and a later expiry (a sliding session) is an ordinary renewal.
+//! - A lifetime written in whole seconds may have been cut to them (`"expiresIn":"63"` for 63.9 s
+//!   left; OAuth2's `expires_in` always is), so a login at the expiry read may come early and
+//!   find the token in its last second: the server writes `0`. That answer is no failure while
+//!   no token is in service: the cache logs in again a second later (once) and waiting callers
+//!   wait for it, and from then on a login at a token's expiry waits for the second its lifetime
+//!   may hide. Callers at such an expiry wait up to two seconds and a login.
 //! - A `401` from the API ([`TokenCache::invalidate`]) takes the token out and logs in at once.
 //!   When the token is rejected soon after it came into service (sooner than 10 s, or half its
 //!   life, and sooner than the current gap), invalidations in a row are spaced 1 s, 2 s, 4 s, ...
@@ -291,6 +297,12 @@ struct Control {
     due_at: Option<Instant>,
     /// The last login's answer came too late to trust, and the login was made again once.
     stale_answer: bool,
+    /// The server cuts lifetimes to whole seconds, as learned when a login at a token's expiry
+    /// found it with under a second left: later such logins wait for [`Token::hidden_life`].
+    cuts_lifetimes: bool,
+    /// The last login's answer was a token with under a second left, and the login is made
+    /// again a second later, once.
+    under_a_second: bool,
     /// How the login budgets hold the next login back, from the first time they do until that
     /// login ends. Boxed: most logins are never held back, and an idle account's memory counts.
     budget_wait: Option<Box<BudgetWait>>,
@@ -298,7 +310,9 @@ struct Control {
     rejected: Option<Token>,
     /// The login in flight replaces a token the server rejected.
     replacing_rejected: bool,
-    failures_in_row: u32,
+    /// Saturates at 65,535: the backoff stops growing long before, and a `u32` would cost every
+    /// account 8 bytes of this struct's padding.
+    failures_in_row: u16,
     backoff: Option<Backoff>,
     /// What the `401`s so far have left. Boxed: an account that never saw one (most, and every
     /// idle one) pays a pointer for it.
@@ -466,6 +480,7 @@ impl Config {
             jitter: self.jitter,
             margin: self.expiry_margin,
             spread: self.spread,
+            slack: Duration::ZERO,
         }
     }
 }

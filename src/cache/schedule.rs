@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::ErrorKind;
+use crate::{ErrorKind, Token};
 
 /// The default lead of a proactive renewal before expiry: 60 s.
 pub(crate) const DEFAULT_REFRESH_BEFORE: Duration = Duration::from_secs(60);
@@ -29,7 +29,7 @@ pub(crate) const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(60);
 pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);
 /// The largest margin kept before the expiry of a token the server will not replace before it
 /// expires. With [`AT_EXPIRY_GRACE`], callers wait at most a second (plus a login) at each such
-/// expiry.
+/// expiry; two when the server writes lifetimes in whole seconds ([`Lead::slack`]).
 pub(crate) const AT_EXPIRY_MARGIN: Duration = Duration::from_millis(950);
 /// How long after a token's expiry, as read on its arrival, the login that replaces it is made
 /// when the server replaces tokens only once they expire: enough for the server's clock to agree
@@ -81,6 +81,23 @@ pub(crate) struct Lead {
     /// Moves the renewal earlier by up to this fraction (0 to 1) of the time between the token's
     /// arrival and the lead, drawn with the jitter: tokens issued together renew apart.
     pub(crate) spread: f64,
+    /// How much longer than its lifetime the token may live, where the server is known to cut
+    /// lifetimes to whole seconds ([`Token::hidden_life`]): the login that only the token's expiry
+    /// can answer with a new one waits for it. Zero otherwise.
+    pub(crate) slack: Duration,
+}
+
+impl Lead {
+    /// These settings, for `token` from a server that writes lifetimes cut to whole seconds
+    /// (`cuts`, as the cache learned it), or not.
+    pub(crate) fn for_token(self, token: &Token, cuts: bool) -> Lead {
+        let slack = if cuts {
+            token.hidden_life()
+        } else {
+            Duration::ZERO
+        };
+        Lead { slack, ..self }
+    }
 }
 
 /// Plans a token's renewal and deadline.
@@ -92,10 +109,12 @@ pub(crate) struct Lead {
 ///   jitter. The renewal never starts after the deadline nor before the token arrived.
 /// - [`Renewal::AtExpiry`]: the server will not hand out a new token before this one expires, so
 ///   the token is served until `expires_at − min(hard_margin, 950 ms)` (the configured margin,
-///   if there is one, is kept as it is), and the next login is planned at `expires_at` plus
-///   [`AT_EXPIRY_GRACE`]: earlier, the server would still answer with the token it is about to
-///   let expire. For such a token the caller passes the answer's arrival as `received_at`: the
-///   latest the expiry can be, since the server counted the life before it answered.
+///   if there is one, is kept as it is), and the next login is planned at the latest the
+///   expiry can be, plus [`AT_EXPIRY_GRACE`]: earlier, the server would still answer with the
+///   token it is about to let expire. For such a token the caller passes the answer's arrival as
+///   `received_at`, since the server counted the life before it answered; and a lifetime in
+///   whole seconds may have been cut to them, so the token may live up to [`Lead::slack`]
+///   longer than it says.
 pub(crate) fn plan(
     received_at: Instant,
     lifetime: Duration,
@@ -110,7 +129,7 @@ pub(crate) fn plan(
             None => hard_margin(lifetime, None).min(AT_EXPIRY_MARGIN),
         };
         return Plan {
-            renew_at: expires_at + AT_EXPIRY_GRACE,
+            renew_at: expires_at + lead.slack + AT_EXPIRY_GRACE,
             deadline: expires_at - margin,
             expires_at,
             renewal,
@@ -352,6 +371,7 @@ mod tests {
             jitter: DEFAULT_JITTER,
             margin: None,
             spread: 0.0,
+            slack: Duration::ZERO,
         }
     }
 
@@ -421,6 +441,7 @@ mod tests {
             jitter: Duration::ZERO,
             margin: Some(30 * S),
             spread: 0.0,
+            slack: Duration::ZERO,
         };
         let p = plan(t0, 3600 * S, lead, Renewal::Early, 0.0);
         assert_eq!(p.renew_at, p.deadline);
@@ -430,18 +451,26 @@ mod tests {
     #[test]
     fn a_token_the_server_replaces_only_at_expiry_is_served_to_just_before_it() {
         let t0 = Instant::now();
-        let p = plan(t0, 600 * S, lead(), Renewal::AtExpiry, 1.0);
+        let life = 600 * S + 250 * MS;
+        let p = plan(t0, life, lead(), Renewal::AtExpiry, 1.0);
         assert_eq!(
             p.renew_at,
-            t0 + 600 * S + AT_EXPIRY_GRACE,
+            t0 + life + AT_EXPIRY_GRACE,
             "the next login just after expiry"
         );
+        assert_eq!(p.deadline, t0 + life - 950 * MS, "served until just before");
+        assert_eq!(p.renew_at - p.deadline, S, "callers wait a second at most");
+        // A lifetime in whole seconds may have been rounded down (600.9 s written as 600): the
+        // login waits for the latest the expiry can be, and callers up to two seconds.
+        let whole = Lead { slack: S, ..lead() };
+        let p = plan(t0, 600 * S, whole, Renewal::AtExpiry, 1.0);
+        assert_eq!(p.renew_at, t0 + 601 * S + AT_EXPIRY_GRACE);
         assert_eq!(
             p.deadline,
             t0 + 600 * S - 950 * MS,
-            "served until just before"
+            "not served past the earliest"
         );
-        assert_eq!(p.renew_at - p.deadline, S, "callers wait a second at most");
+        assert_eq!(p.renew_at - p.deadline, 2 * S);
         // a short one keeps its tenth
         let p = plan(t0, 2 * S, lead(), Renewal::AtExpiry, 0.0);
         assert_eq!(p.deadline, t0 + 1800 * MS);

@@ -81,6 +81,9 @@ pub(crate) struct TokenInner {
     expires: Option<SystemTime>,
     received_at: Instant,
     lifetime: Duration,
+    /// How much longer than `lifetime` the token may live, in nanoseconds (at most a second):
+    /// see [`Token::hidden_life`]. Not a `Duration`, whose 16 bytes every account would pay.
+    hidden_nanos: u32,
 }
 
 const BEARER_PREFIX: &str = "Bearer ";
@@ -149,7 +152,15 @@ impl Token {
     /// `&str` is copied into a buffer that is wiped the same way; the caller's own stays theirs.
     pub fn new(value: impl Into<String>, lifetime: Duration) -> Result<Token, Error> {
         let value = Zeroizing::new(value.into());
-        Self::from_parts(&value, lifetime, Instant::now(), None, None, None)
+        Self::from_parts(
+            &value,
+            lifetime,
+            Duration::ZERO,
+            Instant::now(),
+            None,
+            None,
+            None,
+        )
     }
 
     /// Parses a `/authtoken` response body that came without a `Date` header.
@@ -182,9 +193,11 @@ impl Token {
         parse_token_response(body, default_lifetime, Instant::now(), server_date)
     }
 
+    /// A token from its parts; `hidden`: see [`hidden_life`](Self::hidden_life).
     pub(crate) fn from_parts(
         value: &str,
         lifetime: Duration,
+        hidden: Duration,
         received_at: Instant,
         token_type: Option<String>,
         issued: Option<SystemTime>,
@@ -201,6 +214,9 @@ impl Token {
                 expires,
                 received_at,
                 lifetime,
+                // At most a second: fits.
+                hidden_nanos: u32::try_from(hidden.min(Duration::from_secs(1)).as_nanos())
+                    .unwrap_or(u32::MAX),
             }),
         })
     }
@@ -237,6 +253,15 @@ impl Token {
     /// How long the token is valid, measured from [`received_at`](Token::received_at).
     pub fn lifetime(&self) -> Duration {
         self.inner.lifetime
+    }
+
+    /// How much longer than [`lifetime`](Self::lifetime) the token may live, by what the server
+    /// wrote: up to a second when it wrote the lifetime in whole seconds (an `expiresIn` without
+    /// a fraction, or timestamps without one), which it may have cut to them; zero when a reading
+    /// with a fraction bounds it, or for [`Token::new`]. The lifetime is the earliest the token
+    /// may expire, this the latest.
+    pub(crate) fn hidden_life(&self) -> Duration {
+        Duration::from_nanos(self.inner.hidden_nanos.into())
     }
 
     /// When the response carrying this token arrived, on the local monotonic clock.

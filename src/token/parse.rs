@@ -174,6 +174,9 @@ enum Reference {
 struct Reading {
     source: Source,
     value: SignedDuration,
+    /// Written in whole seconds (an integer, or a timestamp without a fraction), so possibly
+    /// cut to them: the token may live up to a second longer.
+    whole_seconds: bool,
 }
 
 /// Parses a token response body that arrived at `received_at`, with the response's `Date`
@@ -214,42 +217,86 @@ fn parse_with_reference(
     let oauth_expires_in = expires_in_field("expires_in", raw.oauth_expires_in.as_ref())?;
     let (jwt_iat, jwt_exp) = jwt_times(&value).unwrap_or_default();
 
-    let reading = |source, value| Reading { source, value };
+    let reading = |source, value, whole_seconds| Reading {
+        source,
+        value,
+        whole_seconds,
+    };
     let readings = [
-        expires_in.map(|value| reading(Source::ExpiresIn, value)),
-        oauth_expires_in.map(|value| reading(Source::OAuthExpiresIn, value)),
+        expires_in.map(|(value, whole)| reading(Source::ExpiresIn, value, whole)),
+        oauth_expires_in.map(|(value, whole)| reading(Source::OAuthExpiresIn, value, whole)),
         match (issued, expires) {
             (Some(issued), Some(expires)) => Some(reading(
                 Source::ExpiresMinusIssued,
                 time_between(issued, expires),
+                in_whole_seconds(issued) || in_whole_seconds(expires),
             )),
             (None, Some(expires)) => Some(match reference {
+                // A `Date` header is always in whole seconds.
                 Reference::ServerDate(date) => {
-                    reading(Source::ExpiresMinusDate, time_between(date, expires))
+                    reading(Source::ExpiresMinusDate, time_between(date, expires), true)
                 }
-                Reference::LocalClock(now) => {
-                    reading(Source::ExpiresMinusLocalClock, time_between(now, expires))
-                }
+                Reference::LocalClock(now) => reading(
+                    Source::ExpiresMinusLocalClock,
+                    time_between(now, expires),
+                    in_whole_seconds(expires),
+                ),
             }),
             (_, None) => None,
         },
         match (jwt_iat, jwt_exp) {
-            (Some(iat), Some(exp)) => Some(reading(Source::JwtExpMinusIat, iat.seconds_until(exp))),
+            (Some(iat), Some(exp)) => Some(reading(
+                Source::JwtExpMinusIat,
+                iat.seconds_until(exp),
+                iat.is_int() || exp.is_int(),
+            )),
             (None, Some(exp)) => Some(match reference {
                 Reference::ServerDate(date) => reading(
                     Source::JwtExpMinusDate,
                     epoch_seconds(date).seconds_until(exp),
+                    true,
                 ),
                 Reference::LocalClock(now) => reading(
                     Source::JwtExpMinusLocalClock,
                     epoch_seconds(now).seconds_until(exp),
+                    exp.is_int(),
                 ),
             }),
             (_, None) => None,
         },
     ];
-    let lifetime = choose_lifetime(readings.into_iter().flatten(), default_lifetime)?;
-    Token::from_parts(&value, lifetime, received_at, token_type, issued, expires)
+    let readings: Vec<Reading> = readings.into_iter().flatten().collect();
+    let lifetime = choose_lifetime(readings.iter().copied(), default_lifetime)?;
+    // How much longer the token may live: a reading in whole seconds may be up to a second
+    // short, and the least any reading allows is the latest the expiry can be.
+    let latest = readings
+        .iter()
+        .filter_map(|r| {
+            let slack = if r.whole_seconds {
+                Duration::from_secs(1)
+            } else {
+                Duration::ZERO
+            };
+            Some(Duration::try_from(r.value).ok()? + slack)
+        })
+        .min();
+    let hidden = latest.map_or(Duration::ZERO, |latest| {
+        latest.saturating_sub(lifetime).min(Duration::from_secs(1))
+    });
+    Token::from_parts(
+        &value,
+        lifetime,
+        hidden,
+        received_at,
+        token_type,
+        issued,
+        expires,
+    )
+}
+
+/// Whether a timestamp has no fraction of a second: it may have been cut to whole seconds.
+fn in_whole_seconds(instant: SystemTime) -> bool {
+    time_between(SystemTime::UNIX_EPOCH, instant).subsec_nanos() == 0
 }
 
 /// Checks the body's size and shape and reads its fields.
@@ -384,11 +431,20 @@ fn timestamp_field(field: &str, value: Option<&Value>) -> Result<Option<SystemTi
 /// Reads the `expiresIn` field (or its alias `field`); present but unreadable is an error.
 ///
 /// The sign is kept so that a negative value can be reported as such.
-fn expires_in_field(field: &str, value: Option<&Value>) -> Result<Option<SignedDuration>, Error> {
+///
+/// With the duration, whether it was written in whole seconds: without a fraction.
+fn expires_in_field(
+    field: &str,
+    value: Option<&Value>,
+) -> Result<Option<(SignedDuration, bool)>, Error> {
     let parsed = match scalar(field, value)? {
         None => return Ok(None),
-        Some(Scalar::Text(text)) => parse_expires_in(text),
-        Some(Scalar::Number(number)) => Numeric::from_json(number).map(Numeric::to_seconds),
+        Some(Scalar::Text(text)) => {
+            parse_expires_in(text).map(|value| (value, !text.contains(['.', ','])))
+        }
+        Some(Scalar::Number(number)) => {
+            Numeric::from_json(number).map(|n| (n.to_seconds(), n.is_int()))
+        }
     };
     parsed.map(Some).ok_or_else(|| {
         Error::invalid_response(format!(
@@ -552,6 +608,11 @@ impl Numeric {
         }
     }
 
+    /// Whether it was written as an integer.
+    fn is_int(self) -> bool {
+        matches!(self, Numeric::Int(_))
+    }
+
     /// The seconds from `self` to `later`, saturating; `later - self`.
     fn seconds_until(self, later: Numeric) -> SignedDuration {
         match (self, later) {
@@ -670,7 +731,13 @@ impl Reading {
             ),
         };
         if self.value.is_zero() {
-            return Err(Error::invalid_response(zero));
+            // In whole seconds, `0` is anything under a second: the token is at its end, not
+            // unusable from the start, and the server may have a new one a second later.
+            return Err(if self.whole_seconds && !self.source.is_local() {
+                Error::under_a_second_left(zero)
+            } else {
+                Error::invalid_response(zero)
+            });
         }
         if self.value.is_negative() {
             return Err(Error::invalid_response(negative));
@@ -936,6 +1003,7 @@ mod tests {
         Reading {
             source,
             value: SignedDuration::from_secs(secs),
+            whole_seconds: true,
         }
     }
 
@@ -966,6 +1034,7 @@ mod tests {
         let short = Reading {
             source: Source::ExpiresIn,
             value: SignedDuration::from_millis(300),
+            whole_seconds: false,
         };
         assert_eq!(
             choose_lifetime([short, zero], default).unwrap(),
@@ -992,10 +1061,12 @@ mod tests {
         let just_over = Reading {
             source: Source::ExpiresIn,
             value: SignedDuration::from_secs(max) + SignedDuration::from_nanos(1),
+            whole_seconds: false,
         };
         let tiny = Reading {
             source: Source::ExpiresIn,
             value: SignedDuration::from_nanos(1),
+            whole_seconds: false,
         };
         assert_eq!(
             choose_lifetime([tiny], default).unwrap(),
@@ -1030,6 +1101,7 @@ mod tests {
                     Reading {
                         source: Source::ExpiresMinusIssued,
                         value: SignedDuration::MAX,
+                        whole_seconds: false,
                     },
                 ],
                 "expires - issued is 9223372036854775807 s, over a year",
@@ -1144,6 +1216,114 @@ mod tests {
             reference,
         )
         .map(|token| token.lifetime())
+    }
+
+    #[test]
+    fn a_lifetime_written_in_whole_seconds_may_hide_up_to_a_second_more() {
+        let date = Reference::ServerDate(epoch(NOV_28));
+        let local = Reference::LocalClock(epoch(NOV_28) + Duration::from_millis(250));
+        let read = |body: &str, reference| {
+            parse_with_reference(
+                body.as_bytes(),
+                Duration::from_secs(300),
+                Instant::now(),
+                reference,
+            )
+            .map(|token| (token.lifetime(), token.hidden_life()))
+            .unwrap()
+        };
+        let (secs, ms) = (Duration::from_secs, Duration::from_millis);
+        let cases: &[(&str, Reference, (Duration, Duration))] = &[
+            // `expiresIn`/`expires_in` as written: an integer may have been rounded down.
+            (
+                r#"{"token":"t","expiresIn":"63"}"#,
+                date,
+                (secs(63), secs(1)),
+            ),
+            (r#"{"token":"t","expiresIn":63}"#, date, (secs(63), secs(1))),
+            (
+                r#"{"access_token":"t","expires_in":63}"#,
+                date,
+                (secs(63), secs(1)),
+            ),
+            (
+                r#"{"token":"t","expiresIn":"PT63S"}"#,
+                date,
+                (secs(63), secs(1)),
+            ),
+            (
+                r#"{"token":"t","expiresIn":"63.285"}"#,
+                date,
+                (ms(63_285), ms(0)),
+            ),
+            (
+                r#"{"token":"t","expiresIn":600.0}"#,
+                date,
+                (secs(600), ms(0)),
+            ),
+            // Timestamps: `Date` has whole seconds, and so may `issued` and `expires`.
+            (
+                r#"{"token":"t","expires":"2026-11-28T10:01:03Z"}"#,
+                date,
+                (secs(63), secs(1)),
+            ),
+            (
+                r#"{"token":"t","issued":"2026-11-28T10:00:00.5Z","expires":"2026-11-28T10:01:03.5Z"}"#,
+                date,
+                (secs(63), ms(0)),
+            ),
+            (
+                r#"{"token":"t","expires":"2026-11-28T10:01:03.75Z"}"#,
+                local,
+                (ms(63_500), ms(0)),
+            ),
+            // The shortest reading is the lifetime, the least any reading allows the latest.
+            (
+                r#"{"token":"t","expiresIn":"62.5","expires":"2026-11-28T10:01:03Z"}"#,
+                date,
+                (ms(62_500), ms(0)),
+            ),
+            (
+                r#"{"token":"t","expiresIn":"63","issued":"2026-11-28T10:00:00.5Z","expires":"2026-11-28T10:01:03.8Z"}"#,
+                date,
+                (secs(63), ms(300)),
+            ),
+            // No reading: the default is the caller's, taken as exact.
+            (r#"{"token":"t"}"#, date, (secs(300), ms(0))),
+        ];
+        for (body, reference, expected) in cases {
+            assert_eq!(read(body, *reference), *expected, "{body}");
+        }
+    }
+
+    #[test]
+    fn a_lifetime_of_0_in_whole_seconds_is_a_token_in_its_last_second() {
+        let date = Reference::ServerDate(epoch(NOV_28));
+        let refused = |body: &str| {
+            parse_with_reference(
+                body.as_bytes(),
+                Duration::from_secs(300),
+                Instant::now(),
+                date,
+            )
+            .unwrap_err()
+        };
+        for body in [
+            r#"{"token":"t","expiresIn":"0"}"#,
+            r#"{"access_token":"t","expires_in":0}"#,
+            r#"{"token":"t","expires":"2026-11-28T10:00:00Z"}"#,
+        ] {
+            let error = refused(body);
+            assert_eq!(error.kind(), ErrorKind::InvalidResponse, "{body}");
+            assert!(error.is_under_a_second_left(), "{body}: {error:?}");
+        }
+        // Written with a fraction, zero is zero: no token at all.
+        for body in [
+            r#"{"token":"t","expiresIn":"0.0"}"#,
+            r#"{"token":"t","expiresIn":0.0}"#,
+        ] {
+            assert!(!refused(body).is_under_a_second_left(), "{body}");
+        }
     }
 
     #[test]

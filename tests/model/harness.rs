@@ -758,6 +758,15 @@ impl<'a> Checks<'a> {
         )
     }
 
+    /// At most `allowed` login attempts that brought no token.
+    pub fn failed_attempts_at_most(&mut self, allowed: usize, why: &str) -> &mut Self {
+        let failed = self.report.attempts.len() - self.report.logins();
+        self.target(
+            failed <= allowed,
+            format!("login attempts without a token <= {allowed} ({why}): {failed}"),
+        )
+    }
+
     /// Logins per lifetime at most one per lifetime the run spans, plus the cold login, plus
     /// `extra` (events, or the renewal that finds out how the server issues tokens).
     pub fn one_login_per_lifetime(&mut self, extra: usize) -> &mut Self {

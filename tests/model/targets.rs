@@ -46,8 +46,20 @@ pub fn busy_traffic(duration: Duration, think_max: Duration) -> Traffic {
 
 /// The longest a caller may wait at an expiry boundary: one login, 1 s, and its own request,
 /// plus 10 ms for the timer wheel, which rounds every sleep up to the next millisecond.
+///
+/// Where the server writes lifetimes in whole seconds ([`Setup::whole_seconds`]), it hides its
+/// token's expiry within a second, and a login that only that expiry can answer with a new token
+/// must wait for the latest it can be: a second more. The cache learns that the server cuts
+/// lifetimes from the first such login that comes early and finds the token in its last second
+/// (`expiresIn: 0`); at that one boundary, callers also wait for that login and for the one
+/// made a second (and the cache's 50 ms grace) after its answer: one login and 50 ms more.
 pub fn boundary_bound(setup: &Setup) -> Duration {
-    setup.login_latency + SECOND + setup.api_round_trip() + 10 * MS
+    let hidden = if setup.whole_seconds {
+        SECOND + setup.login_latency + 50 * MS
+    } else {
+        Duration::ZERO
+    };
+    setup.login_latency + SECOND + hidden + setup.api_round_trip() + 10 * MS
 }
 
 /// The targets of behaviours 1–6 and 10: no errors, no unexcused rejection, one login per
@@ -58,6 +70,10 @@ pub fn check_served<'a>(report: &'a Report, setup: &Setup, extra: usize) -> Chec
         .no_caller_errors()
         .no_unexcused_rejections()
         .one_login_per_lifetime(extra)
+        .failed_attempts_at_most(
+            usize::from(setup.whole_seconds),
+            "none, but where the server cuts lifetimes to whole seconds the one that learns it",
+        )
         .boundary_wait_at_most(boundary_bound(setup))
         .within_budget(BUDGET_BURST, BUDGET_INTERVAL);
     checks
@@ -169,35 +185,59 @@ pub trait Front {
     ) -> impl Future<Output = (Report, Arc<World>)>;
 }
 
+/// A front whose worlds run on another seed: the world's events and the cache's jitter (so the
+/// instant of each renewal, and what is left of a token then) follow it.
+pub struct Reseeded<'a, F>(pub &'a F, pub u64);
+
+impl<F: Front> Front for Reseeded<'_, F> {
+    async fn run(&self, name: &str, mut setup: Setup, traffic: Traffic) -> (Report, Arc<World>) {
+        setup.seed = self.1;
+        self.0
+            .run(&format!("{name} seed {}", self.1), setup, traffic)
+            .await
+    }
+}
+
+/// A front in worlds whose server writes `expiresIn` in whole seconds, rounded down
+/// ([`Setup::whole_seconds`]), as many servers (and every OAuth2 server) do.
+pub struct WholeSeconds<'a, F>(pub &'a F);
+
+impl<F: Front> Front for WholeSeconds<'_, F> {
+    async fn run(&self, name: &str, mut setup: Setup, traffic: Traffic) -> (Report, Arc<World>) {
+        setup.whole_seconds = true;
+        self.0
+            .run(&format!("{name} whole-seconds"), setup, traffic)
+            .await
+    }
+}
+
 /// World 1: A fresh full-length token on every login (the server the cache was written for).
 pub async fn fresh(front: &impl Front) {
     let setup = Setup::new(Issuing::Fresh, LONG);
-    let (report, _) = front.run("1 fresh", setup.clone(), long_traffic()).await;
-    check_served(&report, &setup, 0).finish();
+    let (report, world) = front.run("1 fresh", setup, long_traffic()).await;
+    check_served(&report, world.setup(), 0).finish();
 }
 
 /// World 2: one live token per user: the renewal returns the same token with its remaining life.
 /// One extra login: the early renewal that finds out the server works this way.
 pub async fn one_live(front: &impl Front) {
     let setup = Setup::new(Issuing::OneLive, LONG);
-    let (report, _) = front.run("2 one-live", setup.clone(), long_traffic()).await;
-    check_served(&report, &setup, 1).finish();
+    let (report, world) = front.run("2 one-live", setup, long_traffic()).await;
+    check_served(&report, world.setup(), 1).finish();
 }
 
 /// World 3: A new token on every login, bound to the session's expiry. One extra login, as in 2.
 pub async fn bound_to_session(front: &impl Front) {
     let setup = Setup::new(Issuing::BoundToSession, LONG);
-    let (report, _) = front
-        .run("3 bound-to-session", setup.clone(), long_traffic())
-        .await;
-    check_served(&report, &setup, 1).finish();
+    let (report, world) = front.run("3 bound-to-session", setup, long_traffic()).await;
+    check_served(&report, world.setup(), 1).finish();
 }
 
 /// World 4: sliding: the same token, its expiry pushed forward by each login (a normal renewal).
 pub async fn sliding(front: &impl Front) {
     let setup = Setup::new(Issuing::Sliding, LONG);
-    let (report, _) = front.run("4 sliding", setup.clone(), long_traffic()).await;
-    check_served(&report, &setup, 0).finish();
+    let (report, world) = front.run("4 sliding", setup, long_traffic()).await;
+    check_served(&report, world.setup(), 0).finish();
 }
 
 /// World 5: the server revokes the live token at 3 random instants. The requests in flight and those
@@ -205,11 +245,9 @@ pub async fn sliding(front: &impl Front) {
 pub async fn revocations(front: &impl Front) {
     let mut setup = Setup::new(Issuing::Fresh, LONG);
     setup.revocations = 3;
-    let (report, world) = front
-        .run("5 revocation", setup.clone(), long_traffic())
-        .await;
+    let (report, world) = front.run("5 revocation", setup, long_traffic()).await;
     let revoked = world.counts().revocations as usize;
-    let mut checks = check_served(&report, &setup, revoked);
+    let mut checks = check_served(&report, world.setup(), revoked);
     checks.target(revoked == 3, format!("3 revocations took place: {revoked}"));
     checks.finish();
 }
@@ -220,11 +258,9 @@ pub async fn revocations(front: &impl Front) {
 pub async fn spurious_401s(front: &impl Front) {
     let mut setup = Setup::new(Issuing::OneLive, LONG);
     setup.spurious = 3;
-    let (report, world) = front
-        .run("6 spurious-401", setup.clone(), long_traffic())
-        .await;
+    let (report, world) = front.run("6 spurious-401", setup, long_traffic()).await;
     let spurious = world.counts().spurious_401s as usize;
-    let mut checks = check_served(&report, &setup, 1 + spurious);
+    let mut checks = check_served(&report, world.setup(), 1 + spurious);
     checks.target(
         spurious == 3,
         format!("3 spurious 401s took place: {spurious}"),
@@ -276,10 +312,10 @@ pub async fn rejects_all_slow_logins(front: &impl Front) {
 /// World 8: from 1 s up, every caller is served ([`check_short_lifetime`]).
 pub async fn short_lifetime(front: &impl Front, name: &str, lifetime: Duration) {
     let setup = Setup::new(Issuing::Fresh, lifetime);
-    let (report, _) = front
-        .run(name, setup.clone(), short_lifetime_traffic(lifetime))
+    let (report, world) = front
+        .run(name, setup, short_lifetime_traffic(lifetime))
         .await;
-    check_short_lifetime(&report, &setup);
+    check_short_lifetime(&report, world.setup());
 }
 
 /// World 9: A login outage of `kind` lasting `length` ([`outage_setup`], [`check_outage`]).

@@ -99,6 +99,9 @@ pub struct Setup {
     pub clock: Option<ServerClock>,
     /// The `expiresIn` the server writes, as a multiple of the token's real life (1 is honest).
     pub advertised: f64,
+    /// The server writes `expiresIn` in whole seconds, rounded down (as OAuth2's `expires_in`
+    /// always is): a token with 63.285 s left says 63. Otherwise with its fraction.
+    pub whole_seconds: bool,
     /// Random events fall within this span after the start.
     pub horizon: Duration,
     pub seed: u64,
@@ -120,6 +123,7 @@ impl Setup {
             outages: Vec::new(),
             clock: None,
             advertised: 1.0,
+            whole_seconds: false,
             horizon: lifetime * 3,
             seed: 9,
             token_prefix: "tok".to_owned(),
@@ -317,7 +321,11 @@ impl World {
     fn body(&self, value: &str, remaining: Duration, now: Instant) -> Vec<u8> {
         let advertised = remaining.mul_f64(self.setup.advertised);
         let mut body = serde_json::json!({ "type": "Bearer", "token": value });
-        let expires_in = serde_json::json!(advertised.as_secs_f64());
+        let expires_in = if self.setup.whole_seconds {
+            serde_json::json!(advertised.as_secs())
+        } else {
+            serde_json::json!(advertised.as_secs_f64())
+        };
         match self.setup.clock {
             None => body["expiresIn"] = expires_in,
             Some(clock) => {

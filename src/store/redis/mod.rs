@@ -557,6 +557,14 @@ struct Sealed {
     t: Option<String>,
     i: Option<i64>,
     e: Option<i64>,
+    /// How much longer than `l` it may live, in milliseconds (absent when zero, and in records
+    /// of older versions).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    h: u64,
+}
+
+fn is_zero(millis: &u64) -> bool {
+    *millis == 0
 }
 
 /// The names of one user's keys.
@@ -802,6 +810,7 @@ impl Inner {
             t: token.token_type().map(str::to_owned),
             i: token.issued().and_then(unix_millis),
             e: token.expires().and_then(unix_millis),
+            h: u64::try_from(token.hidden_life().as_millis()).unwrap_or(u64::MAX),
         };
         let plain = zeroize::Zeroizing::new(serde_json::to_vec(&sealed).ok()?);
         let mut sealed = sealed;
@@ -885,6 +894,7 @@ impl Inner {
         let token = Token::from_parts(
             &sealed.v,
             lifetime,
+            Duration::from_millis(sealed.h),
             received_at,
             sealed.t.clone(),
             sealed.i.and_then(from_unix_millis),
