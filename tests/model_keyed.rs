@@ -287,6 +287,29 @@ async fn keyed_sliding_sessions_renew_the_same_token_for_every_account() {
     each_account_served("keyed 4 sliding", setup, Front::Http, |_| 0).await;
 }
 
+/// Worlds 2, 3 and 6 with `expiresIn` written in whole seconds, rounded down: each account's
+/// cache learns on its own that its server cuts lifetimes, and no caller of any fails.
+#[tokio::test(start_paused = true)]
+async fn keyed_servers_writing_whole_seconds_fail_no_caller_of_any_account() {
+    for (name, issuing, spurious) in [
+        ("keyed 2 one-live whole-seconds", Issuing::OneLive, 0),
+        (
+            "keyed 3 bound-to-session whole-seconds",
+            Issuing::BoundToSession,
+            0,
+        ),
+        ("keyed 6 spurious-401 whole-seconds", Issuing::OneLive, 3),
+    ] {
+        let mut setup = Setup::new(issuing, LONG);
+        setup.whole_seconds = true;
+        setup.spurious = spurious;
+        each_account_served(name, setup, Front::Http, |world| {
+            1 + world.counts().spurious_401s as usize
+        })
+        .await;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5–6: the API says 401
 
