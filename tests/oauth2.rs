@@ -750,10 +750,20 @@ async fn behind_the_cache_every_token_policy_serves_only_tokens_the_server_accep
             served += 1;
             tokio::time::sleep(ms(250)).await;
         }
-        println!("{policy:?}: {served} served, longest wait {longest:?}");
-        assert!(served >= 70, "{policy:?}: {served} served");
+        println!(
+            "{policy:?}: {served} served, longest wait {longest:?}, {} logins",
+            server.logins()
+        );
+        // `expires_in` is whole seconds (RFC 6749), so a server that replaces a token only at
+        // its expiry hides that expiry within a second: the cache waits for it (README, "Servers
+        // that re-issue tokens"), up to 2 s at each of the five expiries of 4 s tokens.
+        let (min_served, max_wait) = match policy {
+            TokenPolicy::OneLivePerUser | TokenPolicy::SessionBound => (55, secs(2)),
+            _ => (70, secs(1)),
+        };
+        assert!(served >= min_served, "{policy:?}: {served} served");
         assert!(
-            longest <= secs(1),
+            longest <= max_wait,
             "{policy:?}: a caller waited {longest:?}"
         );
         assert!(

@@ -641,9 +641,28 @@ async fn token_responses_can_carry_expires_alone_or_the_oauth2_names() {
         .collect();
     keys.sort_unstable();
     assert_eq!(keys, ["access_token", "expires_in", "token_type"]);
-    assert_eq!(json["expires_in"], 1.5);
+    // Whole seconds, rounded down, as RFC 6749 writes `expires_in`.
+    assert_eq!(json["expires_in"], 1);
     assert_eq!(json["token_type"], "Bearer");
     assert!(server.accepts(json["access_token"].as_str().unwrap()));
+}
+
+#[tokio::test]
+async fn whole_seconds_writes_expires_in_rounded_down() {
+    let server = ReferenceServer::builder()
+        .whole_seconds(true)
+        .token_lifetime(ms(1900))
+        .start()
+        .await;
+    assert_eq!(login(&server).await.json()["expiresIn"], "1");
+    server.set_token_lifetime(ms(900));
+    assert_eq!(login(&server).await.json()["expiresIn"], "0");
+    // Without it, the fraction is kept.
+    let server = ReferenceServer::builder()
+        .token_lifetime(ms(1900))
+        .start()
+        .await;
+    assert_eq!(login(&server).await.json()["expiresIn"], "1.9");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -66,6 +66,8 @@ pub(super) struct State {
     /// The offset from UTC that `issued` and `expires` are written at.
     pub(super) timestamp_offset: jiff::tz::Offset,
     pub(super) numeric_fields: bool,
+    /// `expiresIn` in whole seconds, rounded down.
+    pub(super) whole_seconds: bool,
     pub(super) jwt_tokens: bool,
     pub(super) failures: VecDeque<Failure>,
     pub(super) tokens: Tokens,
@@ -180,6 +182,7 @@ impl fmt::Debug for State {
             .field("timestamp_offset", &self.timestamp_offset)
             .field("clock_offset", &self.clock.offset)
             .field("numeric_fields", &self.numeric_fields)
+            .field("whole_seconds", &self.whole_seconds)
             .field("jwt_tokens", &self.jwt_tokens)
             .field("token_policy", &self.tokens.policy)
             .field("reject_all_tokens", &self.tokens.reject_all)
@@ -721,6 +724,7 @@ fn issue_token(
     let lifetime = state.token_lifetime;
     let format = state.timestamp_format;
     let numeric = state.numeric_fields;
+    let whole = state.whole_seconds;
     let jwt = state.jwt_tokens;
     let wall_now = state.clock.at(now);
 
@@ -746,7 +750,7 @@ fn issue_token(
         TokenFields::Documented => serde_json::json!({
             "type": "Bearer",
             "token": grant.token,
-            "expiresIn": expires_in(grant.expires_in, numeric),
+            "expiresIn": expires_in(grant.expires_in, numeric, whole),
             "issued": timestamp(grant.issued),
             "expires": timestamp(grant.expires),
         }),
@@ -758,7 +762,8 @@ fn issue_token(
         TokenFields::OAuth2 => serde_json::json!({
             "access_token": grant.token,
             "token_type": "Bearer",
-            "expires_in": expires_in(grant.expires_in, true),
+            // RFC 6749 §5.1 and Appendix A.14: whole seconds.
+            "expires_in": expires_in(grant.expires_in, true, true),
         }),
     };
     if let (Some(scope), Some(map)) = (scope, body.as_object_mut()) {
@@ -769,9 +774,9 @@ fn issue_token(
 }
 
 /// `expiresIn`: whole seconds (`"3600"`), or seconds with a decimal fraction (`"1.5"`) for a
-/// lifetime that is not a whole number of seconds.
-fn expires_in(lifetime: Duration, numeric: bool) -> serde_json::Value {
-    if lifetime.subsec_nanos() == 0 {
+/// lifetime that is not a whole number of seconds, unless `whole`: then rounded down.
+fn expires_in(lifetime: Duration, numeric: bool, whole: bool) -> serde_json::Value {
+    if whole || lifetime.subsec_nanos() == 0 {
         return clock::number_or_string(lifetime.as_secs().into(), numeric);
     }
     let text = format!("{}.{:09}", lifetime.as_secs(), lifetime.subsec_nanos());
@@ -893,22 +898,24 @@ mod tests {
     }
 
     #[test]
-    fn expires_in_keeps_fractions_of_a_second() {
+    fn expires_in_keeps_fractions_of_a_second_unless_written_in_whole_seconds() {
         let secs = |s: u64| Duration::from_secs(s);
-        assert_eq!(expires_in(secs(3600), false), serde_json::json!("3600"));
-        assert_eq!(expires_in(secs(3600), true), serde_json::json!(3600));
+        let ms = Duration::from_millis;
         assert_eq!(
-            expires_in(Duration::from_millis(1500), false),
-            serde_json::json!("1.5")
+            expires_in(secs(3600), false, false),
+            serde_json::json!("3600")
         );
+        assert_eq!(expires_in(secs(3600), true, false), serde_json::json!(3600));
+        assert_eq!(expires_in(ms(1500), false, false), serde_json::json!("1.5"));
+        assert_eq!(expires_in(ms(250), true, false), serde_json::json!(0.25));
         assert_eq!(
-            expires_in(Duration::from_millis(250), true),
-            serde_json::json!(0.25)
-        );
-        assert_eq!(
-            expires_in(Duration::from_nanos(1), false),
+            expires_in(Duration::from_nanos(1), false, false),
             serde_json::json!("0.000000001")
         );
+        // Whole seconds, rounded down.
+        assert_eq!(expires_in(ms(63_900), false, true), serde_json::json!("63"));
+        assert_eq!(expires_in(ms(63_900), true, true), serde_json::json!(63));
+        assert_eq!(expires_in(ms(900), false, true), serde_json::json!("0"));
     }
 
     #[test]

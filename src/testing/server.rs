@@ -55,6 +55,7 @@ impl ReferenceServer {
             timestamp_offset_minutes: 0,
             clock_offset: jiff::SignedDuration::ZERO,
             numeric_fields: false,
+            whole_seconds: false,
             jwt_tokens: false,
             token_policy: TokenPolicy::default(),
             reject_all_tokens: false,
@@ -604,6 +605,7 @@ pub struct ReferenceServerBuilder {
     timestamp_offset_minutes: i32,
     clock_offset: jiff::SignedDuration,
     numeric_fields: bool,
+    whole_seconds: bool,
     jwt_tokens: bool,
     token_policy: TokenPolicy,
     reject_all_tokens: bool,
@@ -791,6 +793,14 @@ impl ReferenceServerBuilder {
         self
     }
 
+    /// Writes `expiresIn` in whole seconds, rounded down (`"63"` for a token with 63.9 s left), as
+    /// many servers do; OAuth2's `expires_in` always is. Default: `false`, with the fraction of
+    /// a second a token has left (`"63.9"`), and whole seconds only for a whole lifetime.
+    pub fn whole_seconds(mut self, whole: bool) -> Self {
+        self.whole_seconds = whole;
+        self
+    }
+
     /// Issues JWT-shaped tokens, `base64url(header).base64url({"sub","iat","exp"}).signature`,
     /// with a random signature that nothing checks. Default: `false`, opaque random tokens of
     /// 43 URL-safe characters.
@@ -886,6 +896,7 @@ impl ReferenceServerBuilder {
             token_fields: self.token_fields,
             timestamp_offset: clock::utc_offset(self.timestamp_offset_minutes),
             numeric_fields: self.numeric_fields,
+            whole_seconds: self.whole_seconds,
             jwt_tokens: self.jwt_tokens,
             failures: VecDeque::new(),
             tokens,
@@ -932,6 +943,7 @@ impl fmt::Debug for ReferenceServerBuilder {
             .field("timestamp_offset_minutes", &self.timestamp_offset_minutes)
             .field("clock_offset", &self.clock_offset)
             .field("numeric_fields", &self.numeric_fields)
+            .field("whole_seconds", &self.whole_seconds)
             .field("jwt_tokens", &self.jwt_tokens)
             .field("token_policy", &self.token_policy)
             .field("reject_all_tokens", &self.reject_all_tokens)
