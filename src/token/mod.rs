@@ -26,6 +26,15 @@
 //! our past when there is no `Date`) is unusable, and a reading that makes no sense means a
 //! broken server whose other readings are guesswork too.
 //!
+//! **Whole seconds.** A reading written without a fraction (`"expiresIn":"63"`, OAuth2's
+//! `expires_in`, timestamps and `Date` in whole seconds) may have been cut to whole seconds, so
+//! the token may live up to a second longer than the smallest reading says; the least any
+//! reading allows (each whole-second one plus a second) is the latest it can expire. A `0` in
+//! whole seconds is a token in its last second, not one without a life: still refused, but a
+//! [`TokenCache`](crate::TokenCache) tells it apart: it logs in again a second later while its
+//! callers wait, and from then on waits for the hidden second before a login that only a
+//! token's expiry can answer (the README's "Servers that re-issue tokens").
+//!
 //! # Secrets in memory
 //!
 //! A [`Token`]'s value lives in one buffer, shared by every clone of the token and of its
