@@ -159,6 +159,27 @@ async fn spurious_401s_on_a_server_writing_whole_seconds_cost_one_login_each_and
     targets::spurious_401s(&Reseeded(&WholeSeconds(&Http), 1)).await;
 }
 
+/// Worlds 1 to 6 on seeds 1 to 30, with `expiresIn` in fractions and in whole seconds. Every
+/// other test runs one seed or two, and seed 9 once hid a bug that 2 runs in 3 showed (see
+/// TESTING.md): a sweep for a nightly job, too slow for `cargo test` (about 1.5 min in debug).
+#[tokio::test(start_paused = true)]
+#[ignore = "30 seeds of six worlds, about 1.5 min in debug: cargo test --test model -- --ignored seeds"]
+async fn worlds_1_to_6_meet_their_targets_on_seeds_1_to_30_in_fractions_and_whole_seconds() {
+    for seed in 1..=30 {
+        let fractions = Reseeded(&Http, seed);
+        let whole = WholeSeconds(&fractions);
+        targets::fresh(&fractions).await;
+        targets::one_live(&fractions).await;
+        targets::bound_to_session(&fractions).await;
+        targets::sliding(&fractions).await;
+        targets::revocations(&fractions).await;
+        targets::spurious_401s(&fractions).await;
+        targets::one_live(&whole).await;
+        targets::bound_to_session(&whole).await;
+        targets::spurious_401s(&whole).await;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5–6: the API says 401
 
