@@ -733,6 +733,37 @@ async fn expires_in_zero_in_whole_seconds_to_a_cold_cache_is_waited_out() {
     assert_no_panics();
 }
 
+/// A server that answers every login with a token in its last second is broken, not slow: the
+/// one quiet retry a second later gets the same, and the caller gets the typed error then,
+/// without a hang or a login storm.
+#[tokio::test(start_paused = true)]
+async fn expires_in_zero_on_every_login_is_an_invalid_response_after_one_quiet_retry() {
+    let rig = Rig::with(Settings::default()).await;
+    for _ in 0..10 {
+        rig.inject(&expires_in(0.into()));
+    }
+    let asked = Instant::now();
+    let error = rig
+        .cache
+        .token()
+        .await
+        .expect_err("no usable token can be had");
+    check_error(&error, expect(ErrorKind::InvalidResponse, "expiresIn is 0"));
+    assert!(
+        asked.elapsed() < 2 * SECOND,
+        "one quiet retry, a second later: {:?}",
+        asked.elapsed()
+    );
+    let stats = rig.cache.stats();
+    assert_eq!((stats.fetches, stats.failures), (2, 1), "{stats:?}");
+    // Callers during the backoff get the error at once, as for any failure.
+    let again = now_or_never(rig.cache.token())
+        .expect("a caller waited during the backoff")
+        .expect_err("still no token");
+    check_error(&again, expect(ErrorKind::InvalidResponse, "expiresIn is 0"));
+    assert_no_panics();
+}
+
 #[tokio::test(start_paused = true)]
 async fn negative_expires_in_is_an_invalid_response_and_keeps_the_token() {
     let expected = expect(ErrorKind::InvalidResponse, "expiresIn is negative");
