@@ -229,7 +229,7 @@ fn parse_with_reference(
             (Some(issued), Some(expires)) => Some(reading(
                 Source::ExpiresMinusIssued,
                 time_between(issued, expires),
-                in_whole_seconds(issued) || in_whole_seconds(expires),
+                epoch_seconds(issued).is_int() || epoch_seconds(expires).is_int(),
             )),
             (None, Some(expires)) => Some(match reference {
                 // A `Date` header is always in whole seconds.
@@ -239,7 +239,7 @@ fn parse_with_reference(
                 Reference::LocalClock(now) => reading(
                     Source::ExpiresMinusLocalClock,
                     time_between(now, expires),
-                    in_whole_seconds(expires),
+                    epoch_seconds(expires).is_int(),
                 ),
             }),
             (_, None) => None,
@@ -280,9 +280,8 @@ fn parse_with_reference(
             Some(Duration::try_from(r.value).ok()? + slack)
         })
         .min();
-    let hidden = latest.map_or(Duration::ZERO, |latest| {
-        latest.saturating_sub(lifetime).min(Duration::from_secs(1))
-    });
+    // At most a second: `Token::from_parts` keeps it so.
+    let hidden = latest.map_or(Duration::ZERO, |latest| latest.saturating_sub(lifetime));
     Token::from_parts(
         &value,
         lifetime,
@@ -292,11 +291,6 @@ fn parse_with_reference(
         issued,
         expires,
     )
-}
-
-/// Whether a timestamp has no fraction of a second: it may have been cut to whole seconds.
-fn in_whole_seconds(instant: SystemTime) -> bool {
-    time_between(SystemTime::UNIX_EPOCH, instant).subsec_nanos() == 0
 }
 
 /// Checks the body's size and shape and reads its fields.
